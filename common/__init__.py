@@ -1,0 +1,1 @@
+"""Shared library of the fine-tuning scripts. Import `common.env` before anything else."""

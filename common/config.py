@@ -1,0 +1,81 @@
+"""One flag vocabulary for every script: a dataclass, its argparse parser, its JSON form.
+
+Every knob lives here, visible in one place (as in nanoGPT's train.py). A script may
+change defaults (head-only training wants a larger learning rate) but not meanings.
+"""
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+
+
+def _f(default, help, **kw):
+    return field(default=default, metadata=dict(help=help, **kw))
+
+
+@dataclass
+class Config:
+    # data
+    data: str = _f("hub", "Financial PhraseBank: a release folder, the release zip, or 'hub' (download "
+                   "takala/financial_phrasebank from the Hugging Face Hub, cached)")
+    agreement: str = _f("all", "annotator agreement level to train on", choices=["50", "66", "75", "all"])
+    split: str = _f("hash", "'hash': leak-free, nested across levels; 'seed': the notebook's "
+                    "train_test_split 80/10/10, random_state=42", choices=["hash", "seed"])
+    max_length: int = _f(128, "truncate sentences to this many tokens (the longest has 150 with BERT's vocab)")
+    # model
+    model: str = _f("distilbert-base-uncased", "Hub id or local folder of a TF-loadable (or PyTorch "
+                    "safetensors) encoder")
+    init_from: str = _f("", "start from the weights of this earlier run folder (runs/<name>)")
+    dropout: float = _f(-1.0, "classifier dropout; -1 keeps the model config's value")
+    # optimisation
+    epochs: int = _f(3, "passes over the training split")
+    batch_size: int = _f(32, "examples per replica per step (global batch = this x replicas)")
+    lr: float = _f(1e-4, "peak learning rate (AdamW), reached after warm-up, then linear decay to 0")
+    warmup: float = _f(0.1, "share of all steps spent warming the learning rate up from 0")
+    weight_decay: float = _f(0.01, "AdamW decoupled weight decay (not on biases and LayerNorm)")
+    clipnorm: float = _f(1.0, "clip gradients to this global norm; 0 disables")
+    class_weight: str = _f("none", "weight the loss by class: 'balanced' = sklearn's compute_class_weight",
+                           choices=["none", "balanced"])
+    loss: str = _f("ce", "'ce' cross-entropy, 'focal' Keras' categorical focal cross-entropy",
+                   choices=["ce", "focal"])
+    # hardware
+    precision: str = _f("auto", "auto = fp16 on GPU, bf16 on CPUs with bf16 units, else fp32",
+                        choices=["auto", "fp32", "fp16", "bf16"])
+    xla: bool = _f(False, "compile the train step with XLA (refused under MirroredStrategy on this TF)")
+    gpus: int = _f(0, "MirroredStrategy over the first N GPUs (0: no GPU strategy)")
+    cpu_replicas: int = _f(0, "split the CPU into N logical devices and mirror over them (tests, laptops)")
+    # run
+    run_dir: str = _f("", "run folder; default runs/<script>-<time>. Rerunning with the same folder resumes")
+    backup_every_steps: int = _f(0, "save resumable state every N steps (0: every epoch)")
+    seed: int = _f(42, "seed for weights init, shuffling and dropout")
+    deterministic: bool = _f(False, "make TF ops deterministic (slower)")
+    log_every_steps: int = _f(0, "also log loss and learning rate to TensorBoard every N steps (0: per epoch only)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def build_parser(description: str, **defaults) -> argparse.ArgumentParser:
+    """argparse parser with every Config field as --flag-name; `defaults` override per script."""
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(Config):
+        default = defaults.pop(f.name, f.default)
+        flag = "--" + f.name.replace("_", "-")
+        meta = dict(f.metadata)
+        if f.type in (bool, "bool"):
+            p.add_argument(flag, default=default, action=argparse.BooleanOptionalAction, help=meta["help"])
+        else:
+            typ = {"int": int, "float": float, "str": str}.get(f.type, f.type)
+            p.add_argument(flag, default=default, type=typ, help=meta["help"], choices=meta.get("choices"))
+    if defaults:
+        raise TypeError(f"unknown config fields: {sorted(defaults)}")
+    return p
+
+
+def from_args(ns: argparse.Namespace) -> Config:
+    return Config.from_dict(vars(ns))

@@ -1,0 +1,285 @@
+"""Financial PhraseBank: parse the original release, split it without leaks, feed tf.data.
+
+Source formats (one parser for all): the release folder, the release zip, or the same
+zip from the Hugging Face Hub (`datasets.load_dataset("financial_phrasebank")` is
+broken on datasets >= 4, so we read the release itself).
+"""
+import hashlib
+import io
+import os
+import re
+import unicodedata
+import zipfile
+from collections import Counter, defaultdict
+
+import numpy as np
+import tensorflow as tf
+
+LABELS = ("negative", "neutral", "positive")
+LEVELS = ("all", "75", "66", "50")  # strictest first; each file is a subset of the next
+FILES = {"50": "Sentences_50Agree.txt", "66": "Sentences_66Agree.txt",
+         "75": "Sentences_75Agree.txt", "all": "Sentences_AllAgree.txt"}
+HUB_REPO = "takala/financial_phrasebank"
+HUB_FILE = "data/FinancialPhraseBank-v1.0.zip"
+SPLITS = ("train", "validation", "test")
+SPLIT_SHARES = (0.8, 0.1, 0.1)
+# Padded widths a batch may have. Fine steps where sentences are (mean 30, p95 58 tokens)
+# keep the real-token share high; few distinct shapes keep retracing/XLA compiles few.
+WIDTHS = (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 256, 320, 384, 448, 512)
+
+
+def level_name(agreement: str) -> str:
+    return "AllAgree" if agreement == "all" else f"{agreement}Agree"
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and line."""
+
+
+# ----------------------------------------------------------------------------- parsing
+
+def parse_release(raw: bytes, name: str):
+    """Rows (sentence, label index) of one `sentence@label` file (latin-1, CRLF)."""
+    text = raw.decode("latin-1")  # the release's encoding; every byte decodes, so no error here
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        sentence, at, label = line.rpartition("@")  # sentences may contain '@': split on the LAST one
+        sentence, label = sentence.strip(), label.strip()
+        if not at or not sentence:
+            raise DataError(f"{name}:{lineno}: expected 'sentence@label', got {line[:60]!r}")
+        if label not in LABELS:
+            raise DataError(f"{name}:{lineno}: unknown label {label!r}; expected one of {', '.join(LABELS)}")
+        rows.append((sentence, LABELS.index(label)))
+    if not rows:
+        raise DataError(f"{name}: no sentences found; expected lines of 'sentence@label'")
+    return rows
+
+
+def _release_files(source: str) -> dict:
+    """{level: (display name, raw bytes)} for every agreement file found in `source`."""
+    if source == "hub":
+        source = download_release()
+    if os.path.isdir(source):
+        folder = source
+        if not os.path.exists(os.path.join(folder, FILES["50"])):
+            nested = os.path.join(folder, "FinancialPhraseBank-v1.0")
+            folder = nested if os.path.isdir(nested) else folder
+        found = {}
+        for level, fname in FILES.items():
+            path = os.path.join(folder, fname)
+            if os.path.exists(path):
+                with open(path, "rb") as f:
+                    found[level] = (path, f.read())
+    elif zipfile.is_zipfile(source):
+        found = {}
+        with zipfile.ZipFile(source) as z:
+            for member in z.namelist():
+                base = os.path.basename(member)
+                if "__MACOSX" in member or base.startswith("._"):
+                    continue  # macOS resource forks that sit beside the real members
+                for level, fname in FILES.items():
+                    if base == fname:
+                        found[level] = (f"{source}:{member}", z.read(member))
+    elif os.path.exists(source):
+        raise DataError(f"--data {source}: neither a folder nor a zip archive; pass the release "
+                        f"folder FinancialPhraseBank-v1.0/, its zip, or 'hub'")
+    else:
+        raise DataError(f"--data {source}: no such file or folder; pass the release folder, its zip, or 'hub'")
+    if not found:
+        raise DataError(f"--data {source}: no Sentences_*Agree.txt files in it; pass the "
+                        f"FinancialPhraseBank-v1.0 folder or zip")
+    return found
+
+
+def download_release() -> str:
+    """The release zip from the Hub (cached; honours HF_ENDPOINT, HF_HUB_OFFLINE, HF_HOME)."""
+    from huggingface_hub import hf_hub_download
+    try:
+        return hf_hub_download(HUB_REPO, HUB_FILE, repo_type="dataset")
+    except Exception as e:  # offline, no cache, proxy...: one sentence with the fix
+        raise DataError(f"could not get {HUB_FILE} of dataset {HUB_REPO} from the Hub ({type(e).__name__}); "
+                        f"pass --data PATH to a local FinancialPhraseBank-v1.0 folder or zip") from e
+
+
+def load_levels(source: str) -> dict:
+    """{level: rows} for each agreement level present in the source."""
+    return {level: parse_release(raw, name) for level, (name, raw) in _release_files(source).items()}
+
+
+# ----------------------------------------------------------------------------- splitting
+
+def normalise(sentence: str) -> str:
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", sentence).lower()).strip()
+
+
+def _stable_key(norm: str) -> str:
+    return hashlib.sha256(norm.encode("utf-8")).hexdigest()
+
+
+def dedupe(rows, known: dict = None):
+    """One row per normalised sentence. A sentence given conflicting labels (50Agree has
+    two such pairs) takes the label a stricter level gave it (`known`: normalised ->
+    label), and is dropped if there is none: then no label is right for it."""
+    labels = defaultdict(set)
+    first = {}
+    for s, y in rows:
+        n = normalise(s)
+        labels[n].add(y)
+        first.setdefault(n, (s, y))
+    known = known or {}
+    out = []
+    for n, (s, y) in first.items():
+        if len(labels[n]) == 1:
+            out.append((s, y))
+        elif known.get(n) in labels[n]:
+            out.append((s, known[n]))
+    return out
+
+
+def deduped_levels(levels: dict) -> dict:
+    """dedupe() each level, strictest first, so conflicts resolve to the stricter label."""
+    known, out = {}, {}
+    for level in LEVELS:
+        if level in levels:
+            out[level] = dedupe(levels[level], known)
+            known.update((normalise(s), y) for s, y in out[level])
+    return out
+
+
+def hash_split(levels: dict) -> dict:
+    """{normalised sentence: split} for every sentence of every level.
+
+    Levels are split strictest first. A sentence keeps the split it got at a stricter
+    level; the sentences a looser level adds fill, class by class and in stable-hash
+    order, whatever each split lacks of its 80/10/10 share. So: duplicates share one
+    split; the test split of a stricter level is inside every looser level's test
+    split; each level's class ratios hold in each split; nothing depends on a seed.
+    """
+    assigned = {}
+    for level, rows in deduped_levels(levels).items():
+        by_class = defaultdict(list)
+        for s, y in rows:
+            by_class[y].append(normalise(s))
+        for y, norms in by_class.items():
+            n = len(norms)
+            target = {"test": round(n * SPLIT_SHARES[2]), "validation": round(n * SPLIT_SHARES[1])}
+            have = Counter(assigned[x] for x in norms if x in assigned)
+            need = {k: max(0, target[k] - have[k]) for k in target}
+            for x in sorted((x for x in norms if x not in assigned), key=_stable_key):
+                split = next((k for k in ("test", "validation") if need[k] > 0), "train")
+                if split != "train":
+                    need[split] -= 1
+                assigned[x] = split
+    return assigned
+
+
+def seed_split(rows, seed: int = 42) -> dict:
+    """The notebook's split: train_test_split(test_size=0.2, random_state=seed), then the
+    held-out 20% halved into validation and test. Keeps duplicates (they may leak)."""
+    from sklearn.model_selection import train_test_split
+    train, rest = train_test_split(rows, test_size=0.2, random_state=seed)
+    val, test = train_test_split(rest, test_size=0.5, random_state=seed)
+    return {"train": train, "validation": val, "test": test}
+
+
+def load_splits(source: str, agreement: str, split: str = "hash") -> dict:
+    """{"train"|"validation"|"test": [(sentence, label), ...]} for one agreement level."""
+    levels = load_levels(source)
+    if agreement not in levels:
+        raise DataError(f"--data {source}: has no {FILES[agreement]} for --agreement {agreement}")
+    if split == "seed":
+        return seed_split(levels[agreement])
+    assigned = hash_split(levels)
+    out = {k: [] for k in SPLITS}
+    for s, y in deduped_levels(levels)[agreement]:
+        out[assigned[normalise(s)]].append((s, y))
+    return out
+
+
+# ----------------------------------------------------------------------------- tf.data
+
+def encode(tokenizer, sentences, max_length: int):
+    """Token ids per sentence, unpadded (tokenised once, by the fast tokenizer)."""
+    return tokenizer(list(sentences), truncation=True, max_length=max_length)["input_ids"]
+
+
+def widths_for(max_length: int):
+    return tuple(w for w in WIDTHS if w < max_length) + (max_length,)
+
+
+def _examples(ids, labels):
+    """Dataset of (1-D token ids, label): slices of one flat tensor (tf.data cannot
+    padded_batch ragged elements)."""
+    flat = tf.constant(np.concatenate([np.asarray(x, np.int32) for x in ids]) if ids else
+                       np.zeros([0], np.int32))
+    ends = np.cumsum([len(x) for x in ids]).astype(np.int64)
+    starts = ends - np.array([len(x) for x in ids], np.int64)
+    ds = tf.data.Dataset.from_tensor_slices((starts, ends, np.asarray(labels, np.int32)))
+    return ds.map(lambda a, b, y: (flat[a:b], y))
+
+
+def _features(ids, pad_id):
+    return {"input_ids": ids, "attention_mask": tf.cast(tf.not_equal(ids, pad_id), tf.int32)}
+
+
+def _distributable(ds):
+    opts = tf.data.Options()
+    # In-memory data: shard by element under MultiWorkerMirroredStrategy (no files to shard).
+    opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(opts)
+
+
+def bucketed_dataset(ids, labels, batch_size: int, max_length: int, pad_id: int = 0,
+                     shuffle: bool = True, seed: int = 0):
+    """Training batches padded only to the next fixed width (see WIDTHS)."""
+    widths = widths_for(max_length)
+    ds = _examples(ids, labels).cache()
+    if shuffle:
+        ds = ds.shuffle(len(ids), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.bucket_by_sequence_length(
+        element_length_func=lambda x, y: tf.shape(x)[0],
+        bucket_boundaries=[w + 1 for w in widths],  # bucket i holds lengths <= widths[i]
+        bucket_batch_sizes=[batch_size] * (len(widths) + 1),
+        padded_shapes=([None], []), padding_values=(pad_id, 0),
+        pad_to_bucket_boundary=True)
+    ds = ds.map(lambda x, y: (_features(x, pad_id), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return _distributable(ds.prefetch(tf.data.AUTOTUNE))
+
+
+def sorted_dataset(ids, labels, batch_size: int, max_length: int, pad_id: int = 0):
+    """Evaluation batches: sorted by length (little padding), each padded to a fixed width.
+    Returns (dataset, order): row i of the dataset's output is example order[i]."""
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    widths = tf.constant(widths_for(max_length), tf.int32)
+
+    def pad_to_width(x):
+        longest = tf.shape(x)[1]
+        width = tf.gather(widths, tf.searchsorted(widths, [longest])[0])
+        return _features(tf.pad(x, [[0, 0], [0, width - longest]], constant_values=pad_id), pad_id)
+
+    ds = _examples([ids[i] for i in order], np.asarray(labels, np.int32)[order])
+    ds = ds.padded_batch(batch_size, padded_shapes=([None], []), padding_values=(pad_id, 0))
+    ds = ds.map(lambda x, y: (pad_to_width(x), y)).cache()
+    return _distributable(ds.prefetch(tf.data.AUTOTUNE)), order
+
+
+def batch_stats(ds) -> dict:
+    """Walk one epoch of a dataset without a model: steps, examples, real and padded
+    tokens, distinct widths, and the pipeline's own rate (examples/s)."""
+    import time
+    steps = examples = real = padded = 0
+    widths = set()
+    t0 = time.perf_counter()
+    for x, _ in ds:
+        mask = x["attention_mask"].numpy()
+        steps += 1
+        examples += mask.shape[0]
+        real += int(mask.sum())
+        padded += mask.size
+        widths.add(mask.shape[1])
+    secs = time.perf_counter() - t0
+    return {"steps": steps, "examples": examples, "real_tokens": real, "padded_tokens": padded,
+            "real_token_share": real / max(padded, 1), "widths": sorted(widths),
+            "pipeline_examples_per_sec": examples / max(secs, 1e-9)}

@@ -1,0 +1,94 @@
+"""Strategy from --gpus / --cpu-replicas / TF_CONFIG, and mixed precision from --precision."""
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+
+from common.env import keras, tf
+
+
+@dataclass
+class Harness:
+    strategy: tf.distribute.Strategy
+    replicas: int
+    is_chief: bool          # only the chief writes the run folder
+    precision: str          # resolved: fp32 | fp16 | bf16
+    xla: bool               # resolved: False where XLA is known to fail
+    devices: list
+    notes: list             # what was changed from the flags, and why
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        return False
+
+
+def _split_cpu(n: int) -> None:
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+    except RuntimeError:  # runtime already started (e.g. a test process): fine if enough devices exist
+        have = len(tf.config.list_logical_devices("CPU"))
+        if have < n:
+            raise SystemExit(f"--cpu-replicas {n}: TensorFlow already started with {have} CPU device(s); "
+                             f"pass --cpu-replicas before anything touches TensorFlow")
+
+
+def is_chief_task(tf_config: dict) -> bool:
+    task = tf_config.get("task", {})
+    cluster = tf_config.get("cluster", {})
+    if task.get("type") == "chief":
+        return True
+    return task.get("type") == "worker" and task.get("index", 0) == 0 and "chief" not in cluster
+
+
+def setup(cfg) -> Harness:
+    """Pick the strategy and the dtype policy. Call before building any model."""
+    notes = []
+    gpus = tf.config.list_physical_devices("GPU")
+    tf_config = json.loads(os.environ["TF_CONFIG"]) if os.environ.get("TF_CONFIG") else None
+    if cfg.gpus > len(gpus):
+        raise SystemExit(f"--gpus {cfg.gpus}: this machine has {len(gpus)} GPU(s) visible to TensorFlow"
+                         + ("" if gpus else "; use --gpus 0 (CPU) or --cpu-replicas N to test the multi-device path"))
+    if tf_config:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        is_chief = is_chief_task(tf_config)
+    elif cfg.cpu_replicas > 1:
+        _split_cpu(cfg.cpu_replicas)
+        strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(cfg.cpu_replicas)])
+        is_chief = True
+    elif cfg.gpus > 1 or (cfg.gpus == 1 and len(gpus) > 1):
+        strategy = tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(cfg.gpus)])
+        is_chief = True
+    else:
+        strategy = tf.distribute.get_strategy()  # default: one device (GPU:0 if present, else CPU)
+        is_chief = True
+
+    precision = cfg.precision
+    if precision == "auto":
+        precision = "fp16" if gpus else ("bf16" if _cpu_has_bf16() else "fp32")
+    keras.mixed_precision.set_global_policy(
+        {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}[precision])
+
+    xla = cfg.xla
+    if xla and (strategy.num_replicas_in_sync > 1 or tf_config):
+        notes.append("--xla ignored: MirroredStrategy + jit_compile fails on TF 2.15 "
+                     "(replica variable placed on the wrong device); training without XLA")
+        xla = False
+    try:
+        devices = list(strategy.extended.worker_devices)
+    except RuntimeError:  # the default strategy: one device
+        devices = [d.name for d in tf.config.list_logical_devices() if d.device_type in ("GPU", "CPU")][:1]
+    return Harness(strategy, strategy.num_replicas_in_sync, is_chief, precision, xla, devices, notes)
+
+
+def writable_run_dir(harness: Harness, run_dir: str) -> str:
+    """The chief writes the real run folder; other workers write to a throwaway folder
+    (as the TF multi-worker guide does), since every worker must run the same saves."""
+    if harness.is_chief:
+        return run_dir
+    return tempfile.mkdtemp(prefix="worker-run-")

@@ -1,0 +1,44 @@
+"""Imported first by every script and test: quiet logs, one Keras (2.15), seeds.
+
+Why this file exists: transformers sets TF_USE_LEGACY_KERAS=1 when it is imported,
+and after that the *first* touch of `tf.keras` in TF 2.15 looks for the separate
+`tf_keras` package. Resolving `tf.keras` here, before transformers is imported,
+pins the model, keras-tuner and tensorflow-addons to the same Keras 2.15.
+"""
+import os
+import sys
+import warnings
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide C++ log spam (CUDA plugin notices on CPU-only machines); errors still raise in Python
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # we tokenize once, before tf.data forks threads
+# A parent process that imported transformers passes TF_USE_LEGACY_KERAS=1 down to us;
+# with it, tf.keras would demand tf_keras. Keras 2.15 is the one we want, so say so.
+os.environ["TF_USE_LEGACY_KERAS"] = "0"
+warnings.filterwarnings("ignore", message=".*TensorFlow Addons.*")
+warnings.filterwarnings("ignore", category=UserWarning, module="tensorflow_addons")
+
+import tensorflow as tf  # noqa: E402
+
+keras = tf.keras  # the touch that resolves Keras 2.15 (see module docstring)
+_ = keras.layers.Layer
+if not keras.__name__.startswith("keras"):
+    raise RuntimeError(f"tf.keras resolved to {keras.__name__}; uninstall tf_keras (see README)")
+
+tf.get_logger().setLevel("ERROR")
+
+import transformers  # noqa: E402  (after the Keras touch, on purpose)
+
+transformers.logging.set_verbosity_error()
+
+# Repo root, and the shared data folder that sits beside it (override: FPB_SHARED_DIR).
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DIR = os.environ.get("FPB_SHARED_DIR", os.path.join(os.path.dirname(REPO_ROOT), "shared"))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+
+def set_seed(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and TF; optionally make TF ops deterministic (slower)."""
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()

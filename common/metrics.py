@@ -1,0 +1,111 @@
+"""Classification figures (sklearn), a sparse-label macro-F1 for Keras, confusion-matrix pictures."""
+import io
+import os
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+from common.data import LABELS
+from common.env import keras, tf
+
+
+class SparseMacroF1(keras.metrics.Metric):
+    """Macro-F1 from integer labels and logits, as a streaming confusion matrix.
+
+    Written here because Keras 2.15's F1Score fails under MirroredStrategy (its result()
+    reads sync-on-read variables in a way TF 2.15 refuses), and wants one-hot labels.
+    Same state pattern as keras.metrics.MeanIoU, which is distribution-safe.
+    """
+
+    def __init__(self, num_classes=len(LABELS), name="macro_f1", **kw):
+        super().__init__(name=name, **kw)
+        self.num_classes = num_classes
+        self.cm = self.add_weight("confusion", shape=(num_classes, num_classes), initializer="zeros",
+                                  dtype=tf.float64)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = tf.reshape(tf.cast(y_true, tf.int32), [-1])
+        y_pred = tf.argmax(tf.reshape(y_pred, [-1, self.num_classes]), axis=-1, output_type=tf.int32)
+        w = None if sample_weight is None else tf.reshape(tf.cast(sample_weight, tf.float64), [-1])
+        return self.cm.assign_add(tf.math.confusion_matrix(y_true, y_pred, self.num_classes, weights=w,
+                                                           dtype=tf.float64))
+
+    def result(self):
+        cm = tf.convert_to_tensor(self.cm)
+        tp = tf.linalg.diag_part(cm)
+        f1 = tf.math.divide_no_nan(2 * tp, tf.reduce_sum(cm, 0) + tf.reduce_sum(cm, 1))
+        return tf.cast(tf.reduce_mean(f1), tf.float32)
+
+    def reset_state(self):
+        self.cm.assign(tf.zeros_like(self.cm))
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes}
+
+
+def softmax(logits):
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def classification_metrics(y_true, logits) -> dict:
+    """accuracy, macro-F1, per-class precision/recall/F1/support, mean CE loss, confusion matrix."""
+    y_true = np.asarray(y_true)
+    probs = softmax(logits)
+    y_pred = probs.argmax(axis=1)
+    labels = list(range(len(LABELS)))
+    p, r, f, n = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    loss = float(-np.log(np.clip(probs[np.arange(len(y_true)), y_true], 1e-12, None)).mean())
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "loss": loss,
+        "n": int(len(y_true)),
+        "per_class": {LABELS[i]: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+                                  "support": int(n[i])} for i in labels},
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    }
+
+
+def confusion_figure(cm, title: str = ""):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    cm = np.asarray(cm)
+    fig, ax = plt.subplots(figsize=(4.2, 3.8), dpi=100)
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(LABELS)), LABELS)
+    ax.set_yticks(range(len(LABELS)), LABELS)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, int(cm[i, j]), ha="center", va="center",
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    fig.tight_layout()
+    return fig
+
+
+def figure_png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def save_png(png: bytes, path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(png)
+    os.replace(tmp, path)
+
+
+def log_png(writer, tag: str, png: bytes, step: int) -> None:
+    """Put a PNG into TensorBoard's Images tab."""
+    with writer.as_default():
+        tf.summary.image(tag, tf.image.decode_png(png, channels=4)[None], step=step)
+    writer.flush()

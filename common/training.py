@@ -1,0 +1,222 @@
+"""The steps every train script shares: data -> compile -> fit -> export -> report.
+
+Plain functions over Keras' own fit(), so each script reads top to bottom and
+changes only what makes it different (which weights train, which head).
+"""
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from common import callbacks as cb
+from common import data, metrics, runs
+from common.env import REPO_ROOT, keras, tf
+
+
+# ----------------------------------------------------------------------------- run metadata
+
+def versions() -> dict:
+    """Installed versions of the stack (read from metadata: importing them costs seconds)."""
+    from importlib.metadata import PackageNotFoundError, version
+    out = {"python": platform.python_version()}
+    for pkg in ("tensorflow", "keras", "transformers", "huggingface-hub", "datasets", "tokenizers",
+                "keras-tuner", "tensorflow-addons", "scikit-learn", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def git_commit() -> str:
+    try:
+        head = subprocess.run(["git", "-C", REPO_ROOT, "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", REPO_ROOT, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return head + ("+dirty" if dirty and head else "") if head else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def write_config(run_dir: str, cfg, harness, script: str, extra: dict = None) -> None:
+    runs.write_json(os.path.join(run_dir, runs.CONFIG), {
+        "script": script, "argv": sys.argv[1:], "flags": cfg.to_dict(),
+        "resolved": {"precision": harness.precision, "xla": harness.xla, "replicas": harness.replicas,
+                     "strategy": type(harness.strategy).__name__, "notes": harness.notes, **(extra or {})},
+        "devices": harness.devices, "versions": versions(), "git_commit": git_commit(),
+    })
+
+
+# ----------------------------------------------------------------------------- data
+
+@dataclass
+class Splits:
+    train: tf.data.Dataset
+    val: tf.data.Dataset
+    test: tf.data.Dataset
+    val_order: np.ndarray      # row i of val predictions is example val_order[i]
+    test_order: np.ndarray
+    rows: dict                 # split -> [(sentence, label)]
+    train_stats: dict          # steps, examples, real tokens, real-token share, pipeline rate
+    token_lengths: dict        # split -> list of token counts
+
+
+def load_data(cfg, tokenizer, replicas: int) -> Splits:
+    rows = data.load_splits(cfg.data, cfg.agreement, cfg.split)
+    ids = {k: data.encode(tokenizer, [s for s, _ in v], cfg.max_length) for k, v in rows.items()}
+    y = {k: [l for _, l in v] for k, v in rows.items()}
+    global_batch = cfg.batch_size * replicas
+    train = data.bucketed_dataset(ids["train"], y["train"], global_batch, cfg.max_length,
+                                  tokenizer.pad_token_id, shuffle=True, seed=cfg.seed)
+    val, val_order = data.sorted_dataset(ids["validation"], y["validation"], 2 * global_batch,
+                                         cfg.max_length, tokenizer.pad_token_id)
+    test, test_order = data.sorted_dataset(ids["test"], y["test"], 2 * global_batch,
+                                           cfg.max_length, tokenizer.pad_token_id)
+    stats = data.batch_stats(train)
+    return Splits(train, val, test, val_order, test_order, rows, stats,
+                  {k: [len(x) for x in v] for k, v in ids.items()})
+
+
+def class_weights(labels) -> dict:
+    """sklearn's 'balanced' weights: n_samples / (n_classes * count(class))."""
+    from sklearn.utils.class_weight import compute_class_weight
+    classes = np.arange(len(data.LABELS))
+    return dict(zip(classes.tolist(), compute_class_weight("balanced", classes=classes, y=np.asarray(labels))))
+
+
+# ----------------------------------------------------------------------------- model
+
+def make_optimizer(cfg, steps_per_epoch: int, lr: float = None):
+    """AdamW, linear warm-up to the peak rate then linear decay to 0, global-norm clipping."""
+    from transformers.optimization_tf import WarmUp
+    lr = cfg.lr if lr is None else lr
+    total = max(1, steps_per_epoch * cfg.epochs)
+    warmup = int(round(cfg.warmup * total))
+    schedule = keras.optimizers.schedules.PolynomialDecay(lr, max(1, total - warmup), end_learning_rate=0.0)
+    if warmup:
+        schedule = WarmUp(lr, schedule, warmup)
+    opt = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay,
+                                 global_clipnorm=cfg.clipnorm or None, epsilon=1e-6)
+    opt.exclude_from_weight_decay(var_names=["LayerNorm", "layer_norm", "bias"])
+    return opt
+
+
+def make_loss(cfg):
+    """Per-example loss on integer labels and logits, in float32 under mixed precision.
+    A plain function: compile() wraps it with the reduction that is right under any strategy."""
+    n = len(data.LABELS)
+    if cfg.loss == "focal":
+        def focal_loss(y, logits):
+            y = tf.one_hot(tf.reshape(tf.cast(y, tf.int32), [-1]), n)
+            return keras.losses.categorical_focal_crossentropy(y, tf.cast(logits, tf.float32), from_logits=True)
+        return focal_loss
+
+    def cross_entropy(y, logits):
+        return keras.losses.sparse_categorical_crossentropy(y, tf.cast(logits, tf.float32), from_logits=True)
+    return cross_entropy
+
+
+def compile_classifier(model, cfg, optimizer, xla: bool) -> None:
+    model.compile(optimizer=optimizer, loss=make_loss(cfg), jit_compile=xla,
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"), metrics.SparseMacroF1()])
+
+
+# ----------------------------------------------------------------------------- fit
+
+def fit(model, cfg, run_dir: str, splits: Splits, hparams: dict, harness=None):
+    """Keras fit with the run folder's callbacks. Returns (history, throughput, best_path).
+    Exits non-zero, keeping the best checkpoint, if the loss turns NaN."""
+    from tensorboard.plugins.hparams import api as hp
+    tb_dir = os.path.join(run_dir, runs.TB)
+    best_path = os.path.join(run_dir, runs.BEST, "weights")
+    throughput = cb.Throughput(splits.train_stats["examples"], splits.train_stats["real_tokens"])
+    nan_guard = cb.StopOnNaN()
+    y_val = np.asarray([l for _, l in splits.rows["validation"]])[splits.val_order]
+    callbacks = [
+        nan_guard,
+        throughput,  # before TensorBoard: it adds the throughput keys to the logs
+        cb.ConfusionMatrixImages(splits.val, y_val, os.path.join(tb_dir, "validation")),
+        keras.callbacks.BackupAndRestore(os.path.join(run_dir, runs.BACKUP),
+                                         save_freq=cfg.backup_every_steps or "epoch"),
+        keras.callbacks.ModelCheckpoint(best_path, monitor="val_macro_f1", mode="max", save_best_only=True,
+                                        save_weights_only=True),
+        keras.callbacks.TensorBoard(tb_dir, update_freq=cfg.log_every_steps or "epoch", write_graph=False,
+                                    profile_batch=0),
+        hp.KerasCallback(os.path.join(tb_dir, "hparams"), hparams, trial_id=os.path.basename(run_dir)),
+    ]
+    cw = class_weights([l for _, l in splits.rows["train"]]) if cfg.class_weight == "balanced" else None
+    history = model.fit(splits.train, validation_data=splits.val, epochs=cfg.epochs, callbacks=callbacks,
+                        class_weight=cw, verbose=1 if sys.stdout.isatty() else 2)
+    if nan_guard.fired:
+        raise SystemExit(f"loss became NaN; stopped. The best weights so far are in {best_path}* "
+                         f"(try a lower --lr or --precision fp32)")
+    if os.path.exists(best_path + ".index"):
+        model.load_weights(best_path)
+    return history, throughput, best_path
+
+
+def hparams_of(cfg, harness) -> dict:
+    """The flags worth comparing across runs in TensorBoard's HParams dashboard."""
+    keys = ("model", "agreement", "split", "max_length", "batch_size", "epochs", "lr", "warmup",
+            "weight_decay", "class_weight", "loss", "seed")
+    out = {k: getattr(cfg, k) for k in keys}
+    out.update(precision=harness.precision, replicas=harness.replicas)
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+
+def predict_logits(model, dataset, order) -> np.ndarray:
+    """Logits in the original example order (eval datasets are sorted by length)."""
+    out = model.predict(dataset, verbose=0)
+    logits = np.asarray(out["logits"] if isinstance(out, dict) or hasattr(out, "keys") else out, np.float32)
+    unsorted = np.empty_like(logits)
+    unsorted[order] = logits
+    return unsorted
+
+
+def evaluate_splits(model, splits: Splits) -> dict:
+    out = {}
+    for name, ds, order in (("validation", splits.val, splits.val_order), ("test", splits.test, splits.test_order)):
+        logits = predict_logits(model, ds, order)
+        out[name] = metrics.classification_metrics([l for _, l in splits.rows[name]], logits)
+        out[name]["logits"] = logits
+    return out
+
+
+def export(model, tokenizer, run_dir: str) -> None:
+    """save_pretrained() model + tokenizer into run_dir/model, atomically."""
+    tmp = os.path.join(run_dir, runs.MODEL + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    runs.publish_dir(tmp, os.path.join(run_dir, runs.MODEL))
+
+
+def write_metrics(run_dir: str, results: dict, splits: Splits, throughput, wall_start: float) -> dict:
+    per_epoch = throughput.history
+    steady = per_epoch[1:] or per_epoch  # the first epoch includes tracing
+    m = {split: {k: v for k, v in results[split].items() if k != "logits"} for split in ("validation", "test")}
+    m.update({
+        "train_seconds": throughput.train_seconds,
+        "wall_seconds": time.time() - wall_start,
+        "examples_per_sec": float(np.median([r["examples_per_sec"] for r in steady])),
+        "real_tokens_per_sec": float(np.median([r["real_tokens_per_sec"] for r in steady])),
+        "real_token_share": splits.train_stats["real_token_share"],
+        "pipeline_examples_per_sec": splits.train_stats["pipeline_examples_per_sec"],
+        "batch_widths": splits.train_stats["widths"],
+        "sizes": {k: len(v) for k, v in splits.rows.items()},
+    })
+    runs.write_json(os.path.join(run_dir, runs.METRICS), m)
+    return m
+
+
+def summary_line(m: dict) -> str:
+    t, v = m["test"], m["validation"]
+    return (f"val acc {v['accuracy']:.4f} macro-F1 {v['macro_f1']:.4f} | test acc {t['accuracy']:.4f} "
+            f"macro-F1 {t['macro_f1']:.4f} | train {m['train_seconds']:.0f}s, {m['examples_per_sec']:.1f} ex/s, "
+            f"real-token share {m['real_token_share']:.3f}")

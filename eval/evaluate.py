@@ -1,0 +1,81 @@
+#!/usr/bin/env python
+"""Evaluate a finished run on any agreement level's test (or validation) split.
+
+    python eval/evaluate.py runs/<run>
+    python eval/evaluate.py runs/<run> --agreement 50
+
+Writes runs/<run>/eval/<level>Agree-<part>/: report.txt (sklearn classification
+report), metrics.json, confusion_matrix.png, errors.csv (sentence, true, predicted,
+confidence; most confident mistakes first), and a confusion-matrix image in
+TensorBoard (runs/<run>/tb/eval).
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import env  # noqa: E402,F401  (first)
+from common import data, metrics, runs, training  # noqa: E402
+from common.env import tf  # noqa: E402
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", help="a finished run folder (runs/<name>)")
+    p.add_argument("--agreement", choices=["50", "66", "75", "all"], help="level to evaluate on (default: the run's)")
+    p.add_argument("--data", help="Financial PhraseBank folder, zip or 'hub' (default: the run's)")
+    p.add_argument("--part", choices=["test", "validation"], default="test", help="which split")
+    p.add_argument("--batch-size", type=int, default=64)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse(argv)
+    run = runs.load_run(args.run_dir)
+    flags = run["flags"]
+    agreement = args.agreement or flags["agreement"]
+    source = args.data or flags["data"]
+
+    # data: the same split rule as training, so no evaluated sentence was trained on
+    from transformers import AutoTokenizer, TFAutoModelForSequenceClassification
+    model_dir = os.path.join(args.run_dir, runs.MODEL)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = data.load_splits(source, agreement, flags["split"])[args.part]
+    ids = data.encode(tokenizer, [s for s, _ in rows], flags["max_length"])
+    y = [l for _, l in rows]
+    ds, order = data.sorted_dataset(ids, y, args.batch_size, flags["max_length"], tokenizer.pad_token_id)
+
+    # model
+    model = TFAutoModelForSequenceClassification.from_pretrained(model_dir)
+    logits = training.predict_logits(model, ds, order)
+
+    # report
+    from sklearn.metrics import classification_report
+    m = metrics.classification_metrics(y, logits)
+    report = classification_report(y, logits.argmax(1), labels=range(len(data.LABELS)),
+                                   target_names=data.LABELS, digits=4, zero_division=0)
+    out = os.path.join(args.run_dir, "eval", f"{data.level_name(agreement)}-{args.part}")
+    os.makedirs(out, exist_ok=True)
+    m.update(agreement=agreement, part=args.part, trained_on=flags["agreement"], data=source)
+    runs.write_json(os.path.join(out, "metrics.json"), m)
+    with open(os.path.join(out, "report.txt.tmp"), "w") as f:
+        f.write(report)
+    os.replace(os.path.join(out, "report.txt.tmp"), os.path.join(out, "report.txt"))
+    title = f"{data.level_name(agreement)} {args.part} (trained on {data.level_name(flags['agreement'])})"
+    png = metrics.figure_png(metrics.confusion_figure(m["confusion_matrix"], title))
+    metrics.save_png(png, os.path.join(out, "confusion_matrix.png"))
+    metrics.log_png(tf.summary.create_file_writer(os.path.join(args.run_dir, runs.TB, "eval")),
+                    f"eval/{data.level_name(agreement)}-{args.part}/confusion_matrix", png, 0)
+    probs = metrics.softmax(logits)
+    wrong = [i for i in range(len(y)) if probs[i].argmax() != y[i]]
+    wrong.sort(key=lambda i: -probs[i].max())
+    runs.write_csv(os.path.join(out, runs.ERRORS), ["sentence", "true", "predicted", "confidence", "tokens"],
+                   [(rows[i][0], data.LABELS[y[i]], data.LABELS[int(probs[i].argmax())],
+                     f"{probs[i].max():.4f}", len(ids[i])) for i in wrong])
+    print(f"{title}: n={m['n']} accuracy {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f}\n{report}")
+    print(f"wrote {out}/ (report.txt, metrics.json, confusion_matrix.png, errors.csv: {len(wrong)} mistakes)")
+    return m
+
+
+if __name__ == "__main__":
+    main()

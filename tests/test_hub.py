@@ -1,0 +1,79 @@
+"""The Hub code paths (data zip, TF model, PyTorch-only safetensors model) against a
+local stand-in that speaks the Hub's file protocol; and the offline errors."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from common.env import REPO_ROOT
+from tests.conftest import DATA_ZIP, run_script
+from tests.hub_standin import HubStandIn
+
+
+@pytest.fixture()
+def hub(tmp_path):
+    h = HubStandIn()
+    yield h, {"HF_ENDPOINT": h.endpoint, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_OFFLINE": "0",
+              "HF_HUB_DISABLE_TELEMETRY": "1"}
+    h.close()
+
+
+def _py(code, env):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT,
+                          env={**os.environ, **env}, timeout=300)
+
+
+def test_data_from_hub_is_the_release_zip_and_is_cached(hub, data_dir):
+    h, env = hub
+    h.add("takala/financial_phrasebank", "data/FinancialPhraseBank-v1.0.zip", DATA_ZIP, "dataset")
+    code = "from common import env, data; print({k: len(v) for k, v in sorted(data.load_levels('hub').items())})"
+    first = _py(code, env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.stdout.strip().splitlines()[-1] == "{'50': 4846, '66': 4217, '75': 3453, 'all': 2264}"
+    assert any("/datasets/takala/financial_phrasebank/resolve/" in p for _, p in h.requests)
+    # second time: from the cache, with the Hub declared offline
+    again = _py(code, {**env, "HF_HUB_OFFLINE": "1"})
+    assert again.returncode == 0 and again.stdout == first.stdout, again.stderr[-2000:]
+
+
+def test_data_offline_without_cache_is_one_clear_error(hub):
+    _, env = hub
+    p = _py("from common import env, data; data.load_levels('hub')", {**env, "HF_HUB_OFFLINE": "1"})
+    assert p.returncode != 0
+    assert "pass --data PATH to a local FinancialPhraseBank-v1.0 folder or zip" in p.stderr
+
+
+def test_train_with_tf_model_and_data_from_hub(hub, tiny_distilbert, tmp_path):
+    h, env = hub
+    h.add("takala/financial_phrasebank", "data/FinancialPhraseBank-v1.0.zip", DATA_ZIP, "dataset")
+    h.add_folder("standin/tiny-distilbert", tiny_distilbert)
+    run = tmp_path / "run"
+    run_script("train/full_finetune.py", "--model", "standin/tiny-distilbert", "--epochs", 1,
+               "--run-dir", run, env_extra=env)
+    assert (run / "metrics.json").exists()
+    assert any(p.endswith("standin/tiny-distilbert/resolve/main/tf_model.h5") for _, p in h.requests)
+
+
+def test_pytorch_only_hub_model_loads_without_torch(hub, minilm):
+    h, env = hub
+    h.add_folder("standin/minilm", minilm)  # config, tokenizer, model.safetensors; no tf_model.h5
+    code = ("from common import env, models; import sys; m = models.build_classifier('standin/minilm'); "
+            "import numpy as np; from safetensors.numpy import load_file; from huggingface_hub import hf_hub_download; "
+            "w = load_file(hf_hub_download('standin/minilm', 'model.safetensors'))['embeddings.word_embeddings.weight']; "
+            "v = [x for x in m.weights if 'word_embeddings' in x.name][0].numpy(); "
+            "print(np.array_equal(w, v), 'torch' in sys.modules)")
+    p = _py(code, env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.strip().splitlines()[-1] == "True False"
+
+
+def test_model_offline_without_local_copy_says_what_to_pass(tmp_path, data_dir):
+    p = run_script("train/full_finetune.py", "--model", "distilbert-base-uncased", "--data", data_dir,
+                   "--run-dir", tmp_path / "run", check=False,
+                   env_extra={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty-hf-home")})
+    assert p.returncode != 0
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("--model distilbert-base-uncased: not found offline") and "pass --model PATH" in last
+    assert "Traceback" not in p.stderr
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,166 @@
+"""End-to-end training on tiny random DistilBERT configs: run folder, TensorBoard,
+strategies, atomic outputs, kill safety, --help."""
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from common import config, distribute, runs
+from common.env import REPO_ROOT, keras, tf
+from tests.conftest import run_script
+
+SCRIPTS = ["train/full_finetune.py", "eval/evaluate.py"]
+
+
+def _train(tiny, data_dir, run_dir, *extra):
+    import importlib
+    ff = importlib.import_module("train.full_finetune")
+    keras.backend.clear_session()
+    return ff.main(["--model", tiny, "--data", data_dir, "--run-dir", str(run_dir), "--epochs", "2", *map(str, extra)])
+
+
+def _tags(event_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(event_dir, size_guidance={"tensors": 0, "images": 0})
+    acc.Reload()
+    return acc
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_distilbert, data_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    m = _train(tiny_distilbert, data_dir, run, "--lr", "1e-3")
+    return run, m
+
+
+def test_run_folder_is_complete_and_self_describing(tiny_run, data_dir):
+    run, m = tiny_run
+    for name in ("config.json", "metrics.json", "model/tf_model.h5", "model/config.json", "model/tokenizer.json"):
+        assert (run / name).exists(), name
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["flags"]["data"] == data_dir and cfg["flags"]["epochs"] == 2
+    assert cfg["versions"]["tensorflow"] == tf.__version__ and cfg["devices"]
+    assert cfg["resolved"]["precision"] in ("bf16", "fp32")
+    metrics = json.loads((run / "metrics.json").read_text())
+    for part in ("validation", "test"):
+        for key in ("accuracy", "macro_f1", "loss", "per_class", "confusion_matrix"):
+            assert key in metrics[part]
+        assert set(metrics[part]["per_class"]) == {"negative", "neutral", "positive"}
+        assert sum(map(sum, metrics[part]["confusion_matrix"])) == metrics["sizes"][part]
+    assert metrics["real_token_share"] >= 0.85
+    assert metrics["examples_per_sec"] > 0 and metrics["train_seconds"] > 0
+    assert not glob.glob(str(run / "**" / "*.tmp"), recursive=True)
+
+
+def test_tensorboard_has_scalars_hparams_and_confusion_image(tiny_run):
+    run, _ = tiny_run
+    train = _tags(str(run / "tb" / "train")).Tags()["tensors"]
+    for tag in ("epoch_loss", "epoch_accuracy", "epoch_macro_f1", "epoch_learning_rate",
+                "epoch_examples_per_sec", "epoch_real_tokens_per_sec"):
+        assert tag in train, (tag, train)
+    val = _tags(str(run / "tb" / "validation")).Tags()
+    assert "epoch_macro_f1" in val["tensors"]
+    assert "validation/confusion_matrix" in val["tensors"]  # TF2 image summaries are tensors
+    hp = _tags(str(run / "tb" / "hparams"))
+    assert "_hparams_/session_start_info" in hp.Tags()["tensors"]
+
+
+def test_saved_model_reloads_and_evaluate_agrees_with_training_report(tiny_run):
+    run, m = tiny_run
+    p = run_script("eval/evaluate.py", run)
+    out = run / "eval" / "AllAgree-test"
+    ev = json.loads((out / "metrics.json").read_text())
+    assert ev["accuracy"] == pytest.approx(m["test"]["accuracy"], abs=1e-9)
+    assert ev["confusion_matrix"] == m["test"]["confusion_matrix"]
+    assert (out / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = (out / "errors.csv").read_text().splitlines()
+    assert lines[0] == "sentence,true,predicted,confidence,tokens"
+    assert len(lines) - 1 == round((1 - ev["accuracy"]) * ev["n"])
+    assert "accuracy" in p.stdout and "macro avg" in p.stdout
+
+
+def test_evaluate_on_a_looser_level(tiny_run):
+    run, _ = tiny_run
+    run_script("eval/evaluate.py", run, "--agreement", "50")
+    ev = json.loads((run / "eval" / "50Agree-test" / "metrics.json").read_text())
+    assert ev["n"] == 483 and ev["trained_on"] == "all"
+
+
+def test_cpu_replicas_2_trains_with_mirrored_strategy(tiny_distilbert, data_dir, tmp_path):
+    m = _train(tiny_distilbert, data_dir, tmp_path / "r2", "--cpu-replicas", 2, "--lr", "1e-3")
+    cfg = json.loads((tmp_path / "r2" / "config.json").read_text())
+    assert cfg["resolved"]["replicas"] == 2 and cfg["resolved"]["strategy"] == "MirroredStrategy"
+    assert len(cfg["devices"]) == 2
+    assert m["test"]["n"] == 226 and (tmp_path / "r2" / "model" / "tf_model.h5").exists()
+
+
+def test_gpus_more_than_present_is_a_clear_error():
+    cfg = config.Config(gpus=2)
+    with pytest.raises(SystemExit, match=r"--gpus 2: this machine has 0 GPU\(s\)"):
+        distribute.setup(cfg)
+
+
+def test_xla_is_refused_under_mirrored_strategy_with_a_note():
+    h = distribute.setup(config.Config(cpu_replicas=2, xla=True, precision="fp32"))
+    assert h.replicas == 2 and h.xla is False
+    assert any("--xla ignored" in n for n in h.notes)
+    assert distribute.setup(config.Config(xla=True, precision="fp32")).xla is True
+
+
+@pytest.mark.parametrize("flag,policy", [("fp32", "float32"), ("bf16", "mixed_bfloat16"), ("fp16", "mixed_float16")])
+def test_precision_flag_sets_the_keras_policy(flag, policy):
+    distribute.setup(config.Config(precision=flag))
+    assert keras.mixed_precision.global_policy().name == policy
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def test_chief_selection_from_tf_config():
+    assert distribute.is_chief_task({"cluster": {"worker": ["a", "b"]}, "task": {"type": "worker", "index": 0}})
+    assert not distribute.is_chief_task({"cluster": {"worker": ["a", "b"]}, "task": {"type": "worker", "index": 1}})
+    assert distribute.is_chief_task({"cluster": {"chief": ["c"], "worker": ["a"]}, "task": {"type": "chief"}})
+    assert not distribute.is_chief_task({"cluster": {"chief": ["c"], "worker": ["a"]},
+                                         "task": {"type": "worker", "index": 0}})
+
+
+def test_atomic_write_never_leaves_a_half_written_file(tmp_path):
+    path = str(tmp_path / "metrics.json")
+    runs.write_json(path, {"a": 1})
+    with pytest.raises(TypeError):
+        runs.write_json(path, {"a": object.__new__(type("Unserialisable", (), {"__str__": None}))})
+    with pytest.raises(ZeroDivisionError):
+        runs.write_csv(str(tmp_path / "x.csv"), ["h"], ([1 / 0] for _ in range(1)))
+    assert json.loads(open(path).read()) == {"a": 1}
+    assert sorted(os.listdir(tmp_path)) == ["metrics.json"]
+
+
+def test_killed_run_leaves_no_metrics_and_rerun_resumes(tiny_distilbert, data_dir, tmp_path):
+    run = tmp_path / "killed"
+    args = [sys.executable, os.path.join(REPO_ROOT, "train/full_finetune.py"), "--model", tiny_distilbert,
+            "--data", data_dir, "--run-dir", str(run), "--epochs", "4", "--precision", "fp32"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT)
+    seen = ""
+    for line in proc.stdout:  # wait until the second epoch is under way, then kill -9
+        seen += line
+        if line.startswith("Epoch 3/4"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, seen[-2000:]
+    assert not (run / "metrics.json").exists() and not (run / "model").exists()
+    assert (run / "backup").exists()
+    # the same command again resumes from the backup and finishes the remaining epochs only
+    p = run_script("train/full_finetune.py", *args[2:])
+    assert "Epoch 1/4" not in p.stdout and "Epoch 3/4" in p.stdout, p.stdout[-2000:]
+    assert json.loads((run / "metrics.json").read_text())["test"]["n"] == 226
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_has_help(script):
+    p = run_script(script, "--help")
+    assert p.stdout.startswith("usage:") and "--" in p.stdout
