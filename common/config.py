@@ -26,9 +26,19 @@ class Config:
                     "safetensors) encoder")
     init_from: str = _f("", "start from the weights of this earlier run folder (runs/<name>)")
     dropout: float = _f(-1.0, "classifier dropout; -1 keeps the model config's value")
+    freeze: str = _f("none", "which part does not train: none, encoder (head only), head (encoder only)",
+                     choices=["none", "encoder", "head"])
+    head: str = _f("library", "'library': the model's own head; 'custom': --pooling/--head-* below",
+                   choices=["library", "custom"])
+    pooling: str = _f("cls", "custom head: pool the first token or the mean of real tokens",
+                      choices=["cls", "mean"])
+    head_hidden: str = _f("256", "custom head: hidden Dense sizes, comma-separated ('' for none)")
+    head_dropout: float = _f(0.1, "custom head: dropout before each Dense")
+    head_activation: str = _f("gelu", "custom head: activation of the hidden layers")
     # optimisation
     epochs: int = _f(3, "passes over the training split")
-    batch_size: int = _f(32, "examples per replica per step (global batch = this x replicas)")
+    batch_size: int = _f(32, "examples per step over all replicas (global batch; each replica gets "
+                         "batch-size / replicas), so results do not depend on the device count")
     lr: float = _f(1e-4, "peak learning rate (AdamW), reached after warm-up, then linear decay to 0")
     warmup: float = _f(0.1, "share of all steps spent warming the learning rate up from 0")
     weight_decay: float = _f(0.01, "AdamW decoupled weight decay (not on biases and LayerNorm)")

@@ -1,8 +1,10 @@
-"""Encoders + classification heads: load from the Hub or a folder, TF or PyTorch weights."""
+"""Encoders + classification heads: load from the Hub or a folder, TF or PyTorch weights;
+freeze parts; a custom head (pooling, hidden layers) that saves beside its encoder."""
+import json
 import os
 
 from common.env import keras, tf  # noqa: F401  (Keras 2 resolved before transformers)
-from transformers import AutoConfig, AutoTokenizer, TFAutoModelForSequenceClassification
+from transformers import AutoConfig, AutoTokenizer, TFAutoModel, TFAutoModelForSequenceClassification
 
 from common.data import LABELS
 
@@ -37,37 +39,144 @@ def _pt_safetensors(name: str):
         return None
 
 
-def build_classifier(name: str, dropout: float = -1.0):
-    """A TF sequence classifier for LABELS from `name` (Hub id or folder). Call inside
-    strategy.scope(). TF weights load through from_pretrained; PyTorch safetensors load
-    through safetensors.numpy, without torch (transformers 4.57 cannot: its issue 40028)."""
-    kwargs = dict(num_labels=len(LABELS), id2label=dict(enumerate(LABELS)),
-                  label2id={l: i for i, l in enumerate(LABELS)})
-    try:
-        config = AutoConfig.from_pretrained(name, **kwargs)
-    except (OSError, ValueError) as e:
-        raise _not_found(name, e) from e
-    if dropout >= 0:
-        for attr in ("seq_classif_dropout", "classifier_dropout"):  # DistilBERT, BERT-likes
-            if hasattr(config, attr):
-                setattr(config, attr, dropout)
+def _load(auto_cls, name: str, config):
+    """auto_cls.from_pretrained, falling back to PyTorch safetensors loaded through
+    safetensors.numpy without torch (transformers 4.57 cannot: its issue 40028)."""
     has_tf = os.path.exists(os.path.join(name, WEIGHTS_TF)) if os.path.isdir(name) else None
+    first_error = FileNotFoundError(f"{name}/{WEIGHTS_TF}")
     if has_tf is not False:
         try:
-            return TFAutoModelForSequenceClassification.from_pretrained(name, config=config)
+            return auto_cls.from_pretrained(name, config=config)
         except Exception as e:  # Hub repo without TF weights (or with only safetensors: issue 40028)
             if has_tf:  # a local TF checkpoint that fails to load is a real error
                 raise
             first_error = e
     pt = _pt_safetensors(name)
     if pt is None:
-        raise _not_found(name, first_error if has_tf is None else FileNotFoundError(WEIGHTS_TF))
+        raise _not_found(name, first_error)
     from safetensors.numpy import load_file
     from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf2_model
-    model = TFAutoModelForSequenceClassification.from_config(config)
+    model = auto_cls.from_config(config)
     model(model.dummy_inputs, training=False)  # create the variables
     load_pytorch_state_dict_in_tf2_model(model, load_file(pt), allow_missing_keys=True)
     return model
+
+
+def _config(name: str, **kwargs):
+    try:
+        return AutoConfig.from_pretrained(name, **kwargs)
+    except (OSError, ValueError) as e:
+        raise _not_found(name, e) from e
+
+
+def build_classifier(name: str, dropout: float = -1.0):
+    """A TF sequence classifier for LABELS from `name` (Hub id, folder, or the model/ folder
+    of a run, custom head included). Call inside strategy.scope()."""
+    if os.path.exists(os.path.join(name, HEAD_CONFIG)):
+        return CustomHeadClassifier.from_pretrained(name)
+    config = _config(name, num_labels=len(LABELS), id2label=dict(enumerate(LABELS)),
+                     label2id={l: i for i, l in enumerate(LABELS)})
+    if dropout >= 0:
+        for attr in ("seq_classif_dropout", "classifier_dropout"):  # DistilBERT, BERT-likes
+            if hasattr(config, attr):
+                setattr(config, attr, dropout)
+    return _load(TFAutoModelForSequenceClassification, name, config)
+
+
+# ----------------------------------------------------------------------------- parts
+
+def encoder_of(model):
+    """The transformer body (embeddings + blocks) of a classifier."""
+    if isinstance(model, CustomHeadClassifier):
+        return model.encoder
+    return getattr(model, model.base_model_prefix)
+
+
+def head_layers(model):
+    enc = encoder_of(model)
+    return [l for l in model.layers if l is not enc and not (isinstance(model, CustomHeadClassifier) and l is model.backbone)]
+
+
+def freeze(model, part: str) -> None:
+    """part: 'none' (all train), 'encoder' (head only trains), 'head' (encoder only trains).
+    Call before compile()."""
+    if part not in ("none", "encoder", "head"):
+        raise ValueError(f"--freeze {part}: expected none, encoder or head")
+    encoder_of(model).trainable = part != "encoder"
+    for layer in head_layers(model):
+        layer.trainable = part != "head"
+
+
+# ----------------------------------------------------------------------------- custom head
+
+HEAD_CONFIG = "head.json"
+HEAD_WEIGHTS = "head.weights.h5"
+
+
+class CustomHeadClassifier(keras.Model):
+    """Encoder -> pooling (cls | mean over real tokens) -> Dense hidden layers with dropout
+    -> logits. Logits are float32 under mixed precision (softmax/loss stay accurate)."""
+
+    def __init__(self, backbone, pooling="cls", hidden=(256,), dropout=0.1, activation="gelu", **kw):
+        super().__init__(**kw)
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"--pooling {pooling}: expected cls or mean")
+        self.backbone = backbone  # a TFAutoModel (base model, no head)
+        self.encoder = getattr(backbone, backbone.base_model_prefix)
+        self.head_config = dict(pooling=pooling, hidden=list(hidden), dropout=dropout, activation=activation)
+        self.hidden_layers = [keras.layers.Dense(n, activation=activation, name=f"head_dense_{i}")
+                              for i, n in enumerate(hidden)]
+        self.dropouts = [keras.layers.Dropout(dropout, name=f"head_dropout_{i}") for i in range(len(hidden) + 1)]
+        self.out = keras.layers.Dense(len(LABELS), dtype="float32", name="head_logits")
+
+    def call(self, inputs, training=False):
+        mask = inputs["attention_mask"]
+        states = self.encoder(input_ids=inputs["input_ids"], attention_mask=mask, training=training)[0]
+        if self.head_config["pooling"] == "cls":
+            x = states[:, 0]
+        else:
+            m = tf.cast(mask, states.dtype)[:, :, None]
+            x = tf.reduce_sum(states * m, axis=1) / tf.maximum(tf.reduce_sum(m, axis=1), 1)
+        x = self.dropouts[0](x, training=training)
+        for dense, drop in zip(self.hidden_layers, self.dropouts[1:]):
+            x = drop(dense(x), training=training)
+        return self.out(x)
+
+    @property
+    def dummy_inputs(self):
+        ids = tf.constant([[101, 2000, 102, 0]], tf.int32)
+        return {"input_ids": ids, "attention_mask": tf.cast(ids != 0, tf.int32)}
+
+    def save_pretrained(self, path: str) -> None:
+        self.backbone.save_pretrained(path)
+        self.save_weights(os.path.join(path, HEAD_WEIGHTS))  # encoder + head, h5
+        with open(os.path.join(path, HEAD_CONFIG), "w") as f:
+            json.dump({**self.head_config, "labels": list(LABELS)}, f, indent=2)
+
+    @classmethod
+    def create(cls, name: str, pooling="cls", hidden=(256,), dropout=0.1, activation="gelu"):
+        """A new head on the encoder `name` (Hub id or folder). Call inside strategy.scope()."""
+        backbone = _load(TFAutoModel, name, _config(name))
+        model = cls(backbone, pooling, hidden, dropout, activation)
+        model(model.dummy_inputs)
+        return model
+
+    @classmethod
+    def from_pretrained(cls, path: str):
+        with open(os.path.join(path, HEAD_CONFIG)) as f:
+            head = json.load(f)
+        head.pop("labels", None)
+        model = cls.create(path, **head)
+        model.load_weights(os.path.join(path, HEAD_WEIGHTS))
+        return model
+
+
+def parse_hidden(text: str):
+    """'256,128' -> (256, 128); '' -> ()."""
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise SystemExit(f"--head-hidden {text!r}: expected comma-separated layer sizes, e.g. 256,128")
 
 
 def count_params(variables) -> int:

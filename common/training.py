@@ -67,10 +67,12 @@ class Splits:
 
 
 def load_data(cfg, tokenizer, replicas: int) -> Splits:
+    if cfg.batch_size % replicas:
+        raise SystemExit(f"--batch-size {cfg.batch_size}: must be a multiple of the {replicas} replicas")
     rows = data.load_splits(cfg.data, cfg.agreement, cfg.split)
     ids = {k: data.encode(tokenizer, [s for s, _ in v], cfg.max_length) for k, v in rows.items()}
     y = {k: [l for _, l in v] for k, v in rows.items()}
-    global_batch = cfg.batch_size * replicas
+    global_batch = cfg.batch_size
     train = data.bucketed_dataset(ids["train"], y["train"], global_batch, cfg.max_length,
                                   tokenizer.pad_token_id, shuffle=True, seed=cfg.seed)
     val, val_order = data.sorted_dataset(ids["validation"], y["validation"], 2 * global_batch,
@@ -163,10 +165,81 @@ def fit(model, cfg, run_dir: str, splits: Splits, hparams: dict, harness=None):
 def hparams_of(cfg, harness) -> dict:
     """The flags worth comparing across runs in TensorBoard's HParams dashboard."""
     keys = ("model", "agreement", "split", "max_length", "batch_size", "epochs", "lr", "warmup",
-            "weight_decay", "class_weight", "loss", "seed")
+            "weight_decay", "class_weight", "loss", "freeze", "head", "pooling", "seed")
     out = {k: getattr(cfg, k) for k in keys}
     out.update(precision=harness.precision, replicas=harness.replicas)
     return out
+
+
+# ----------------------------------------------------------------------------- a whole run
+
+@dataclass
+class Run:
+    cfg: object
+    harness: object
+    run_dir: str
+    source: str           # where the weights come from: --model, or --init-from's model/
+    tokenizer: object
+    splits: Splits
+    script: str
+    wall_start: float
+
+
+def start(cfg, script: str) -> Run:
+    """Flags -> strategy, precision, seed, run folder, tokenizer, data. Prints what it chose."""
+    from common import distribute, models
+    wall_start = time.time()
+    harness = distribute.setup(cfg)  # before any model: strategy + dtype policy
+    for note in harness.notes:
+        print("note:", note)
+    from common.env import set_seed
+    set_seed(cfg.seed, cfg.deterministic)
+    run_dir = distribute.writable_run_dir(harness, cfg.run_dir or runs.default_run_dir(script))
+    if cfg.init_from:
+        runs.load_run(cfg.init_from)  # a clear error if it is not a finished run
+    source = os.path.join(cfg.init_from, runs.MODEL) if cfg.init_from else cfg.model
+    tokenizer = models.load_tokenizer(source)
+    splits = load_data(cfg, tokenizer, harness.replicas)
+    st = splits.train_stats
+    print(f"data: {data.level_name(cfg.agreement)}, split={cfg.split}: "
+          + ", ".join(f"{k} {len(v)}" for k, v in splits.rows.items())
+          + f" | {st['steps']} steps/epoch, widths {st['widths']}, real-token share {st['real_token_share']:.3f}")
+    return Run(cfg, harness, run_dir, source, tokenizer, splits, script, wall_start)
+
+
+def build_model(run: Run):
+    """The classifier the flags describe (--head, --freeze, --init-from), compiled.
+    Call inside run.harness.strategy.scope()."""
+    from common import models
+    cfg = run.cfg
+    if cfg.head == "custom" and not cfg.init_from:
+        model = models.CustomHeadClassifier.create(run.source, cfg.pooling, models.parse_hidden(cfg.head_hidden),
+                                                  cfg.head_dropout, cfg.head_activation)
+    else:
+        model = models.build_classifier(run.source, cfg.dropout)
+    models.freeze(model, cfg.freeze)
+    compile_classifier(model, cfg, make_optimizer(cfg, run.splits.train_stats["steps"]), run.harness.xla)
+    return model
+
+
+def finish(run: Run, model) -> dict:
+    """Fit -> restore best -> evaluate -> export -> metrics.json. Returns the metrics."""
+    from common import models
+    cfg, harness = run.cfg, run.harness
+    trainable = models.count_params(model.trainable_weights)
+    extra = {"model_source": run.source, "params": model.count_params(), "trainable_params": trainable}
+    if cfg.class_weight == "balanced":
+        extra["class_weight"] = class_weights([l for _, l in run.splits.rows["train"]])
+    write_config(run.run_dir, cfg, harness, f"{run.script}.py", extra)
+    print(f"model: {run.source} ({model.count_params() / 1e6:.1f}M params, {trainable / 1e6:.2f}M trainable) on "
+          f"{harness.replicas} replica(s) {harness.devices}, precision {harness.precision}, xla {harness.xla} "
+          f"-> {run.run_dir}")
+    _, throughput, _ = fit(model, cfg, run.run_dir, run.splits, hparams_of(cfg, harness))
+    results = evaluate_splits(model, run.splits)
+    export(model, run.tokenizer, run.run_dir)
+    m = write_metrics(run.run_dir, results, run.splits, throughput, run.wall_start)
+    print(summary_line(m))
+    return m
 
 
 # ----------------------------------------------------------------------------- report

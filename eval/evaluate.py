@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import env  # noqa: E402,F401  (first)
-from common import data, metrics, runs, training  # noqa: E402
+from common import data, metrics, models, runs, training  # noqa: E402
 from common.env import tf  # noqa: E402
 
 
@@ -37,7 +37,7 @@ def main(argv=None):
     source = args.data or flags["data"]
 
     # data: the same split rule as training, so no evaluated sentence was trained on
-    from transformers import AutoTokenizer, TFAutoModelForSequenceClassification
+    from transformers import AutoTokenizer
     model_dir = os.path.join(args.run_dir, runs.MODEL)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     rows = data.load_splits(source, agreement, flags["split"])[args.part]
@@ -46,7 +46,7 @@ def main(argv=None):
     ds, order = data.sorted_dataset(ids, y, args.batch_size, flags["max_length"], tokenizer.pad_token_id)
 
     # model
-    model = TFAutoModelForSequenceClassification.from_pretrained(model_dir)
+    model = models.build_classifier(model_dir)  # library or custom head
     logits = training.predict_logits(model, ds, order)
 
     # report

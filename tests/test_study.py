@@ -1,0 +1,122 @@
+"""The notebook's experiments as scripts, on tiny random DistilBERT configs: which weights
+change, --init-from, the custom head, class weights, focal loss."""
+import importlib
+import json
+
+import numpy as np
+import pytest
+from sklearn.utils.class_weight import compute_class_weight
+
+from common import data, models
+from common.env import keras
+from tests.conftest import run_script
+
+
+def _main(script, *args):
+    keras.backend.clear_session()
+    return importlib.import_module(f"train.{script}").main([str(a) for a in args])
+
+
+def _weights(folder):
+    m = models.build_classifier(str(folder))
+    key = lambda w: w.name.split("/", 1)[1]  # noqa: E731  (drop the model instance's name)
+    enc = {key(w): w.numpy() for w in models.encoder_of(m).weights}
+    head = {key(w): w.numpy() for l in models.head_layers(m) for w in l.weights}
+    assert enc and head
+    return enc, head
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def _none_same(a, b):
+    return a.keys() == b.keys() and not any(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def head_run(tiny_distilbert, data_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("study") / "head"
+    m = _main("head_only", "--model", tiny_distilbert, "--data", data_dir, "--run-dir", run, "--epochs", 1)
+    return run, m
+
+
+def test_head_only_changes_the_head_and_no_encoder_weight(head_run, tiny_distilbert):
+    run, _ = head_run
+    enc0, head0 = _weights(tiny_distilbert)
+    enc1, head1 = _weights(run / "model")
+    assert _same(enc0, enc1)
+    assert _none_same(head0, head1)
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["flags"]["freeze"] == "encoder" and cfg["flags"]["lr"] == 1e-3
+    assert cfg["resolved"]["trainable_params"] < cfg["resolved"]["params"] / 10
+
+
+def test_body_only_keeps_the_trained_head_and_changes_the_encoder(head_run, data_dir, tmp_path):
+    head_dir, _ = head_run
+    _main("body_finetune", "--init-from", head_dir, "--data", data_dir, "--run-dir", tmp_path / "body",
+          "--epochs", 1, "--lr", 1e-3)
+    enc0, head0 = _weights(head_dir / "model")
+    enc1, head1 = _weights(tmp_path / "body" / "model")
+    assert _same(head0, head1)  # restored exactly from the head-only run, then frozen
+    changed = [k for k in enc0 if not np.array_equal(enc0[k], enc1[k])]
+    assert len(changed) >= len(enc0) - 2  # every encoder weight that gets a gradient moved
+
+
+def test_init_from_restores_the_earlier_run_exactly(head_run, data_dir):
+    from transformers import TFAutoModelForSequenceClassification
+    from common import config, training
+    head_dir, _ = head_run
+    cfg = config.Config(init_from=str(head_dir), data=data_dir, precision="fp32")
+    run = training.start(cfg, "test")
+    with run.harness.strategy.scope():
+        model = training.build_model(run)
+    ref = TFAutoModelForSequenceClassification.from_pretrained(str(head_dir / "model"))
+    assert [w.name.split("/", 1)[1] for w in model.weights] == [w.name.split("/", 1)[1] for w in ref.weights]
+    assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(model.weights, ref.weights))
+
+
+def test_body_finetune_requires_init_from(data_dir):
+    p = run_script("train/body_finetune.py", "--data", data_dir, check=False)
+    assert p.returncode == 2 and "--init-from is required" in p.stderr
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_custom_head_trains_under_two_replicas_and_bf16_and_reloads(pooling, tiny_distilbert, data_dir, tmp_path):
+    run = tmp_path / pooling
+    m = _main("custom_head", "--model", tiny_distilbert, "--data", data_dir, "--run-dir", run, "--epochs", 1,
+              "--pooling", pooling, "--head-hidden", "16,8", "--cpu-replicas", 2, "--precision", "bf16")
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["resolved"]["replicas"] == 2 and cfg["resolved"]["precision"] == "bf16"
+    model = models.build_classifier(str(run / "model"))
+    assert isinstance(model, models.CustomHeadClassifier) and model.head_config["pooling"] == pooling
+    assert [l.units for l in model.hidden_layers] == [16, 8]
+    logits = model(model.dummy_inputs)
+    assert logits.dtype.name == "float32" and logits.shape == (1, 3)
+    keras.mixed_precision.set_global_policy("float32")
+    run_script("eval/evaluate.py", run)  # the eval script loads custom heads too
+    ev = json.loads((run / "eval" / "AllAgree-test" / "metrics.json").read_text())
+    assert ev["n"] == m["test"]["n"]
+
+
+def test_custom_head_logits_are_float32_under_mixed_precision(tiny_distilbert):
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        m = models.CustomHeadClassifier.create(tiny_distilbert, "mean", (8,), 0.1, "relu")
+        assert m.hidden_layers[0].compute_dtype == "bfloat16"
+        assert m(m.dummy_inputs).dtype.name == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_balanced_class_weights_match_sklearn_and_are_logged(tiny_distilbert, data_dir, tmp_path):
+    _main("full_finetune", "--model", tiny_distilbert, "--data", data_dir, "--run-dir", tmp_path / "cw",
+          "--epochs", 1, "--class-weight", "balanced", "--loss", "focal")
+    cfg = json.loads((tmp_path / "cw" / "config.json").read_text())
+    y = [l for _, l in data.load_splits(data_dir, "all")["train"]]
+    expected = compute_class_weight("balanced", classes=np.arange(3), y=y)
+    got = [cfg["resolved"]["class_weight"][str(i)] for i in range(3)]
+    assert np.allclose(got, expected)
+    counts = np.bincount(y)
+    assert np.allclose(got, len(y) / (3 * counts))  # the definition, independently
+    assert cfg["flags"]["loss"] == "focal"
