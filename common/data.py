@@ -184,6 +184,14 @@ def seed_split(rows, seed: int = 42) -> dict:
     return {"train": train, "validation": val, "test": test}
 
 
+def strictest_levels(source: str) -> dict:
+    """{normalised sentence: name of the strictest level whose file holds it}."""
+    out = {}
+    for level, rows in sorted(load_levels(source).items(), key=lambda kv: -LEVELS.index(kv[0])):
+        out.update((normalise(s), level_name(level)) for s, _ in rows)  # stricter levels overwrite
+    return out
+
+
 def load_splits(source: str, agreement: str, split: str = "hash") -> dict:
     """{"train"|"validation"|"test": [(sentence, label), ...]} for one agreement level."""
     levels = load_levels(source)

@@ -109,3 +109,62 @@ def log_png(writer, tag: str, png: bytes, step: int) -> None:
     with writer.as_default():
         tf.summary.image(tag, tf.image.decode_png(png, channels=4)[None], step=step)
     writer.flush()
+
+
+def error_analysis(sentences, y_true, probs, lengths, strictest_level, top: int = 10) -> str:
+    """Markdown: the most confident mistakes, mistakes by sentence length and by the
+    strictest agreement level that holds the sentence, and the confusion pairs that dominate."""
+    y_true, probs = np.asarray(y_true), np.asarray(probs)
+    pred = probs.argmax(1)
+    wrong = pred != y_true
+    out = [f"# Error analysis\n\n{int(wrong.sum())} mistakes in {len(y_true)} sentences "
+           f"(accuracy {1 - wrong.mean():.4f}).\n"]
+
+    out.append("## Confusion pairs (true -> predicted)\n\n| true | predicted | mistakes | share of mistakes |\n|---|---|---|---|")
+    pairs = {}
+    for t, p in zip(y_true[wrong], pred[wrong]):
+        pairs[(t, p)] = pairs.get((t, p), 0) + 1
+    for (t, p), n in sorted(pairs.items(), key=lambda kv: -kv[1]):
+        out.append(f"| {LABELS[t]} | {LABELS[p]} | {n} | {n / max(wrong.sum(), 1):.2f} |")
+
+    def table(title, keys, order):
+        rows = [f"\n## Mistakes by {title}\n\n| {title} | sentences | mistakes | error rate |\n|---|---|---|---|"]
+        for k in order:
+            sel = np.asarray([key == k for key in keys])
+            if sel.any():
+                rows.append(f"| {k} | {int(sel.sum())} | {int(wrong[sel].sum())} | {wrong[sel].mean():.3f} |")
+        return rows
+
+    bins = [(0, 16), (17, 32), (33, 48), (49, 64), (65, 10_000)]
+    names = [f"{a}-{b}" if b < 10_000 else f">{a - 1}" for a, b in bins]
+    length_bin = [next(n for (a, b), n in zip(bins, names) if a <= l <= b) for l in lengths]
+    out += table("length (tokens)", length_bin, names)
+    out += table("agreement (strictest level holding the sentence)", strictest_level,
+                 ["AllAgree", "75Agree", "66Agree", "50Agree"])
+
+    out.append(f"\n## The {top} most confident mistakes\n\n| confidence | true | predicted | sentence |\n|---|---|---|---|")
+    idx = np.where(wrong)[0]
+    for i in idx[np.argsort(-probs[idx].max(1))][:top]:
+        s = sentences[i].replace("|", "\\|")
+        out.append(f"| {probs[i].max():.3f} | {LABELS[y_true[i]]} | {LABELS[pred[i]]} | {s} |")
+    return "\n".join(out) + "\n"
+
+
+def heatmaps(grids, titles, row_labels, col_labels):
+    """Side-by-side annotated heatmaps (rows: trained on, columns: evaluated on)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(grids), figsize=(4.5 * len(grids), 1.2 + 0.6 * len(row_labels)), dpi=100)
+    for ax, grid, title in zip(np.atleast_1d(axes), grids, titles):
+        ax.imshow(grid, cmap="viridis", vmin=min(g.min() for g in grids), vmax=1)
+        ax.set_xticks(range(len(col_labels)), col_labels)
+        ax.set_yticks(range(len(row_labels)), row_labels)
+        ax.set_xlabel("tested on")
+        ax.set_ylabel("trained on")
+        ax.set_title(title, fontsize=10)
+        for i in range(grid.shape[0]):
+            for j in range(grid.shape[1]):
+                ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", color="white", fontsize=8)
+    fig.tight_layout()
+    return fig

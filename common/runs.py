@@ -43,6 +43,10 @@ def write_json(path: str, obj) -> None:
     _atomic(path, lambda f: f.write(text))
 
 
+def write_text(path: str, text: str) -> None:
+    _atomic(path, lambda f: f.write(text))
+
+
 def read_json(path: str):
     with open(path, encoding="utf-8") as f:
         return json.load(f)

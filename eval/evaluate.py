@@ -4,10 +4,11 @@
     python eval/evaluate.py runs/<run>
     python eval/evaluate.py runs/<run> --agreement 50
 
-Writes runs/<run>/eval/<level>Agree-<part>/: report.txt (sklearn classification
-report), metrics.json, confusion_matrix.png, errors.csv (sentence, true, predicted,
-confidence; most confident mistakes first), and a confusion-matrix image in
-TensorBoard (runs/<run>/tb/eval).
+Writes runs/<run>/eval/<level>-<part>/: report.txt (sklearn classification report),
+error_analysis.md (most confident mistakes; mistakes by length, by agreement level;
+dominant confusion pairs), metrics.json, confusion_matrix.png, errors.csv (sentence,
+true, predicted, confidence; most confident mistakes first), and a confusion-matrix
+image in TensorBoard (runs/<run>/tb/eval).
 """
 import argparse
 import os
@@ -29,24 +30,25 @@ def parse(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse(argv)
-    run = runs.load_run(args.run_dir)
+def evaluate_run(run_dir, agreement=None, source=None, part="test", batch_size=64, model=None, tokenizer=None):
+    """Evaluate one run on one level's split; writes run_dir/eval/<level>-<part>/. Returns its metrics."""
+    run = runs.load_run(run_dir)
     flags = run["flags"]
-    agreement = args.agreement or flags["agreement"]
-    source = args.data or flags["data"]
+    agreement = agreement or flags["agreement"]
+    source = source or flags["data"]
+    model_dir = os.path.join(run_dir, runs.MODEL)
 
     # data: the same split rule as training, so no evaluated sentence was trained on
-    from transformers import AutoTokenizer
-    model_dir = os.path.join(args.run_dir, runs.MODEL)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    rows = data.load_splits(source, agreement, flags["split"])[args.part]
+    if tokenizer is None:
+        from transformers import AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rows = data.load_splits(source, agreement, flags["split"])[part]
     ids = data.encode(tokenizer, [s for s, _ in rows], flags["max_length"])
     y = [l for _, l in rows]
-    ds, order = data.sorted_dataset(ids, y, args.batch_size, flags["max_length"], tokenizer.pad_token_id)
+    ds, order = data.sorted_dataset(ids, y, batch_size, flags["max_length"], tokenizer.pad_token_id)
 
     # model
-    model = models.build_classifier(model_dir)  # library or custom head
+    model = model or models.build_classifier(model_dir)  # library or custom head
     logits = training.predict_logits(model, ds, order)
 
     # report
@@ -54,26 +56,36 @@ def main(argv=None):
     m = metrics.classification_metrics(y, logits)
     report = classification_report(y, logits.argmax(1), labels=range(len(data.LABELS)),
                                    target_names=data.LABELS, digits=4, zero_division=0)
-    out = os.path.join(args.run_dir, "eval", f"{data.level_name(agreement)}-{args.part}")
+    out = os.path.join(run_dir, "eval", f"{data.level_name(agreement)}-{part}")
     os.makedirs(out, exist_ok=True)
-    m.update(agreement=agreement, part=args.part, trained_on=flags["agreement"], data=source)
+    m.update(agreement=agreement, part=part, trained_on=flags["agreement"], data=source)
     runs.write_json(os.path.join(out, "metrics.json"), m)
-    with open(os.path.join(out, "report.txt.tmp"), "w") as f:
-        f.write(report)
-    os.replace(os.path.join(out, "report.txt.tmp"), os.path.join(out, "report.txt"))
-    title = f"{data.level_name(agreement)} {args.part} (trained on {data.level_name(flags['agreement'])})"
+    runs.write_text(os.path.join(out, "report.txt"), report)
+    title = f"{data.level_name(agreement)} {part} (trained on {data.level_name(flags['agreement'])})"
     png = metrics.figure_png(metrics.confusion_figure(m["confusion_matrix"], title))
     metrics.save_png(png, os.path.join(out, "confusion_matrix.png"))
-    metrics.log_png(tf.summary.create_file_writer(os.path.join(args.run_dir, runs.TB, "eval")),
-                    f"eval/{data.level_name(agreement)}-{args.part}/confusion_matrix", png, 0)
+    metrics.log_png(tf.summary.create_file_writer(os.path.join(run_dir, runs.TB, "eval")),
+                    f"eval/{data.level_name(agreement)}-{part}/confusion_matrix", png, 0)
     probs = metrics.softmax(logits)
     wrong = [i for i in range(len(y)) if probs[i].argmax() != y[i]]
     wrong.sort(key=lambda i: -probs[i].max())
     runs.write_csv(os.path.join(out, runs.ERRORS), ["sentence", "true", "predicted", "confidence", "tokens"],
                    [(rows[i][0], data.LABELS[y[i]], data.LABELS[int(probs[i].argmax())],
                      f"{probs[i].max():.4f}", len(ids[i])) for i in wrong])
-    print(f"{title}: n={m['n']} accuracy {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f}\n{report}")
-    print(f"wrote {out}/ (report.txt, metrics.json, confusion_matrix.png, errors.csv: {len(wrong)} mistakes)")
+    strictest = data.strictest_levels(source)
+    analysis = metrics.error_analysis([s for s, _ in rows], y, probs, [len(x) for x in ids],
+                                      [strictest[data.normalise(s)] for s, _ in rows])
+    runs.write_text(os.path.join(out, "error_analysis.md"), analysis)
+    print(f"{title}: n={m['n']} accuracy {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f}")
+    return m, report, out, len(wrong)
+
+
+def main(argv=None):
+    args = parse(argv)
+    m, report, out, mistakes = evaluate_run(args.run_dir, args.agreement, args.data, args.part, args.batch_size)
+    print(report)
+    print(f"wrote {out}/ (report.txt, error_analysis.md, metrics.json, confusion_matrix.png, "
+          f"errors.csv: {mistakes} mistakes)")
     return m
 
 

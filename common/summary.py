@@ -1,0 +1,58 @@
+"""Group finished runs by configuration and report mean +- std over seeds."""
+import glob
+import os
+
+import numpy as np
+
+from common import runs
+from common.data import LABELS, level_name
+
+IGNORED = {"seed", "run_dir", "init_from", "data", "deterministic", "log_every_steps", "backup_every_steps"}
+
+
+def find_runs(paths) -> list:
+    """Finished run folders (with metrics.json) under the given folders, recursively."""
+    found = []
+    for p in paths:
+        for m in sorted(glob.glob(os.path.join(p, "**", runs.METRICS), recursive=True)):
+            d = os.path.dirname(m)
+            if os.path.exists(os.path.join(d, runs.CONFIG)):
+                found.append(d)
+    if not found:
+        raise SystemExit(f"no finished runs (folders with {runs.METRICS} and {runs.CONFIG}) under {' '.join(paths)}")
+    return found
+
+
+def load(run_dir: str) -> dict:
+    cfg = runs.read_json(os.path.join(run_dir, runs.CONFIG))
+    return {"dir": run_dir, "script": os.path.basename(cfg["script"]).removesuffix(".py"), "flags": cfg["flags"],
+            "metrics": runs.read_json(os.path.join(run_dir, runs.METRICS))}
+
+
+def group(loaded: list) -> dict:
+    """{(script, ((flag, value), ...)): [runs]}: the flags named are those that differ between runs."""
+    keys = sorted({k for r in loaded for k in r["flags"]} - IGNORED)
+    varying = [k for k in keys if len({repr(r["flags"].get(k)) for r in loaded}) > 1]
+    groups = {}
+    for r in loaded:
+        key = (r["script"], tuple((k, r["flags"].get(k)) for k in varying))
+        groups.setdefault(key, []).append(r)
+    return groups
+
+
+def mean_std(values) -> str:
+    v = np.asarray(values, float)
+    return f"{v.mean():.4f} ± {v.std(ddof=1) if len(v) > 1 else 0:.4f}"
+
+
+def table(groups: dict, part: str = "test") -> str:
+    """Markdown: one row per configuration."""
+    lines = [f"| configuration | n | {part} accuracy | {part} macro-F1 | " + " | ".join(f"F1 {l}" for l in LABELS) + " |",
+             "|---|---|---|---|" + "---|" * len(LABELS)]
+    for (script, flags), rs in groups.items():
+        name = script + "".join(f" {k}={level_name(v) if k == 'agreement' else v}" for k, v in flags)
+        ms = [r["metrics"][part] for r in rs]
+        lines.append(f"| {name} | {len(rs)} | {mean_std([m['accuracy'] for m in ms])} | "
+                     f"{mean_std([m['macro_f1'] for m in ms])} | "
+                     + " | ".join(mean_std([m["per_class"][l]["f1"] for m in ms]) for l in LABELS) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,109 @@
+#!/usr/bin/env python
+"""Agreement levels (the notebook's "Exp 4"): evaluate models trained on each level on
+every level's test split.
+
+    python eval/agreement_matrix.py runs/full-all runs/full-50          # given runs
+    python eval/agreement_matrix.py --train all,50 -- --model PATH --epochs 2   # train one per level first
+
+With the default hash split the test split of a stricter level is inside every looser
+level's, so no model is ever evaluated on a sentence it trained on; the script checks
+this for every cell (and refuses runs made with --split seed, which are not nested).
+Writes --out: matrix.md, matrix.csv, heatmap.png.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import env  # noqa: E402,F401  (first)
+from common import data, metrics, runs, summary  # noqa: E402
+from common.env import REPO_ROOT, keras  # noqa: E402
+
+LEVELS = ["all", "75", "66", "50"]
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="*", help="finished run folders (any agreement level; several seeds per level average)")
+    p.add_argument("--train", default="", help="comma-separated levels to train a full_finetune run for first")
+    p.add_argument("--levels", default=",".join(LEVELS), help="levels to evaluate on")
+    p.add_argument("--out", default="", help="output folder (default runs/agreement_matrix-<time>)")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cut = argv.index("--") if "--" in argv else len(argv)  # after --: flags for train/full_finetune.py
+    args = p.parse_args(argv[:cut])
+    args.train_args = argv[cut + 1:]
+    if not args.runs and not args.train:
+        p.error("give run folders, or --train LEVELS to make them")
+    return args
+
+
+def leaks(run_flags: dict, level: str) -> int:
+    """How many sentences of `level`'s test split the run trained or validated on."""
+    mine = data.load_splits(run_flags["data"], run_flags["agreement"], run_flags["split"])
+    seen = {data.normalise(s) for part in ("train", "validation") for s, _ in mine[part]}
+    test = data.load_splits(run_flags["data"], level, run_flags["split"])["test"]
+    return sum(data.normalise(s) in seen for s, _ in test)
+
+
+def main(argv=None):
+    args = parse(argv)
+    out = args.out or runs.default_run_dir("agreement_matrix")
+    run_dirs = list(args.runs)
+    for level in filter(None, args.train.split(",")):
+        run_dir = os.path.join(out, f"train-{level}")
+        if not os.path.exists(os.path.join(run_dir, runs.METRICS)):
+            subprocess.run([sys.executable, os.path.join(REPO_ROOT, "train", "full_finetune.py"), "--agreement",
+                            level, "--run-dir", run_dir, *args.train_args], check=True)
+        run_dirs.append(run_dir)
+
+    from eval.evaluate import evaluate_run
+    rows = []
+    for run_dir in run_dirs:
+        flags = runs.load_run(run_dir)["flags"]
+        if flags["split"] != "hash":
+            raise SystemExit(f"{run_dir}: trained with --split {flags['split']}, whose splits are not nested "
+                             f"across levels; the matrix would test it on sentences it trained on. "
+                             f"Use runs made with --split hash")
+        keras.backend.clear_session()
+        model = None
+        for level in args.levels.split(","):
+            overlap = leaks(flags, level)
+            if overlap:
+                raise SystemExit(f"{run_dir}: {overlap} sentences of {data.level_name(level)}'s test split "
+                                 f"were in its training data; refusing to report a leaky cell")
+            from common import models
+            model = model or models.build_classifier(os.path.join(run_dir, runs.MODEL))
+            m, *_ = evaluate_run(run_dir, level, model=model)
+            rows.append((data.level_name(flags["agreement"]), run_dir, data.level_name(level), m["n"],
+                         m["accuracy"], m["macro_f1"], overlap))
+
+    # tables: rows = trained on, columns = evaluated on; several runs per level -> mean +- std
+    trained = sorted({r[0] for r in rows}, key=lambda x: [data.level_name(l) for l in LEVELS].index(x))
+    evaluated = [data.level_name(l) for l in args.levels.split(",")]
+    cell = {(t, e): [r for r in rows if r[0] == t and r[2] == e] for t in trained for e in evaluated}
+    md = [f"# Agreement matrix\n\nRows: the level a model trained on; columns: the level whose test split it was "
+          f"evaluated on (mean ± std over {max(len(v) for v in cell.values())} run(s)). No cell contains a "
+          f"sentence its model trained on (checked).\n"]
+    for name, col in (("accuracy", 4), ("macro-F1", 5)):
+        md.append(f"## Test {name}\n\n| trained on \\ tested on | " + " | ".join(evaluated) + " |\n|---|"
+                  + "---|" * len(evaluated))
+        for t in trained:
+            md.append(f"| {t} | " + " | ".join(summary.mean_std([r[col] for r in cell[(t, e)]]) for e in evaluated) + " |")
+        md.append("")
+    os.makedirs(out, exist_ok=True)
+    runs.write_text(os.path.join(out, "matrix.md"), "\n".join(md))
+    runs.write_csv(os.path.join(out, "matrix.csv"),
+                   ["trained_on", "run", "evaluated_on", "n", "accuracy", "macro_f1", "train_overlap"], rows)
+    import numpy as np
+    grids = [np.array([[np.mean([r[c] for r in cell[(t, e)]]) for e in evaluated] for t in trained]) for c in (4, 5)]
+    metrics.save_png(metrics.figure_png(metrics.heatmaps(grids, ["test accuracy", "test macro-F1"], trained, evaluated)),
+                     os.path.join(out, "heatmap.png"))
+    print("\n".join(md))
+    print(f"wrote {out}/ (matrix.md, matrix.csv, heatmap.png)")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+#!/usr/bin/env python
+"""Rerun the whole notebook study, at a chosen scale, with several seeds.
+
+    python eval/reproduce_study.py                                  # DistilBERT, 3 seeds, AllAgree + 50Agree
+    python eval/reproduce_study.py --model PATH --data PATH --epochs 2 --seeds 3 --levels all,50
+
+Experiments (--experiments, in this order; body starts from the same seed's head run):
+  head      train/head_only.py            encoder frozen, Adam(W) 1e-3         (notebook Basic 1)
+  body      train/body_finetune.py        from the head run, head frozen        (Basic 2)
+  full      train/full_finetune.py        everything trains                    (Basic 3)
+  balanced  full + --class-weight balanced                                      (Exp 3)
+  focal     full + --loss focal                                                 (Exp 3)
+  custom    train/custom_head.py --pooling mean --head-hidden 256               (Exp 5)
+then the agreement matrix of the full runs (Exp 4) and error analysis of each full run
+(Exp 2). Finished runs are kept, so an interrupted study resumes where it stopped.
+Writes --out/study.md (and .csv) with mean +- std over seeds.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import runs, summary  # noqa: E402  (no TensorFlow in this process: each run is its own)
+from common.data import LABELS, level_name  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENTS = {  # name: (script, extra flags, notebook name)
+    "head": ("train/head_only.py", [], "Basic 1: head only"),
+    "body": ("train/body_finetune.py", [], "Basic 2: body only, from the head"),
+    "full": ("train/full_finetune.py", [], "Basic 3: full fine-tuning"),
+    "balanced": ("train/full_finetune.py", ["--class-weight", "balanced"], "Exp 3: full + balanced class weights"),
+    "focal": ("train/full_finetune.py", ["--loss", "focal"], "Exp 3: full + focal loss"),
+    "custom": ("train/custom_head.py", ["--pooling", "mean", "--head-hidden", "256"], "Exp 5: custom head (mean pool, 256)"),
+}
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="distilbert-base-uncased")
+    p.add_argument("--data", default="hub")
+    p.add_argument("--levels", default="all,50", help="agreement levels to train on")
+    p.add_argument("--experiments", default="head,body,full,balanced,custom",
+                   help=f"comma-separated, from {','.join(EXPERIMENTS)}")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 1..N per experiment and level")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--out", default="", help="study folder (default runs/study-<time>)")
+    p.add_argument("extra", nargs="*", help="after --: more flags for every train script (e.g. --precision fp32)")
+    args = p.parse_args(argv)
+    unknown = set(args.experiments.split(",")) - set(EXPERIMENTS)
+    if unknown:
+        p.error(f"--experiments: unknown {sorted(unknown)}; choose from {','.join(EXPERIMENTS)}")
+    if "body" in args.experiments.split(",") and "head" not in args.experiments.split(","):
+        p.error("--experiments: body starts from the head run; include head")
+    return args
+
+
+def main(argv=None):
+    args = parse(argv)
+    out = args.out or runs.default_run_dir("study")
+    os.makedirs(out, exist_ok=True)
+    exps = args.experiments.split(",")
+    plan = [(lv, e, s) for lv in args.levels.split(",") for s in range(1, args.seeds + 1) for e in exps]
+    t_start = time.time()
+    done = {}
+    for k, (level, exp, seed) in enumerate(plan, 1):
+        run_dir = os.path.join(out, level, exp, f"seed{seed}")
+        done[(level, exp, seed)] = run_dir
+        if os.path.exists(os.path.join(run_dir, runs.METRICS)):
+            print(f"[{k}/{len(plan)}] {level_name(level)} {exp} seed {seed}: done already")
+            continue
+        script, extra, _ = EXPERIMENTS[exp]
+        source = ["--init-from", done[(level, "head", seed)]] if exp == "body" else ["--model", args.model]
+        cmd = [sys.executable, os.path.join(REPO, script), *source, "--data", args.data, "--agreement", level,
+               "--epochs", str(args.epochs), "--seed", str(seed), "--run-dir", run_dir, *extra, *args.extra]
+        print(f"[{k}/{len(plan)}] {level_name(level)} {exp} seed {seed} ({time.time() - t_start:.0f}s so far): "
+              + " ".join(cmd[1:]), flush=True)
+        subprocess.run(cmd, check=True)
+
+    # Exp 4 and Exp 2: agreement matrix and error analysis of the full runs
+    full = [d for (lv, e, s), d in done.items() if e == "full"]
+    matrix = ""
+    if full:
+        subprocess.run([sys.executable, os.path.join(REPO, "eval", "agreement_matrix.py"), *full,
+                        "--out", os.path.join(out, "agreement_matrix")], check=True)
+        with open(os.path.join(out, "agreement_matrix", "matrix.md")) as f:
+            matrix = f.read().replace("# Agreement matrix", "## Agreement matrix (full fine-tuning, Exp 4)")
+
+    # the table, comparable to the notebook's: experiment, split, accuracy, macro-F1, per-class F1
+    header = ("| experiment | trained on | test split | seeds | accuracy | macro-F1 | "
+              + " | ".join(f"F1 {l}" for l in LABELS) + " | train s/run |")
+    lines = [header, "|---|---|---|---|---|---|" + "---|" * len(LABELS) + "---|"]
+    csv_rows = []
+    for level in args.levels.split(","):
+        for exp in exps:
+            ms = [summary.load(done[(level, exp, s)])["metrics"] for s in range(1, args.seeds + 1)]
+            t = [m["test"] for m in ms]
+            row = [EXPERIMENTS[exp][2], level_name(level), f"{level_name(level)} test (n={t[0]['n']})", len(ms),
+                   summary.mean_std([x["accuracy"] for x in t]), summary.mean_std([x["macro_f1"] for x in t]),
+                   *[summary.mean_std([x["per_class"][l]["f1"] for x in t]) for l in LABELS],
+                   f"{sum(m['train_seconds'] for m in ms) / len(ms):.0f}"]
+            lines.append("| " + " | ".join(map(str, row)) + " |")
+            csv_rows.append(row)
+    wall = time.time() - t_start
+    text = (f"# Study: the notebook's experiments, {args.seeds} seeds each\n\n"
+            f"Model `{args.model}`, {args.epochs} epochs, default hash split, flags: "
+            f"`{' '.join(args.extra) or '(defaults)'}`. Mean ± sample std over seeds. Wall time of this "
+            f"invocation: {wall / 60:.1f} min (runs already done before it are not counted).\n\n"
+            + "\n".join(lines) + "\n\n" + matrix)
+    runs.write_text(os.path.join(out, "study.md"), text)
+    runs.write_csv(os.path.join(out, "study.csv"), ["experiment", "trained_on", "test_split", "seeds", "accuracy",
+                                                   "macro_f1", *[f"f1_{l}" for l in LABELS], "train_seconds"],
+                   csv_rows)
+    print(text)
+    print(f"wrote {out}/study.md")
+    return text
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+#!/usr/bin/env python
+"""Mean +- std (and n) over seeds, per configuration, of finished runs.
+
+    python eval/summarize.py runs/                 # every finished run below runs/
+    python eval/summarize.py runs/study-*/all --part validation
+
+Runs are grouped by every flag that differs between them except the seed (and paths);
+single runs on ~226 test sentences differ by about +-1.5 points from seed alone, so
+compare means, not single runs.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import env  # noqa: E402,F401  (first)
+from common import summary  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", help="run folders, or folders holding runs")
+    p.add_argument("--part", choices=["test", "validation"], default="test")
+    args = p.parse_args(argv)
+    loaded = [summary.load(d) for d in summary.find_runs(args.paths)]
+    text = summary.table(summary.group(loaded), args.part)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
