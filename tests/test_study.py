@@ -120,3 +120,62 @@ def test_balanced_class_weights_match_sklearn_and_are_logged(tiny_distilbert, da
     counts = np.bincount(y)
     assert np.allclose(got, len(y) / (3 * counts))  # the definition, independently
     assert cfg["flags"]["loss"] == "focal"
+
+
+@pytest.fixture(scope="module")
+def level_runs(tiny_distilbert, data_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("levels")
+    out = {}
+    for level, split in (("all", "hash"), ("50", "hash"), ("all", "seed")):
+        run = root / f"{level}-{split}"
+        _main("full_finetune", "--model", tiny_distilbert, "--data", data_dir, "--run-dir", run, "--epochs", 1,
+              "--agreement", level, "--split", split, "--precision", "fp32")
+        out[(level, split)] = run
+    return out
+
+
+def test_agreement_matrix_never_evaluates_a_training_sentence(level_runs, data_dir, tmp_path):
+    am = importlib.import_module("eval.agreement_matrix")
+    rows = am.main([str(level_runs[("all", "hash")]), str(level_runs[("50", "hash")]), "--out", str(tmp_path / "m")])
+    assert len(rows) == 8 and all(r[-1] == 0 for r in rows)  # 2 runs x 4 levels, no overlap
+    # independently: every evaluated sentence (errors.csv lists the mistakes; the split gives all)
+    for (level, _), run in [(k, v) for k, v in level_runs.items() if k[1] == "hash"]:
+        trained = {data.normalise(s) for part in ("train", "validation")
+                   for s, _ in data.load_splits(data_dir, level)[part]}
+        for ev in ("all", "75", "66", "50"):
+            tested = {data.normalise(s) for s, _ in data.load_splits(data_dir, ev)["test"]}
+            assert not trained & tested, (level, ev)
+            n = json.loads((run / "eval" / f"{data.level_name(ev)}-test" / "metrics.json").read_text())["n"]
+            assert n == len(tested)
+    text = (tmp_path / "m" / "matrix.md").read_text()
+    assert "| AllAgree |" in text and "| 50Agree |" in text
+    assert (tmp_path / "m" / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_agreement_matrix_refuses_a_seed_split_run(level_runs, tmp_path):
+    am = importlib.import_module("eval.agreement_matrix")
+    with pytest.raises(SystemExit, match="--split seed, whose splits are not nested"):
+        am.main([str(level_runs[("all", "seed")]), "--out", str(tmp_path / "m")])
+    # and the leak it guards against is real: the seed split of AllAgree tests sentences 50Agree trains on
+    flags = json.loads((level_runs[("all", "seed")] / "config.json").read_text())["flags"]
+    assert am.leaks({**flags, "agreement": "50"}, "all") > 0
+
+
+def test_summarize_groups_by_configuration_with_mean_and_std(level_runs):
+    from eval import summarize
+    text = summarize.main([str(v) for v in level_runs.values()])
+    rows = [l for l in text.splitlines() if l.startswith("| full_finetune")]
+    assert len(rows) == 3  # (all, hash), (50, hash), (all, seed) differ in flags
+    m = json.loads((level_runs[("50", "hash")] / "metrics.json").read_text())["test"]
+    row50 = [r for r in rows if "agreement=50Agree" in r and "split=hash" in r][0]
+    assert f"| 1 | {m['accuracy']:.4f} ± 0.0000 |" in row50
+
+
+def test_error_analysis_report(level_runs):
+    from eval.evaluate import evaluate_run
+    evaluate_run(str(level_runs[("all", "hash")]), "50")
+    md = (level_runs[("all", "hash")] / "eval" / "50Agree-test" / "error_analysis.md").read_text()
+    for section in ("## Confusion pairs", "## Mistakes by length", "## Mistakes by agreement", "most confident mistakes"):
+        assert section in md
+    # 50Agree's test split holds sentences of every agreement level
+    assert all(f"| {lv} |" in md for lv in ("AllAgree", "75Agree", "66Agree", "50Agree"))
