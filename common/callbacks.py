@@ -44,8 +44,8 @@ class ConfusionMatrixImages(keras.callbacks.Callback):
         self.writer = tf.summary.create_file_writer(tb_dir)
 
     def on_epoch_end(self, epoch, logs=None):
-        logits = self.model.predict(self.dataset, verbose=0)
-        logits = getattr(logits, "logits", logits)
+        from common.training import dataset_logits
+        logits = dataset_logits(self.model, self.dataset)
         cm = metrics.classification_metrics(self.y, logits)["confusion_matrix"]
         png = metrics.figure_png(metrics.confusion_figure(cm, f"validation, epoch {epoch + 1}"))
         metrics.log_png(self.writer, "validation/confusion_matrix", png, epoch)

@@ -80,6 +80,9 @@ def load_data(cfg, tokenizer, replicas: int) -> Splits:
     test, test_order = data.sorted_dataset(ids["test"], y["test"], 2 * global_batch,
                                            cfg.max_length, tokenizer.pad_token_id)
     stats = data.batch_stats(train)
+    # Bucketing hides the epoch length from Keras; it is fixed (bucket membership does not
+    # depend on the shuffle), and Keras needs it to resume mid-epoch from BackupAndRestore.
+    train = train.apply(tf.data.experimental.assert_cardinality(stats["steps"]))
     return Splits(train, val, test, val_order, test_order, rows, stats,
                   {k: [len(x) for x in v] for k, v in ids.items()})
 
@@ -131,7 +134,8 @@ def compile_classifier(model, cfg, optimizer, xla: bool) -> None:
 # ----------------------------------------------------------------------------- fit
 
 def fit(model, cfg, run_dir: str, splits: Splits, hparams: dict, harness=None):
-    """Keras fit with the run folder's callbacks. Returns (history, throughput, best_path).
+    """Keras fit with the run folder's callbacks, then the best epoch's weights.
+    Returns (history, throughput, optimizer steps taken in all).
     Exits non-zero, keeping the best checkpoint, if the loss turns NaN."""
     from tensorboard.plugins.hparams import api as hp
     tb_dir = os.path.join(run_dir, runs.TB)
@@ -154,12 +158,17 @@ def fit(model, cfg, run_dir: str, splits: Splits, hparams: dict, harness=None):
     cw = class_weights([l for _, l in splits.rows["train"]]) if cfg.class_weight == "balanced" else None
     history = model.fit(splits.train, validation_data=splits.val, epochs=cfg.epochs, callbacks=callbacks,
                         class_weight=cw, verbose=1 if sys.stdout.isatty() else 2)
+    steps_done = int(model.optimizer.iterations.numpy())  # before load_weights, which restores it too
+    try:  # Keras deletes its checkpoints after a finished fit() but leaves the folder
+        os.rmdir(os.path.join(run_dir, runs.BACKUP))
+    except OSError:
+        pass
     if nan_guard.fired:
         raise SystemExit(f"loss became NaN; stopped. The best weights so far are in {best_path}* "
                          f"(try a lower --lr or --precision fp32)")
     if os.path.exists(best_path + ".index"):
         model.load_weights(best_path)
-    return history, throughput, best_path
+    return history, throughput, steps_done
 
 
 def hparams_of(cfg, harness) -> dict:
@@ -234,20 +243,39 @@ def finish(run: Run, model) -> dict:
     print(f"model: {run.source} ({model.count_params() / 1e6:.1f}M params, {trainable / 1e6:.2f}M trainable) on "
           f"{harness.replicas} replica(s) {harness.devices}, precision {harness.precision}, xla {harness.xla} "
           f"-> {run.run_dir}")
-    _, throughput, _ = fit(model, cfg, run.run_dir, run.splits, hparams_of(cfg, harness))
+    if tf.train.latest_checkpoint(os.path.join(run.run_dir, runs.BACKUP, "chief")):
+        print(f"resuming from {os.path.join(run.run_dir, runs.BACKUP)} (model, optimizer, epoch and step)")
+    _, throughput, steps_done = fit(model, cfg, run.run_dir, run.splits, hparams_of(cfg, harness))
     results = evaluate_splits(model, run.splits)
     export(model, run.tokenizer, run.run_dir)
-    m = write_metrics(run.run_dir, results, run.splits, throughput, run.wall_start)
+    m = write_metrics(run.run_dir, results, run.splits, throughput, run.wall_start,
+                      steps_done, run.splits.train_stats["steps"] * cfg.epochs)
     print(summary_line(m))
     return m
 
 
 # ----------------------------------------------------------------------------- report
 
+def dataset_logits(model, dataset) -> np.ndarray:
+    """Logits for every batch, in dataset order, computed on this worker alone.
+
+    Not model.predict(): under MultiWorkerMirroredStrategy predict is a collective that
+    every worker must join, and evaluation sets are small; a plain loop works the same
+    under every strategy and keeps the order."""
+    step = getattr(model, "_logits_step", None)
+    if step is None:
+        step = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        model._logits_step = step
+    out = []
+    for x, _ in dataset:
+        y = step(x)
+        out.append(np.asarray(tf.cast(getattr(y, "logits", y), tf.float32)))
+    return np.concatenate(out)
+
+
 def predict_logits(model, dataset, order) -> np.ndarray:
     """Logits in the original example order (eval datasets are sorted by length)."""
-    out = model.predict(dataset, verbose=0)
-    logits = np.asarray(out["logits"] if isinstance(out, dict) or hasattr(out, "keys") else out, np.float32)
+    logits = dataset_logits(model, dataset)
     unsorted = np.empty_like(logits)
     unsorted[order] = logits
     return unsorted
@@ -270,11 +298,14 @@ def export(model, tokenizer, run_dir: str) -> None:
     runs.publish_dir(tmp, os.path.join(run_dir, runs.MODEL))
 
 
-def write_metrics(run_dir: str, results: dict, splits: Splits, throughput, wall_start: float) -> dict:
+def write_metrics(run_dir: str, results: dict, splits: Splits, throughput, wall_start: float,
+                  optimizer_steps: int, planned_steps: int) -> dict:
     per_epoch = throughput.history
     steady = per_epoch[1:] or per_epoch  # the first epoch includes tracing
     m = {split: {k: v for k, v in results[split].items() if k != "logits"} for split in ("validation", "test")}
     m.update({
+        "optimizer_steps": int(optimizer_steps),
+        "planned_steps": int(planned_steps),
         "train_seconds": throughput.train_seconds,
         "wall_seconds": time.time() - wall_start,
         "examples_per_sec": float(np.median([r["examples_per_sec"] for r in steady])),

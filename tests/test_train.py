@@ -139,25 +139,31 @@ def test_atomic_write_never_leaves_a_half_written_file(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["metrics.json"]
 
 
-def test_killed_run_leaves_no_metrics_and_rerun_resumes(tiny_distilbert, data_dir, tmp_path):
+def test_kill_mid_epoch_leaves_no_metrics_and_rerun_resumes_without_losing_or_repeating_steps(
+        tiny_distilbert, data_dir, tmp_path):
     run = tmp_path / "killed"
     args = [sys.executable, os.path.join(REPO_ROOT, "train/full_finetune.py"), "--model", tiny_distilbert,
-            "--data", data_dir, "--run-dir", str(run), "--epochs", "4", "--precision", "fp32"]
+            "--data", data_dir, "--run-dir", str(run), "--epochs", "3", "--precision", "fp32",
+            "--backup-every-steps", "7"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT)
     seen = ""
-    for line in proc.stdout:  # wait until the second epoch is under way, then kill -9
+    for line in proc.stdout:  # once the second epoch is under way, kill -9 mid-epoch
         seen += line
-        if line.startswith("Epoch 3/4"):
+        if line.startswith("Epoch 2/3"):
+            time.sleep(1.0)
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, seen[-2000:]
     assert not (run / "metrics.json").exists() and not (run / "model").exists()
     assert (run / "backup").exists()
-    # the same command again resumes from the backup and finishes the remaining epochs only
+    # the same command again resumes from the backup, mid-epoch, and finishes the plan exactly
     p = run_script("train/full_finetune.py", *args[2:])
-    assert "Epoch 1/4" not in p.stdout and "Epoch 3/4" in p.stdout, p.stdout[-2000:]
-    assert json.loads((run / "metrics.json").read_text())["test"]["n"] == 226
+    assert "resuming from" in p.stdout and "Epoch 1/3" not in p.stdout, p.stdout[-2000:]
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["optimizer_steps"] == m["planned_steps"] == 3 * 61
+    assert m["test"]["n"] == 226 and (run / "model" / "tf_model.h5").exists()
+    assert not (run / "backup").exists()  # removed once training completed
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
