@@ -1,7 +1,6 @@
 """Strategy from --gpus / --cpu-replicas / TF_CONFIG, and mixed precision from --precision."""
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 
 from common.env import keras, tf
@@ -11,7 +10,8 @@ from common.env import keras, tf
 class Harness:
     strategy: tf.distribute.Strategy
     replicas: int
-    is_chief: bool          # only the chief writes the run folder
+    is_chief: bool          # only the chief writes the run folder (Keras' callbacks redirect the rest)
+    multi_worker: bool
     precision: str          # resolved: fp32 | fp16 | bf16
     xla: bool               # resolved: False where XLA is known to fail
     devices: list
@@ -83,12 +83,4 @@ def setup(cfg) -> Harness:
         devices = list(strategy.extended.worker_devices)
     except RuntimeError:  # the default strategy: one device
         devices = [d.name for d in tf.config.list_logical_devices() if d.device_type in ("GPU", "CPU")][:1]
-    return Harness(strategy, strategy.num_replicas_in_sync, is_chief, precision, xla, devices, notes)
-
-
-def writable_run_dir(harness: Harness, run_dir: str) -> str:
-    """The chief writes the real run folder; other workers write to a throwaway folder
-    (as the TF multi-worker guide does), since every worker must run the same saves."""
-    if harness.is_chief:
-        return run_dir
-    return tempfile.mkdtemp(prefix="worker-run-")
+    return Harness(strategy, strategy.num_replicas_in_sync, is_chief, bool(tf_config), precision, xla, devices, notes)

@@ -133,7 +133,27 @@ def compile_classifier(model, cfg, optimizer, xla: bool) -> None:
 
 # ----------------------------------------------------------------------------- fit
 
-def fit(model, cfg, run_dir: str, splits: Splits, hparams: dict, harness=None):
+MAX_WORKER_RESTARTS = 10
+RESTARTS_VAR = "FINSENT_WORKER_RESTARTS"
+
+
+def restart_after_peer_failure(error) -> None:
+    """A peer worker died. TF 2.15 aborts this process's collectives for good ("Restart your
+    program to reset"), so restart this program, the same command: MultiWorkerMirroredStrategy
+    then waits for the restarted peer to rejoin, and BackupAndRestore puts every worker back
+    at the chief's last backup. Bounded by MAX_WORKER_RESTARTS."""
+    n = int(os.environ.get(RESTARTS_VAR, "0")) + 1
+    if n > MAX_WORKER_RESTARTS:
+        raise SystemExit(f"a peer worker failed {n - 1} times; giving up") from error
+    print(f"a peer worker failed ({str(error).splitlines()[0][:100]}...); restarting this worker "
+          f"({n}/{MAX_WORKER_RESTARTS}) to rejoin the job from the last backup", flush=True)
+    os.environ[RESTARTS_VAR] = str(n)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable] + sys.argv)
+
+
+def fit(model, cfg, run_dir: str, splits: Splits, hparams: dict, is_chief: bool = True):
     """Keras fit with the run folder's callbacks, then the best epoch's weights.
     Returns (history, throughput, optimizer steps taken in all).
     Exits non-zero, keeping the best checkpoint, if the loss turns NaN."""
@@ -143,21 +163,30 @@ def fit(model, cfg, run_dir: str, splits: Splits, hparams: dict, harness=None):
     throughput = cb.Throughput(splits.train_stats["examples"], splits.train_stats["real_tokens"])
     nan_guard = cb.StopOnNaN()
     y_val = np.asarray([l for _, l in splits.rows["validation"]])[splits.val_order]
+    # Keras' own callbacks are multi-worker aware (non-chief workers write to temporary
+    # places and restore from the chief's backup); ours write only on the chief.
+    chief_only = [cb.ConfusionMatrixImages(splits.val, y_val, os.path.join(tb_dir, "validation")),
+                  hp.KerasCallback(os.path.join(tb_dir, "hparams"), hparams, trial_id=os.path.basename(run_dir))]
     callbacks = [
         nan_guard,
         throughput,  # before TensorBoard: it adds the throughput keys to the logs
-        cb.ConfusionMatrixImages(splits.val, y_val, os.path.join(tb_dir, "validation")),
+        *(chief_only[:1] if is_chief else []),
         keras.callbacks.BackupAndRestore(os.path.join(run_dir, runs.BACKUP),
                                          save_freq=cfg.backup_every_steps or "epoch"),
         keras.callbacks.ModelCheckpoint(best_path, monitor="val_macro_f1", mode="max", save_best_only=True,
                                         save_weights_only=True),
         keras.callbacks.TensorBoard(tb_dir, update_freq=cfg.log_every_steps or "epoch", write_graph=False,
                                     profile_batch=0),
-        hp.KerasCallback(os.path.join(tb_dir, "hparams"), hparams, trial_id=os.path.basename(run_dir)),
+        *(chief_only[1:] if is_chief else []),
     ]
     cw = class_weights([l for _, l in splits.rows["train"]]) if cfg.class_weight == "balanced" else None
-    history = model.fit(splits.train, validation_data=splits.val, epochs=cfg.epochs, callbacks=callbacks,
-                        class_weight=cw, verbose=1 if sys.stdout.isatty() else 2)
+    try:
+        history = model.fit(splits.train, validation_data=splits.val, epochs=cfg.epochs, callbacks=callbacks,
+                            class_weight=cw, verbose=1 if sys.stdout.isatty() else 2)
+    except (tf.errors.UnavailableError, tf.errors.AbortedError) as e:  # a peer died, or died and restarted
+        if not os.environ.get("TF_CONFIG"):
+            raise
+        restart_after_peer_failure(e)
     steps_done = int(model.optimizer.iterations.numpy())  # before load_weights, which restores it too
     try:  # Keras deletes its checkpoints after a finished fit() but leaves the folder
         os.rmdir(os.path.join(run_dir, runs.BACKUP))
@@ -203,7 +232,10 @@ def start(cfg, script: str) -> Run:
         print("note:", note)
     from common.env import set_seed
     set_seed(cfg.seed, cfg.deterministic)
-    run_dir = distribute.writable_run_dir(harness, cfg.run_dir or runs.default_run_dir(script))
+    if harness.multi_worker and not cfg.run_dir:
+        raise SystemExit("TF_CONFIG is set: pass --run-dir, the same folder on every worker (shared storage; "
+                         "workers restore from the chief's backup there)")
+    run_dir = cfg.run_dir or runs.default_run_dir(script)
     if cfg.init_from:
         runs.load_run(cfg.init_from)  # a clear error if it is not a finished run
     source = os.path.join(cfg.init_from, runs.MODEL) if cfg.init_from else cfg.model
@@ -231,22 +263,36 @@ def build_model(run: Run):
     return model
 
 
+def weights_digest(model) -> str:
+    """A short hash of every weight: equal on all workers of a synchronous job."""
+    import hashlib
+    h = hashlib.sha256()
+    for w in model.weights:
+        h.update(np.ascontiguousarray(w.numpy()).tobytes())
+    return h.hexdigest()[:16]
+
+
 def finish(run: Run, model) -> dict:
-    """Fit -> restore best -> evaluate -> export -> metrics.json. Returns the metrics."""
+    """Fit -> restore best -> evaluate -> export -> metrics.json. Returns the metrics.
+    Under TF_CONFIG every worker trains; only the chief writes the run folder."""
     from common import models
     cfg, harness = run.cfg, run.harness
     trainable = models.count_params(model.trainable_weights)
     extra = {"model_source": run.source, "params": model.count_params(), "trainable_params": trainable}
     if cfg.class_weight == "balanced":
         extra["class_weight"] = class_weights([l for _, l in run.splits.rows["train"]])
-    write_config(run.run_dir, cfg, harness, f"{run.script}.py", extra)
+    if harness.is_chief:
+        write_config(run.run_dir, cfg, harness, f"{run.script}.py", extra)
     print(f"model: {run.source} ({model.count_params() / 1e6:.1f}M params, {trainable / 1e6:.2f}M trainable) on "
           f"{harness.replicas} replica(s) {harness.devices}, precision {harness.precision}, xla {harness.xla} "
-          f"-> {run.run_dir}")
+          f"-> {run.run_dir}{'' if harness.is_chief else ' (written by the chief)'}")
     if tf.train.latest_checkpoint(os.path.join(run.run_dir, runs.BACKUP, "chief")):
         print(f"resuming from {os.path.join(run.run_dir, runs.BACKUP)} (model, optimizer, epoch and step)")
-    _, throughput, steps_done = fit(model, cfg, run.run_dir, run.splits, hparams_of(cfg, harness))
+    _, throughput, steps_done = fit(model, cfg, run.run_dir, run.splits, hparams_of(cfg, harness), harness.is_chief)
     results = evaluate_splits(model, run.splits)
+    print(f"weights digest {weights_digest(model)}")
+    if not harness.is_chief:
+        return {k: {kk: vv for kk, vv in v.items() if kk != "logits"} for k, v in results.items()}
     export(model, run.tokenizer, run.run_dir)
     m = write_metrics(run.run_dir, results, run.splits, throughput, run.wall_start,
                       steps_done, run.splits.train_stats["steps"] * cfg.epochs)
