@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Submit a training or tuning command to a Google Cloud GPU VM (Deep Learning VM image).
+#
+#   launch/gcp_vm.sh --bucket gs://my-bucket --gpus 4 --spot train/full_finetune.py --epochs 3
+#   launch/gcp_vm.sh --dry-run --gpus 2 train/full_finetune.py      # print what would run
+#
+# The VM runs launch/gce_startup.sh at every boot: it installs this project (git clone
+# of --repo at --ref), runs the command with --run-dir runs/<name>, syncs runs/<name> to
+# <bucket>/runs/<name>, resumes from there after a preemption/restart, and deletes the
+# VM when the run is DONE. A --spot VM stops on preemption; restart it with
+# `gcloud compute instances start NAME --zone ZONE` (or a managed instance group).
+# Project, zone and bucket come from flags or GOOGLE_CLOUD_PROJECT, CLOUDSDK_COMPUTE_ZONE,
+# FINSENT_BUCKET; credentials are gcloud's own, never in files.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+
+NAME="finsent-$(date +%Y%m%d-%H%M%S)"
+PROJECT=${GOOGLE_CLOUD_PROJECT:-}
+ZONE=${CLOUDSDK_COMPUTE_ZONE:-us-central1-a}
+GPUS=1
+GPU_TYPE=nvidia-tesla-t4
+MACHINE=""
+SPOT=0
+BUCKET=${FINSENT_BUCKET:-}
+IMAGE_FAMILY=common-cu121-debian-11-py310   # Deep Learning VM, CUDA 12.1 base (TF comes from requirements.txt)
+IMAGE_PROJECT=deeplearning-platform-release
+REPO=$(git -C "$HERE/.." remote get-url origin 2>/dev/null || echo "")
+REF=$(git -C "$HERE/.." rev-parse HEAD 2>/dev/null || echo "")
+DISK=100GB
+DRY=0
+
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; cat <<U
+Options: --name NAME  --project P  --zone Z  --gpus N ($GPUS)  --gpu-type T ($GPU_TYPE)
+         --machine-type M (default n1-standard-\$((8*GPUS)))  --spot  --bucket gs://B
+         --image-family F ($IMAGE_FAMILY)  --image-project P  --repo URL  --ref REF  --disk SIZE  --dry-run
+U
+exit "${1:-2}"; }
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --name) NAME=$2; shift 2;;  --project) PROJECT=$2; shift 2;;  --zone) ZONE=$2; shift 2;;
+        --gpus) GPUS=$2; shift 2;;  --gpu-type) GPU_TYPE=$2; shift 2;;  --machine-type) MACHINE=$2; shift 2;;
+        --spot) SPOT=1; shift;;  --bucket) BUCKET=$2; shift 2;;  --image-family) IMAGE_FAMILY=$2; shift 2;;
+        --image-project) IMAGE_PROJECT=$2; shift 2;;  --repo) REPO=$2; shift 2;;  --ref) REF=$2; shift 2;;
+        --disk) DISK=$2; shift 2;;  --dry-run) DRY=1; shift;;  -h|--help) usage 0;;
+        --) shift; break;;  -*) echo "gcp_vm.sh: unknown option $1" >&2; usage;;  *) break;;
+    esac
+done
+[ $# -ge 1 ] || { echo "gcp_vm.sh: give the script to run, e.g. train/full_finetune.py" >&2; usage; }
+[ -f "$HERE/../$1" ] || { echo "gcp_vm.sh: no script $1 in this project" >&2; exit 2; }
+[ -n "$BUCKET" ] || { [ "$DRY" = 1 ] && BUCKET="gs://YOUR-BUCKET"; } || { echo "gcp_vm.sh: --bucket gs://... (or FINSENT_BUCKET) is required" >&2; exit 2; }
+[ -n "$REPO" ] || { echo "gcp_vm.sh: --repo URL is required (no git remote 'origin' here)" >&2; exit 2; }
+MACHINE=${MACHINE:-n1-standard-$((8 * GPUS))}
+# the command: the user's script and flags, with --gpus added unless given
+COMMAND="$*"
+case " $COMMAND " in *" --gpus "*) ;; *) COMMAND="$COMMAND --gpus $GPUS";; esac
+
+CMD=(gcloud compute instances create "$NAME" --zone "$ZONE" --machine-type "$MACHINE"
+     --accelerator "type=$GPU_TYPE,count=$GPUS" --maintenance-policy TERMINATE
+     --image-family "$IMAGE_FAMILY" --image-project "$IMAGE_PROJECT" --boot-disk-size "$DISK"
+     --scopes cloud-platform
+     --metadata-from-file "startup-script=$HERE/gce_startup.sh"
+     --metadata "^##^install-nvidia-driver=True##finsent-repo=$REPO##finsent-ref=$REF##finsent-bucket=$BUCKET##finsent-run=$NAME##finsent-command=$COMMAND")
+# ^##^ sets gcloud's list delimiter to ## (see `gcloud topic escaping`): the command may hold commas
+[ -z "$PROJECT" ] || CMD+=(--project "$PROJECT")
+[ "$SPOT" = 0 ] || CMD+=(--provisioning-model SPOT --instance-termination-action STOP)
+
+if [ "$DRY" = 1 ]; then
+    printf '%q ' "${CMD[@]}"; echo
+    echo "# startup script: $HERE/gce_startup.sh; results: $BUCKET/runs/$NAME"
+    exit 0
+fi
+"${CMD[@]}"
+echo "VM $NAME created. Follow: gcloud compute ssh $NAME --zone $ZONE -- sudo journalctl -u google-startup-scripts -f"
+echo "Results: $BUCKET/runs/$NAME   TensorBoard: tensorboard --logdir $BUCKET/runs"
