@@ -85,7 +85,8 @@ def test_gce_startup_script_installs_runs_syncs_and_resumes_after_reboot(tiny_di
            "FINSENT_COMMAND": f"train/full_finetune.py --model {tiny_distilbert} --data {data_dir} --epochs 3 "
                               f"--precision fp32 --backup-every-steps 10",
            "FINSENT_WORKDIR": str(work), "FINSENT_VENV": sys.prefix,  # the test's environment stands in for the VM's
-           "FINSENT_SYNC": "rsync -a --delete", "FINSENT_SYNC_EVERY": "2",
+           "FINSENT_SYNC": f"{sys.executable} {os.path.join(REPO_ROOT, 'tests', 'folder_bucket_sync.py')}",
+           "FINSENT_SYNC_EVERY": "2",
            "FINSENT_DELETE_VM": f"touch {tmp_path / 'vm-deleted'}"}
     log = tmp_path / "startup.log"
     first = _startup(env, log)
