@@ -43,11 +43,17 @@ def git_commit() -> str:
         return ""
 
 
+def strategy_name(strategy) -> str:
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return "MultiWorkerMirroredStrategy"  # its class is CollectiveAllReduceStrategy
+    return type(strategy).__name__
+
+
 def write_config(run_dir: str, cfg, harness, script: str, extra: dict = None) -> None:
     runs.write_json(os.path.join(run_dir, runs.CONFIG), {
         "script": script, "argv": sys.argv[1:], "flags": cfg.to_dict(),
         "resolved": {"precision": harness.precision, "xla": harness.xla, "replicas": harness.replicas,
-                     "strategy": type(harness.strategy).__name__, "notes": harness.notes, **(extra or {})},
+                     "strategy": strategy_name(harness.strategy), "notes": harness.notes, **(extra or {})},
         "devices": harness.devices, "versions": versions(), "git_commit": git_commit(),
     })
 
