@@ -69,31 +69,38 @@ def classification_metrics(y_true, logits) -> dict:
     }
 
 
-def confusion_figure(cm, title: str = ""):
+def _pyplot():
     import matplotlib
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
-    cm = np.asarray(cm)
-    fig, ax = plt.subplots(figsize=(4.2, 3.8), dpi=100)
-    ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(LABELS)), LABELS)
-    ax.set_yticks(range(len(LABELS)), LABELS)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    return plt
+
+
+def _annotated_grid(ax, grid, rows, cols, xlabel, ylabel, title, fmt, cmap, vmin=None, vmax=None):
+    ax.imshow(grid, cmap=cmap, vmin=vmin, vmax=vmax)
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
-    for i in range(cm.shape[0]):
-        for j in range(cm.shape[1]):
-            ax.text(j, i, int(cm[i, j]), ha="center", va="center",
-                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    mid = (grid.min() + grid.max()) / 2
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            ax.text(j, i, fmt(grid[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if cmap != "Blues" or grid[i, j] > mid else "black")
+
+
+def confusion_figure(cm, title: str = ""):
+    fig, ax = _pyplot().subplots(figsize=(4.2, 3.8), dpi=100)
+    _annotated_grid(ax, np.asarray(cm), LABELS, LABELS, "predicted", "true", title, lambda v: str(int(v)), "Blues")
     fig.tight_layout()
     return fig
 
 
 def figure_png(fig) -> bytes:
-    import matplotlib.pyplot as plt
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
+    _pyplot().close(fig)
     return buf.getvalue()
 
 
@@ -152,19 +159,9 @@ def error_analysis(sentences, y_true, probs, lengths, strictest_level, top: int 
 
 def heatmaps(grids, titles, row_labels, col_labels):
     """Side-by-side annotated heatmaps (rows: trained on, columns: evaluated on)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(grids), figsize=(4.5 * len(grids), 1.2 + 0.6 * len(row_labels)), dpi=100)
+    fig, axes = _pyplot().subplots(1, len(grids), figsize=(4.5 * len(grids), 1.2 + 0.6 * len(row_labels)), dpi=100)
     for ax, grid, title in zip(np.atleast_1d(axes), grids, titles):
-        ax.imshow(grid, cmap="viridis", vmin=min(g.min() for g in grids), vmax=1)
-        ax.set_xticks(range(len(col_labels)), col_labels)
-        ax.set_yticks(range(len(row_labels)), row_labels)
-        ax.set_xlabel("tested on")
-        ax.set_ylabel("trained on")
-        ax.set_title(title, fontsize=10)
-        for i in range(grid.shape[0]):
-            for j in range(grid.shape[1]):
-                ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", color="white", fontsize=8)
+        _annotated_grid(ax, grid, row_labels, col_labels, "tested on", "trained on", title, lambda v: f"{v:.3f}",
+                        "viridis", vmin=min(g.min() for g in grids), vmax=1)
     fig.tight_layout()
     return fig
