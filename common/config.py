@@ -89,3 +89,18 @@ def build_parser(description: str, **defaults) -> argparse.ArgumentParser:
 
 def from_args(ns: argparse.Namespace) -> Config:
     return Config.from_dict(vars(ns))
+
+
+def passthrough_flags(argv, drop=()) -> list:
+    """The Config flags in argv (as given), without those in `drop`: to hand a script's
+    shared flags on to another script."""
+    names = {"--" + f.name.replace("_", "-") for f in dataclasses.fields(Config)}
+    names |= {"--no-" + n[2:] for n in names}
+    out, i = [], 0
+    while i < len(argv):
+        flag = argv[i].split("=", 1)[0]
+        takes_value = "=" not in argv[i] and i + 1 < len(argv) and not argv[i + 1].startswith("--")
+        if flag in names and flag not in drop:
+            out += argv[i:i + 1 + takes_value]
+        i += 1 + takes_value
+    return out

@@ -1,0 +1,33 @@
+"""Keras Tuner learning-rate search on a tiny model: outputs, HParams, resume."""
+import json
+import os
+
+from common.env import keras
+from tests.conftest import run_script
+
+
+def test_lr_search_runs_three_trials_writes_results_and_resumes_without_redoing(tiny_distilbert, data_dir, tmp_path):
+    run = tmp_path / "search"
+    args = ["--model", tiny_distilbert, "--data", data_dir, "--run-dir", run, "--max-trials", 3, "--epochs", 1,
+            "--precision", "fp32", "--lr-range", "1e-4,3e-3"]
+    first = run_script("tune/lr_search.py", *args)
+    best = json.loads((run / "best_hparams.json").read_text())
+    assert set(best) == {"trial", "val_macro_f1", "lr", "warmup", "weight_decay"}
+    assert 1e-4 <= best["lr"] <= 3e-3 and 0 <= best["val_macro_f1"] <= 1
+    rows = (run / "trials.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3
+    scores = [float(r.split(",")[1]) for r in rows[1:]]
+    assert scores == sorted(scores, reverse=True)  # ranked
+    assert (run / "trials.md").read_text().startswith("| rank | trial | val_macro_f1 |")
+    assert sorted(os.listdir(run / "tb")) == ["0", "1", "2"]  # one TensorBoard run per trial, with hparams
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(run / "tb" / "0" / "execution0"), size_guidance={"tensors": 0})
+    acc.Reload()
+    assert "_hparams_/session_start_info" in acc.Tags()["tensors"]
+    assert first.stdout.count("Trial 3 Complete") == 1
+    # the same command again: the oracle is reloaded, no trial is run again
+    trial_dirs = sorted(os.listdir(run / "trials"))
+    again = run_script("tune/lr_search.py", *args)
+    assert "Complete [" not in again.stdout and "Search: Running Trial" not in again.stdout
+    assert sorted(os.listdir(run / "trials")) == trial_dirs
+    assert json.loads((run / "best_hparams.json").read_text()) == best
