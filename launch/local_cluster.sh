@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# Run any train/tune script as an N-worker MultiWorkerMirroredStrategy job on this machine.
+# Run a script as N cooperating processes on this machine.
 #
 #   launch/local_cluster.sh 2 train/full_finetune.py --run-dir runs/mw --epochs 1 ...
+#   launch/local_cluster.sh --tuner 2 tune/lr_search.py --run-dir runs/search ...
 #
-# Picks N free ports on 127.0.0.1, gives each worker its TF_CONFIG (worker 0 is the
-# chief and alone writes --run-dir), prefixes each worker's output with [worker i], and
-# stops every worker on Ctrl-C or when one fails. Exit status: the first failure's.
-# Environment: PYTHON (default python), LOCAL_CLUSTER_HOST (default 127.0.0.1).
+# Default: an N-worker MultiWorkerMirroredStrategy job; each worker gets a TF_CONFIG on a
+# free port (worker 0 is the chief and alone writes --run-dir). --tuner: a keras-tuner
+# chief (the oracle, on a free port) plus N tuner workers that run the trials
+# (KERASTUNER_TUNER_ID / _ORACLE_IP / _ORACLE_PORT). Output is prefixed with [worker i]
+# or [chief]; Ctrl-C, or one process failing, stops them all. Exit status: the first failure's.
+# Environment: PYTHON (default python), LOCAL_CLUSTER_HOST (default 127.0.0.1: loopback only).
 set -uo pipefail
 
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ] && usage 0
+MODE=mirrored
+[ "${1:-}" = "--tuner" ] && { MODE=tuner; shift; }
 [ $# -ge 2 ] || usage
 N=$1; shift
 SCRIPT=$1; shift
@@ -22,7 +27,7 @@ HOST=${LOCAL_CLUSTER_HOST:-127.0.0.1}
 PORTS=$("$PYTHON" - "$N" "$HOST" <<'PY'
 import socket, sys
 socks = []
-for _ in range(int(sys.argv[1])):
+for _ in range(max(int(sys.argv[1]), 1)):
     s = socket.socket(); s.bind((sys.argv[2], 0)); socks.append(s)
 print(" ".join(str(s.getsockname()[1]) for s in socks))
 PY
@@ -34,12 +39,26 @@ PIDS=()
 stop_all() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done; }
 trap 'echo "local_cluster.sh: stopping all workers" >&2; stop_all; exit 130' INT TERM
 
-for ((i = 0; i < N; i++)); do
-    TF_CONFIG="{\"cluster\": {\"worker\": $WORKERS}, \"task\": {\"type\": \"worker\", \"index\": $i}}" \
-        "$PYTHON" -u "$SCRIPT" "$@" > >(sed -u "s/^/[worker $i] /") 2>&1 &
+start() {  # start NAME [ENV=VALUE...]: the script under `env`, output prefixed with [NAME]
+    local name=$1; shift
+    env "$@" "$PYTHON" -u "$SCRIPT" "${ARGS[@]}" > >(sed -u "s/^/[$name] /") 2>&1 &
     PIDS+=($!)
-done
-echo "local_cluster.sh: $N workers on $WORKERS (pids ${PIDS[*]})" >&2
+}
+ARGS=("$@")
+if [ "$MODE" = tuner ]; then
+    ORACLE_PORT=${PORTS%% *}
+    start chief KERASTUNER_TUNER_ID=chief KERASTUNER_ORACLE_IP="$HOST" KERASTUNER_ORACLE_PORT="$ORACLE_PORT"
+    for ((i = 0; i < N; i++)); do
+        start "worker $i" KERASTUNER_TUNER_ID="tuner$i" KERASTUNER_ORACLE_IP="$HOST" KERASTUNER_ORACLE_PORT="$ORACLE_PORT"
+    done
+    echo "local_cluster.sh: keras-tuner oracle on $HOST:$ORACLE_PORT, $N tuner workers (pids ${PIDS[*]})" >&2
+    N=$((N + 1))
+else
+    for ((i = 0; i < N; i++)); do
+        start "worker $i" TF_CONFIG="{\"cluster\": {\"worker\": $WORKERS}, \"task\": {\"type\": \"worker\", \"index\": $i}}"
+    done
+    echo "local_cluster.sh: $N workers on $WORKERS (pids ${PIDS[*]})" >&2
+fi
 
 status=0
 remaining=$N

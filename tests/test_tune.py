@@ -31,3 +31,21 @@ def test_lr_search_runs_three_trials_writes_results_and_resumes_without_redoing(
     assert "Complete [" not in again.stdout and "Search: Running Trial" not in again.stdout
     assert sorted(os.listdir(run / "trials")) == trial_dirs
     assert json.loads((run / "best_hparams.json").read_text()) == best
+
+
+def test_distributed_search_chief_and_two_workers_on_loopback(tiny_distilbert, data_dir, tmp_path):
+    import subprocess
+    import sys
+    from common.env import REPO_ROOT
+    run = tmp_path / "dsearch"
+    p = subprocess.run(["bash", os.path.join(REPO_ROOT, "launch", "local_cluster.sh"), "--tuner", "2",
+                        "tune/lr_search.py", "--model", tiny_distilbert, "--data", data_dir, "--run-dir", str(run),
+                        "--max-trials", "4", "--epochs", "1", "--precision", "fp32"],
+                       capture_output=True, text=True, cwd=REPO_ROOT, timeout=600, env={**os.environ, "PYTHON": sys.executable})
+    assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-3000:])
+    assert "oracle on 127.0.0.1:" in p.stderr  # loopback unless LOCAL_CLUSTER_HOST names an address
+    trained = {w for w in ("[worker 0]", "[worker 1]")
+               if any(l.startswith(w) and "val_macro_f1" in l for l in p.stdout.splitlines())}
+    assert trained == {"[worker 0]", "[worker 1]"}  # both workers ran trials
+    assert len((run / "trials.csv").read_text().splitlines()) == 1 + 4
+    assert json.loads((run / "best_hparams.json").read_text())["trial"] in {"0", "1", "2", "3"}
