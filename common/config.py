@@ -43,6 +43,12 @@ class Config:
     warmup: float = _f(0.1, "share of all steps spent warming the learning rate up from 0")
     weight_decay: float = _f(0.01, "AdamW decoupled weight decay (not on biases and LayerNorm)")
     clipnorm: float = _f(1.0, "clip gradients to this global norm; 0 disables")
+    layer_lr_decay: float = _f(1.0, "layer-wise learning-rate decay: block i trains at lr * decay^(depth - i); "
+                               "1 = one rate for all")
+    head_warmup_epochs: int = _f(0, "gradual unfreezing: train only the head for this many epochs")
+    unfreeze_every: int = _f(0, "gradual unfreezing: then one more block from the top every N epochs "
+                             "(ULMFiT); 0 = all at once")
+    train_top_blocks: int = _f(-1, "only the top N transformer blocks (and the head) ever train; -1 = all")
     class_weight: str = _f("none", "weight the loss by class: 'balanced' = sklearn's compute_class_weight",
                            choices=["none", "balanced"])
     loss: str = _f("ce", "'ce' cross-entropy, 'focal' Keras' categorical focal cross-entropy",

@@ -102,8 +102,19 @@ def class_weights(labels) -> dict:
 
 # ----------------------------------------------------------------------------- model
 
-def make_optimizer(cfg, steps_per_epoch: int, lr: float = None):
-    """AdamW, linear warm-up to the peak rate then linear decay to 0, global-norm clipping."""
+def uses_layer_schedule(cfg) -> bool:
+    return (cfg.layer_lr_decay != 1.0 or cfg.head_warmup_epochs > 0 or cfg.unfreeze_every > 0
+            or cfg.train_top_blocks >= 0)
+
+
+def layer_schedule(cfg) -> dict:
+    return dict(decay=cfg.layer_lr_decay, head_warmup_epochs=cfg.head_warmup_epochs,
+                unfreeze_every=cfg.unfreeze_every, train_top_blocks=cfg.train_top_blocks)
+
+
+def make_optimizer(cfg, steps_per_epoch: int, lr: float = None, model=None):
+    """AdamW, linear warm-up to the peak rate then linear decay to 0, global-norm clipping;
+    with layer-wise rates / gradual unfreezing flags, optim.LayerwiseAdamW over `model`."""
     from transformers.optimization_tf import WarmUp
     lr = cfg.lr if lr is None else lr
     total = max(1, steps_per_epoch * cfg.epochs)
@@ -111,8 +122,15 @@ def make_optimizer(cfg, steps_per_epoch: int, lr: float = None):
     schedule = keras.optimizers.schedules.PolynomialDecay(lr, max(1, total - warmup), end_learning_rate=0.0)
     if warmup:
         schedule = WarmUp(lr, schedule, warmup)
-    opt = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay,
-                                 global_clipnorm=cfg.clipnorm or None, epsilon=1e-6)
+    kwargs = dict(learning_rate=schedule, weight_decay=cfg.weight_decay, global_clipnorm=cfg.clipnorm or None,
+                  epsilon=1e-6)
+    if uses_layer_schedule(cfg):
+        from common import models, optim
+        groups, n_blocks = optim.variable_groups(model, models.encoder_of(model))
+        opt = optim.LayerwiseAdamW(groups, n_blocks + 2, **kwargs)
+        opt.n_blocks = n_blocks
+    else:
+        opt = keras.optimizers.AdamW(**kwargs)
     opt.exclude_from_weight_decay(var_names=["LayerNorm", "layer_norm", "bias"])
     return opt
 
@@ -159,7 +177,7 @@ def restart_after_peer_failure(error) -> None:
     os.execv(sys.executable, [sys.executable] + sys.argv)
 
 
-def fit(model, cfg, run_dir: str, splits: Splits, hparams: dict, is_chief: bool = True):
+def fit(model, cfg, run_dir: str, splits: Splits, hparams: dict, is_chief: bool = True, extra_callbacks=()):
     """Keras fit with the run folder's callbacks, then the best epoch's weights.
     Returns (history, throughput, optimizer steps taken in all).
     Exits non-zero, keeping the best checkpoint, if the loss turns NaN."""
@@ -184,7 +202,11 @@ def fit(model, cfg, run_dir: str, splits: Splits, hparams: dict, is_chief: bool 
         keras.callbacks.TensorBoard(tb_dir, update_freq=cfg.log_every_steps or "epoch", write_graph=False,
                                     profile_batch=0),
         *(chief_only[1:] if is_chief else []),
+        *extra_callbacks,
     ]
+    if uses_layer_schedule(cfg):  # before TensorBoard: it logs trainable_groups
+        from common import optim
+        callbacks.insert(2, optim.UnfreezeSchedule(model.optimizer.n_blocks, **layer_schedule(cfg)))
     cw = class_weights([l for _, l in splits.rows["train"]]) if cfg.class_weight == "balanced" else None
     try:
         history = model.fit(splits.train, validation_data=splits.val, epochs=cfg.epochs, callbacks=callbacks,
@@ -209,7 +231,8 @@ def fit(model, cfg, run_dir: str, splits: Splits, hparams: dict, is_chief: bool 
 def hparams_of(cfg, harness) -> dict:
     """The flags worth comparing across runs in TensorBoard's HParams dashboard."""
     keys = ("model", "agreement", "split", "max_length", "batch_size", "epochs", "lr", "warmup",
-            "weight_decay", "class_weight", "loss", "freeze", "head", "pooling", "seed")
+            "weight_decay", "class_weight", "loss", "freeze", "head", "pooling", "layer_lr_decay",
+            "head_warmup_epochs", "unfreeze_every", "train_top_blocks", "seed")
     out = {k: getattr(cfg, k) for k in keys}
     out.update(precision=harness.precision, replicas=harness.replicas)
     return out
@@ -265,7 +288,8 @@ def build_model(run: Run):
     else:
         model = models.build_classifier(run.source, cfg.dropout)
     models.freeze(model, cfg.freeze)
-    compile_classifier(model, cfg, make_optimizer(cfg, run.splits.train_stats["steps"]), run.harness.xla)
+    compile_classifier(model, cfg, make_optimizer(cfg, run.splits.train_stats["steps"], model=model),
+                       run.harness.xla)
     return model
 
 
