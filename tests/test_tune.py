@@ -49,3 +49,17 @@ def test_distributed_search_chief_and_two_workers_on_loopback(tiny_distilbert, d
     assert trained == {"[worker 0]", "[worker 1]"}  # both workers ran trials
     assert len((run / "trials.csv").read_text().splitlines()) == 1 + 4
     assert json.loads((run / "best_hparams.json").read_text())["trial"] in {"0", "1", "2", "3"}
+
+
+def test_unfreeze_search_runs_trials_whose_best_is_train_flags(tiny_distilbert, data_dir, tmp_path):
+    run = tmp_path / "unfreeze"
+    run_script("tune/unfreeze_search.py", "--model", tiny_distilbert, "--data", data_dir, "--run-dir", run,
+               "--max-trials", 2, "--epochs", 2, "--precision", "fp32", "--train-best")
+    best = json.loads((run / "best_hparams.json").read_text())
+    assert {"head_warmup_epochs", "unfreeze_every", "train_top_blocks", "layer_lr_decay", "lr"} <= set(best)
+    # --train-best trained it as a normal run, with those flags
+    cfg = json.loads((run / "best-run" / "config.json").read_text())["flags"]
+    for k in ("head_warmup_epochs", "unfreeze_every", "train_top_blocks", "layer_lr_decay", "lr"):
+        assert cfg[k] == best[k], k
+    assert cfg["model"] == tiny_distilbert and cfg["epochs"] == 2
+    assert (run / "best-run" / "metrics.json").exists()

@@ -1,0 +1,100 @@
+"""Keras Tuner over Config fields: the train scripts' model and data, a search space per script.
+
+A search space is a function (hp, cfg) -> cfg with some fields drawn from hp; the
+hyperparameter names are Config field names, so the best trial is a set of train flags.
+"""
+import dataclasses
+import os
+import subprocess
+import sys
+
+from common import config, runs, training
+from common.env import REPO_ROOT, keras
+
+import keras_tuner as kt  # noqa: E402  (common.env first: the same Keras 2.15)
+
+
+def add_search_flags(parser):
+    g = parser.add_argument_group("search")
+    g.add_argument("--tuner", choices=["bayesian", "hyperband"], default="bayesian")
+    g.add_argument("--max-trials", type=int, default=8, help="bayesian: trials to run")
+    g.add_argument("--executions-per-trial", type=int, default=1, help="fits per trial (averaged)")
+    g.add_argument("--train-best", action="store_true", help="then train the best configuration as a normal run")
+    return g
+
+
+class ConfigHyperModel(kt.HyperModel):
+    """build(): the train scripts' build_model() for space(hp, cfg); fit(): Keras fit on
+    the run's data (rebuilt when the batch size is a hyperparameter)."""
+
+    def __init__(self, run, space):
+        super().__init__()
+        self.run, self.space = run, space
+
+    def trial(self, hp):
+        cfg = self.space(hp, self.run.cfg)
+        splits = self.run.splits
+        if cfg.batch_size != self.run.cfg.batch_size:
+            splits = training.load_data(cfg, self.run.tokenizer, self.run.harness.replicas)
+        return dataclasses.replace(self.run, cfg=cfg, splits=splits)
+
+    def build(self, hp):
+        return training.build_model(self.trial(hp))
+
+    def fit(self, hp, model, *args, callbacks=None, **kwargs):
+        trial = self.trial(hp)
+        callbacks = list(callbacks or [])
+        if training.uses_layer_schedule(trial.cfg):
+            from common import optim
+            callbacks.insert(0, optim.UnfreezeSchedule(model.optimizer.n_blocks, **training.layer_schedule(trial.cfg)))
+        return model.fit(trial.splits.train, validation_data=trial.splits.val,
+                         epochs=kwargs.get("epochs", trial.cfg.epochs), callbacks=callbacks,
+                         verbose=kwargs.get("verbose", 2))
+
+
+def search(run, space, args, script: str, argv) -> list:
+    """Run (or resume) the search; the chief writes best_hparams.json, trials.md/.csv;
+    --train-best trains the winner with train/full_finetune.py. Returns the ranked trials."""
+    cfg = run.cfg
+    common = dict(objective=kt.Objective("val_macro_f1", direction="max"), directory=run.run_dir,
+                  project_name="trials", overwrite=False, seed=cfg.seed,
+                  executions_per_trial=args.executions_per_trial,
+                  distribution_strategy=run.harness.strategy if run.harness.replicas > 1 else None)
+    hypermodel = ConfigHyperModel(run, space)
+    if args.tuner == "hyperband":
+        tuner = kt.Hyperband(hypermodel, max_epochs=cfg.epochs, factor=3, **common)
+    else:
+        tuner = kt.BayesianOptimization(hypermodel, max_trials=args.max_trials, **common)
+    # keras-tuner gives each trial its own TensorBoard folder and logs its hyperparameters (HParams)
+    tuner.search(epochs=cfg.epochs, callbacks=[keras.callbacks.TensorBoard(os.path.join(run.run_dir, runs.TB),
+                                                                           write_graph=False, profile_batch=0)],
+                 verbose=1 if sys.stdout.isatty() else 2)
+    if os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief":
+        return []  # a tuner worker: the chief writes the results
+
+    rows = []
+    for t in tuner.oracle.get_best_trials(num_trials=10_000):
+        hp = t.hyperparameters.values
+        rows.append({"trial": t.trial_id, "val_macro_f1": t.score,
+                     **{k: hp[k] for k in sorted(hp) if not k.startswith("tuner/")}})
+    rows.sort(key=lambda r: (-(r["val_macro_f1"] if r["val_macro_f1"] is not None else -1), int(r["trial"])))
+    best = rows[0]  # ties go to the earliest trial, so a resumed search reports the same winner
+    runs.write_json(os.path.join(run.run_dir, "best_hparams.json"), best)
+    keys = list(best)
+    runs.write_csv(os.path.join(run.run_dir, "trials.csv"), keys, [[r.get(k) for k in keys] for r in rows])
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    table = "| rank | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys) + "\n" + "\n".join(
+        f"| {i} | " + " | ".join(fmt(r.get(k)) for k in keys) + " |" for i, r in enumerate(rows, 1))
+    runs.write_text(os.path.join(run.run_dir, "trials.md"), table + "\n")
+    print(table)
+    print(f"best: {best} -> {run.run_dir}/best_hparams.json")
+
+    if args.train_best:
+        flags = [x for k, v in best.items() if k not in ("trial", "val_macro_f1")
+                 for x in ("--" + k.replace("_", "-"), str(v))]
+        drop = {"--run-dir"} | set(flags[::2])
+        argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+        subprocess.run([sys.executable, os.path.join(REPO_ROOT, "train", "full_finetune.py"),
+                        *config.passthrough_flags(argv, drop), *flags,
+                        "--run-dir", os.path.join(run.run_dir, "best-run")], check=True)
+    return rows
