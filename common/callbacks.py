@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from common import metrics
+from common import metrics, models
 from common.env import keras, tf
 
 
@@ -44,8 +44,7 @@ class ConfusionMatrixImages(keras.callbacks.Callback):
         self.writer = tf.summary.create_file_writer(tb_dir)
 
     def on_epoch_end(self, epoch, logs=None):
-        from common.training import dataset_logits
-        logits = dataset_logits(self.model, self.dataset)
+        logits = models.dataset_logits(self.model, self.dataset)
         cm = metrics.classification_metrics(self.y, logits)["confusion_matrix"]
         png = metrics.figure_png(metrics.confusion_figure(cm, f"validation, epoch {epoch + 1}"))
         metrics.log_png(self.writer, "validation/confusion_matrix", png, epoch)

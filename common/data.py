@@ -5,7 +5,6 @@ zip from the Hugging Face Hub (`datasets.load_dataset("financial_phrasebank")` i
 broken on datasets >= 4, so we read the release itself).
 """
 import hashlib
-import io
 import os
 import re
 import unicodedata

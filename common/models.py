@@ -3,6 +3,8 @@ freeze parts; a custom head (pooling, hidden layers) that saves beside its encod
 import json
 import os
 
+import numpy as np
+
 from common.env import keras, tf  # noqa: F401  (Keras 2 resolved before transformers)
 from transformers import AutoConfig, AutoTokenizer, TFAutoModel, TFAutoModelForSequenceClassification
 
@@ -177,6 +179,31 @@ def parse_hidden(text: str):
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise SystemExit(f"--head-hidden {text!r}: expected comma-separated layer sizes, e.g. 256,128")
+
+
+def dataset_logits(model, dataset) -> np.ndarray:
+    """Logits for every batch, in dataset order, computed on this worker alone.
+
+    Not model.predict(): under MultiWorkerMirroredStrategy predict is a collective that
+    every worker must join, and evaluation sets are small; a plain loop works the same
+    under every strategy and keeps the order."""
+    step = getattr(model, "_logits_step", None)
+    if step is None:
+        step = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        model._logits_step = step
+    out = []
+    for x, _ in dataset:
+        y = step(x)
+        out.append(np.asarray(tf.cast(getattr(y, "logits", y), tf.float32)))
+    return np.concatenate(out)
+
+
+def predict_logits(model, dataset, order) -> np.ndarray:
+    """Logits in the original example order (eval datasets are sorted by length)."""
+    logits = dataset_logits(model, dataset)
+    unsorted = np.empty_like(logits)
+    unsorted[order] = logits
+    return unsorted
 
 
 def count_params(variables) -> int:

@@ -332,35 +332,11 @@ def finish(run: Run, model) -> dict:
 
 # ----------------------------------------------------------------------------- report
 
-def dataset_logits(model, dataset) -> np.ndarray:
-    """Logits for every batch, in dataset order, computed on this worker alone.
-
-    Not model.predict(): under MultiWorkerMirroredStrategy predict is a collective that
-    every worker must join, and evaluation sets are small; a plain loop works the same
-    under every strategy and keeps the order."""
-    step = getattr(model, "_logits_step", None)
-    if step is None:
-        step = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-        model._logits_step = step
-    out = []
-    for x, _ in dataset:
-        y = step(x)
-        out.append(np.asarray(tf.cast(getattr(y, "logits", y), tf.float32)))
-    return np.concatenate(out)
-
-
-def predict_logits(model, dataset, order) -> np.ndarray:
-    """Logits in the original example order (eval datasets are sorted by length)."""
-    logits = dataset_logits(model, dataset)
-    unsorted = np.empty_like(logits)
-    unsorted[order] = logits
-    return unsorted
-
-
 def evaluate_splits(model, splits: Splits) -> dict:
+    from common import models
     out = {}
     for name, ds, order in (("validation", splits.val, splits.val_order), ("test", splits.test, splits.test_order)):
-        logits = predict_logits(model, ds, order)
+        logits = models.predict_logits(model, ds, order)
         out[name] = metrics.classification_metrics([l for _, l in splits.rows[name]], logits)
         out[name]["logits"] = logits
     return out

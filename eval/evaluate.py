@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import env  # noqa: E402,F401  (first)
-from common import data, metrics, models, runs, training  # noqa: E402
+from common import data, metrics, models, runs  # noqa: E402
 from common.env import tf  # noqa: E402
 
 
@@ -49,7 +49,7 @@ def evaluate_run(run_dir, agreement=None, source=None, part="test", batch_size=6
 
     # model
     model = model or models.build_classifier(model_dir)  # library or custom head
-    logits = training.predict_logits(model, ds, order)
+    logits = models.predict_logits(model, ds, order)
 
     # report
     from sklearn.metrics import classification_report

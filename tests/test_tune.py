@@ -2,7 +2,6 @@
 import json
 import os
 
-from common.env import keras
 from tests.conftest import run_script
 
 
