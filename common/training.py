@@ -188,20 +188,22 @@ def fit(model, cfg, run_dir: str, splits: Splits, hparams: dict, is_chief: bool 
     nan_guard = cb.StopOnNaN()
     y_val = np.asarray([l for _, l in splits.rows["validation"]])[splits.val_order]
     # Keras' own callbacks are multi-worker aware (non-chief workers write to temporary
-    # places and restore from the chief's backup); ours write only on the chief.
-    chief_only = [cb.ConfusionMatrixImages(splits.val, y_val, os.path.join(tb_dir, "validation")),
-                  hp.KerasCallback(os.path.join(tb_dir, "hparams"), hparams, trial_id=os.path.basename(run_dir))]
+    # places and restore from the chief's backup); ours write only on the chief, and are
+    # not even built elsewhere (building a summary writer creates its file).
+    images = [cb.ConfusionMatrixImages(splits.val, y_val, os.path.join(tb_dir, "validation"))] if is_chief else []
+    hparams_cb = [hp.KerasCallback(os.path.join(tb_dir, "hparams"), hparams,
+                                   trial_id=os.path.basename(run_dir))] if is_chief else []
     callbacks = [
         nan_guard,
         throughput,  # before TensorBoard: it adds the throughput keys to the logs
-        *(chief_only[:1] if is_chief else []),
+        *images,
         keras.callbacks.BackupAndRestore(os.path.join(run_dir, runs.BACKUP),
                                          save_freq=cfg.backup_every_steps or "epoch"),
         keras.callbacks.ModelCheckpoint(best_path, monitor="val_macro_f1", mode="max", save_best_only=True,
                                         save_weights_only=True),
         keras.callbacks.TensorBoard(tb_dir, update_freq=cfg.log_every_steps or "epoch", write_graph=False,
                                     profile_batch=0),
-        *(chief_only[1:] if is_chief else []),
+        *hparams_cb,
         *extra_callbacks,
     ]
     if uses_layer_schedule(cfg):  # before TensorBoard: it logs trainable_groups
