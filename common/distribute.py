@@ -38,6 +38,19 @@ def _split_cpu(n: int) -> None:
                              f"pass --cpu-replicas before anything touches TensorFlow")
 
 
+_STRATEGIES = {}
+
+
+def _mirrored(devices) -> tf.distribute.MirroredStrategy:
+    """One MirroredStrategy per device set per process: a second one over the same devices
+    reuses collective instance keys and fails with 'Shape mismatch in the collective
+    instance' on TF 2.15 (seen when main() runs twice in one process: tests, notebooks)."""
+    key = tuple(devices)
+    if key not in _STRATEGIES:
+        _STRATEGIES[key] = tf.distribute.MirroredStrategy(list(devices))
+    return _STRATEGIES[key]
+
+
 def is_chief_task(tf_config: dict) -> bool:
     task = tf_config.get("task", {})
     cluster = tf_config.get("cluster", {})
@@ -59,10 +72,10 @@ def setup(cfg) -> Harness:
         is_chief = is_chief_task(tf_config)
     elif cfg.cpu_replicas > 1:
         _split_cpu(cfg.cpu_replicas)
-        strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(cfg.cpu_replicas)])
+        strategy = _mirrored([f"/cpu:{i}" for i in range(cfg.cpu_replicas)])
         is_chief = True
     elif cfg.gpus > 1 or (cfg.gpus == 1 and len(gpus) > 1):
-        strategy = tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(cfg.gpus)])
+        strategy = _mirrored([f"/gpu:{i}" for i in range(cfg.gpus)])
         is_chief = True
     else:
         strategy = tf.distribute.get_strategy()  # default: one device (GPU:0 if present, else CPU)
