@@ -7,6 +7,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import tempfile
 
 from common import config, runs, training
 from common.env import REPO_ROOT, keras
@@ -56,7 +57,10 @@ def search(run, space, args, script: str, argv) -> list:
     """Run (or resume) the search; the chief writes best_hparams.json, trials.md/.csv;
     --train-best trains the winner with train/full_finetune.py. Returns the ranked trials."""
     cfg = run.cfg
-    common = dict(objective=kt.Objective("val_macro_f1", direction="max"), directory=run.run_dir,
+    # Under TF_CONFIG every worker runs the same trials in lockstep (same seed, same scores);
+    # only the chief keeps the tuner's state, the others write theirs to a throwaway folder.
+    directory = run.run_dir if run.harness.is_chief else tempfile.mkdtemp(prefix="tuner-worker-")
+    common = dict(objective=kt.Objective("val_macro_f1", direction="max"), directory=directory,
                   project_name="trials", overwrite=False, seed=cfg.seed,
                   executions_per_trial=args.executions_per_trial,
                   distribution_strategy=run.harness.strategy if run.harness.replicas > 1 else None)
@@ -69,8 +73,8 @@ def search(run, space, args, script: str, argv) -> list:
     tuner.search(epochs=cfg.epochs, callbacks=[keras.callbacks.TensorBoard(os.path.join(run.run_dir, runs.TB),
                                                                            write_graph=False, profile_batch=0)],
                  verbose=1 if sys.stdout.isatty() else 2)
-    if os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief":
-        return []  # a tuner worker: the chief writes the results
+    if os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief" or not run.harness.is_chief:
+        return []  # a keras-tuner worker, or a non-chief MultiWorkerMirroredStrategy worker
 
     rows = []
     for t in tuner.oracle.get_best_trials(num_trials=10_000):

@@ -73,3 +73,16 @@ def test_killed_worker_restarted_rejoins_and_the_job_completes(tiny_distilbert, 
     assert _digests(log0)[-1:] == _digests(log1)[-1:] and _digests(log1)
     m = json.loads((run / "metrics.json").read_text())
     assert m["optimizer_steps"] == m["planned_steps"] == 3 * 61
+
+
+def test_tune_script_under_two_workers_runs_trials_in_lockstep(tiny_distilbert, data_dir, tmp_path):
+    run = tmp_path / "search"
+    p = subprocess.run(["bash", os.path.join(REPO_ROOT, "launch", "local_cluster.sh"), "2", "tune/lr_search.py",
+                        "--model", tiny_distilbert, "--data", data_dir, "--run-dir", str(run), "--max-trials", "2",
+                        "--epochs", "1", "--precision", "fp32"], capture_output=True, text=True, cwd=REPO_ROOT,
+                       timeout=600, env={**os.environ, "PYTHON": sys.executable})
+    assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-3000:])
+    for w in ("[worker 0]", "[worker 1]"):
+        assert sum(l.startswith(w) and "Trial 2 Complete" in l for l in p.stdout.splitlines()) == 1
+    assert len((run / "trials.csv").read_text().splitlines()) == 1 + 2  # written once, by the chief
+    assert sorted(d for d in os.listdir(run / "trials") if d.startswith("trial_")) == ["trial_0", "trial_1"]
