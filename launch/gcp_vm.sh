@@ -29,7 +29,7 @@ REF=$(git -C "$HERE/.." rev-parse HEAD 2>/dev/null || echo "")
 DISK=100GB
 DRY=0
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; cat <<U
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; cat <<U
 Options: --name NAME  --project P  --zone Z  --gpus N ($GPUS)  --gpu-type T ($GPU_TYPE)
          --machine-type M (default n1-standard-\$((8*GPUS)))  --spot  --bucket gs://B
          --image-family F ($IMAGE_FAMILY)  --image-project P  --repo URL  --ref REF  --disk SIZE  --dry-run

@@ -12,7 +12,7 @@
 # Environment: PYTHON (default python), LOCAL_CLUSTER_HOST (default 127.0.0.1: loopback only).
 set -uo pipefail
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-2}"; }
 [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ] && usage 0
 MODE=mirrored
 [ "${1:-}" = "--tuner" ] && { MODE=tuner; shift; }

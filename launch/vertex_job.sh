@@ -27,7 +27,7 @@ REPO=$(git -C "$HERE/.." remote get-url origin 2>/dev/null || echo "")
 REF=$(git -C "$HERE/.." rev-parse HEAD 2>/dev/null || echo "")
 DRY=0
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; cat <<U
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; cat <<U
 Options: --name N  --project P  --region R  --gpus N ($GPUS)  --gpu-type T ($GPU_TYPE)  --machine-type M
          --workers N ($WORKERS)  --spot  --bucket gs://B  --image URI  --repo URL  --ref REF  --dry-run
 U
