@@ -255,6 +255,16 @@ def bucketed_dataset(ids, labels, batch_size: int, max_length: int, pad_id: int 
     return _distributable(ds.prefetch(tf.data.AUTOTUNE))
 
 
+def fixed_dataset(ids, labels, batch_size: int, width: int, pad_id: int = 0, shuffle: bool = True, seed: int = 0):
+    """Every example truncated/padded to `width` (the notebook's and HF examples' way): the
+    baseline that eval/benchmark.py compares bucketing against."""
+    ds = _examples([x[:width] for x in ids], labels).cache()
+    if shuffle:
+        ds = ds.shuffle(len(ids), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.padded_batch(batch_size, padded_shapes=([width], []), padding_values=(pad_id, 0))
+    return ds.map(lambda x, y: (_features(x, pad_id), y)).prefetch(tf.data.AUTOTUNE)
+
+
 def sorted_dataset(ids, labels, batch_size: int, max_length: int, pad_id: int = 0):
     """Evaluation batches: sorted by length (little padding), each padded to a fixed width.
     Returns (dataset, order): row i of the dataset's output is example order[i]."""
