@@ -11,7 +11,7 @@ from transformers import AutoConfig, AutoTokenizer, TFAutoModel, TFAutoModelForS
 from common.data import LABELS
 
 WEIGHTS_TF = "tf_model.h5"
-WEIGHTS_PT = ("model.safetensors",)
+WEIGHTS_PT = "model.safetensors"
 
 
 def _not_found(name: str, err: Exception) -> SystemExit:
@@ -32,11 +32,11 @@ def load_tokenizer(name: str):
 def _pt_safetensors(name: str):
     """Path of PyTorch safetensors weights in a folder or Hub repo, or None."""
     if os.path.isdir(name):
-        path = os.path.join(name, WEIGHTS_PT[0])
+        path = os.path.join(name, WEIGHTS_PT)
         return path if os.path.exists(path) else None
     from huggingface_hub import hf_hub_download
     try:
-        return hf_hub_download(name, WEIGHTS_PT[0])
+        return hf_hub_download(name, WEIGHTS_PT)
     except Exception:
         return None
 

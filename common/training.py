@@ -69,7 +69,6 @@ class Splits:
     test_order: np.ndarray
     rows: dict                 # split -> [(sentence, label)]
     train_stats: dict          # steps, examples, real tokens, real-token share, pipeline rate
-    token_lengths: dict        # split -> list of token counts
 
 
 def load_data(cfg, tokenizer, replicas: int) -> Splits:
@@ -89,8 +88,7 @@ def load_data(cfg, tokenizer, replicas: int) -> Splits:
     # Bucketing hides the epoch length from Keras; it is fixed (bucket membership does not
     # depend on the shuffle), and Keras needs it to resume mid-epoch from BackupAndRestore.
     train = train.apply(tf.data.experimental.assert_cardinality(stats["steps"]))
-    return Splits(train, val, test, val_order, test_order, rows, stats,
-                  {k: [len(x) for x in v] for k, v in ids.items()})
+    return Splits(train, val, test, val_order, test_order, rows, stats)
 
 
 def class_weights(labels) -> dict:

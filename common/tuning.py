@@ -31,13 +31,13 @@ class ConfigHyperModel(kt.HyperModel):
     def __init__(self, run, space):
         super().__init__()
         self.run, self.space = run, space
+        self._splits = {run.cfg.batch_size: run.splits}  # data per batch size, built once
 
     def trial(self, hp):
         cfg = self.space(hp, self.run.cfg)
-        splits = self.run.splits
-        if cfg.batch_size != self.run.cfg.batch_size:
-            splits = training.load_data(cfg, self.run.tokenizer, self.run.harness.replicas)
-        return dataclasses.replace(self.run, cfg=cfg, splits=splits)
+        if cfg.batch_size not in self._splits:
+            self._splits[cfg.batch_size] = training.load_data(cfg, self.run.tokenizer, self.run.harness.replicas)
+        return dataclasses.replace(self.run, cfg=cfg, splits=self._splits[cfg.batch_size])
 
     def build(self, hp):
         return training.build_model(self.trial(hp))
@@ -53,7 +53,7 @@ class ConfigHyperModel(kt.HyperModel):
                          verbose=kwargs.get("verbose", 2))
 
 
-def search(run, space, args, script: str, argv) -> list:
+def search(run, space, args, argv) -> list:
     """Run (or resume) the search; the chief writes best_hparams.json, trials.md/.csv;
     --train-best trains the winner with train/full_finetune.py. Returns the ranked trials."""
     cfg = run.cfg

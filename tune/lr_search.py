@@ -49,7 +49,7 @@ def main(argv=None):
             weight_decay=hp.Choice("weight_decay", [0.0, 0.01, 0.1]),
             batch_size=hp.Choice("batch_size", [16, 32, 64]) if args.tune_batch_size else cfg.batch_size)
 
-    return tuning.search(run, space, args, SCRIPT, argv)
+    return tuning.search(run, space, args, argv)
 
 
 if __name__ == "__main__":

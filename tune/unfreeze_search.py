@@ -39,7 +39,7 @@ def main(argv=None):
             layer_lr_decay=hp.Choice("layer_lr_decay", [1.0, 0.9, 0.8, 0.65]),
             lr=hp.Float("lr", 3e-5, 3e-4, sampling="log"))
 
-    return tuning.search(run, space, args, SCRIPT, argv)
+    return tuning.search(run, space, args, argv)
 
 
 if __name__ == "__main__":
