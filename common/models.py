@@ -99,12 +99,15 @@ def head_layers(model):
     return [l for l in model.layers if l is not enc and not (isinstance(model, CustomHeadClassifier) and l is model.backbone)]
 
 
-def freeze(model, part: str) -> None:
-    """part: 'none' (all train), 'encoder' (head only trains), 'head' (encoder only trains).
-    Call before compile()."""
+def freeze(model, part: str, train_embeddings: bool = True) -> None:
+    """part: 'none' (all train), 'encoder' (head only trains), 'head' (encoder only trains);
+    train_embeddings=False also keeps the embedding layer as it is. Call before compile()."""
     if part not in ("none", "encoder", "head"):
         raise ValueError(f"--freeze {part}: expected none, encoder or head")
-    encoder_of(model).trainable = part != "encoder"
+    encoder = encoder_of(model)
+    encoder.trainable = part != "encoder"
+    if not train_embeddings:
+        encoder.embeddings.trainable = False
     for layer in head_layers(model):
         layer.trainable = part != "head"
 
@@ -189,7 +192,10 @@ def dataset_logits(model, dataset) -> np.ndarray:
     under every strategy and keeps the order."""
     step = getattr(model, "_logits_step", None)
     if step is None:
-        step = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        # One trace for every batch shape, no AutoGraph (graph-safe model code): tracing
+        # per eval width cost seconds per run (README "Performance").
+        spec = {k: tf.TensorSpec([None, None], tf.int32, name=k) for k in ("input_ids", "attention_mask")}
+        step = tf.function(lambda x: model(x, training=False), input_signature=[spec], autograph=False)
         model._logits_step = step
     out = []
     for x, _ in dataset:

@@ -9,7 +9,9 @@ import subprocess
 import sys
 import tempfile
 
-from common import config, runs, training
+import numpy as np
+
+from common import callbacks as cb, config, runs, training
 from common.env import REPO_ROOT, keras
 
 import keras_tuner as kt  # noqa: E402  (common.env first: the same Keras 2.15)
@@ -45,11 +47,12 @@ class ConfigHyperModel(kt.HyperModel):
     def fit(self, hp, model, *args, callbacks=None, **kwargs):
         trial = self.trial(hp)
         callbacks = list(callbacks or [])
+        y_val = np.asarray([l for _, l in trial.splits.rows["validation"]])[trial.splits.val_order]
+        callbacks.insert(0, cb.Validation(trial.splits.val, y_val))  # first: keras-tuner reads val_macro_f1
         if training.uses_layer_schedule(trial.cfg):
             from common import optim
             callbacks.insert(0, optim.UnfreezeSchedule(model.optimizer.n_blocks, **training.layer_schedule(trial.cfg)))
-        return model.fit(trial.splits.train, validation_data=trial.splits.val,
-                         epochs=kwargs.get("epochs", trial.cfg.epochs), callbacks=callbacks,
+        return model.fit(trial.splits.train, epochs=kwargs.get("epochs", trial.cfg.epochs), callbacks=callbacks,
                          verbose=kwargs.get("verbose", 2))
 
 

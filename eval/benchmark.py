@@ -1,21 +1,29 @@
 #!/usr/bin/env python
-"""Training speed of three recipes side by side, same machine, same model, one invocation.
+"""Three training recipes side by side: same machine, same model, one invocation.
 
     python eval/benchmark.py --model PATH --data ../shared/data/FinancialPhraseBank-v1.0
+    python eval/benchmark.py --to-accuracy --model PATH --data ../shared/data/FinancialPhraseBank-v1.0
 
-Recipes:
-  notebook  every sentence padded to 512, batch 8, fp32, Adam 5e-5 constant
+Recipes (each is a set of train/full_finetune.py flags, see RECIPES below):
+  notebook  every sentence padded to 512, batch 8, fp32, Adam 5e-5 constant, all weights train
   hf        every sentence padded to 128, batch 8, fp32, AdamW 5e-5 linear decay (HF example defaults)
-  project   this project's defaults: length buckets, batch 32, --precision auto, AdamW 1e-4 warm-up + decay
+  project   this project's defaults (no flags): length buckets, batch 32, --precision auto,
+            AdamW 1e-4 warm-up + decay, embeddings frozen, balanced class weights
 
-Per recipe, in its own process (so peak RSS and compile time are its own): steady-state
-examples/s and real (non-pad) tokens/s = median over --steps timed steps after
+Steady state (default): per recipe, in its own process (so peak RSS and compile time are
+its own), examples/s and real (non-pad) tokens/s = median over --steps timed steps after
 --warmup-steps; real-token share; the tf.data pipeline's rate with no model; first step
 (trace/compile) time; peak RSS; and an MFU estimate = 6 x non-embedding parameters x real
 tokens/s / peak FLOP/s (give --peak-tflops; the device's peak is not measured here).
-Prints a table and one JSON line. Time-to-accuracy mode: not written yet (issue 6).
+
+--to-accuracy: per recipe, train/full_finetune.py trains to the end (--epochs) in its own
+process; wall time is the whole process, from its start to its metrics.json; with the
+test split's accuracy and macro-F1. Runs go to runs/benchmark-<time>/<recipe>/.
+
+Both modes print a Markdown table and one JSON line.
 """
 import argparse
+import datetime
 import json
 import os
 import resource
@@ -25,22 +33,35 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-RECIPES = {  # name: (padding width or 0 for buckets, batch, precision, optimizer)
-    "notebook": (512, 8, "fp32", "adam-constant"),
-    "hf": (128, 8, "fp32", "adamw-linear"),
-    "project": (0, 32, "auto", "project"),
+# The recipes as train-script flags: the benchmark measures exactly what those scripts run.
+# The notebook: tokenizer(padding="max_length", max_length=512), batch 8, Adam(5e-5), fp32.
+# Adam = AdamW with weight decay 0 (epsilon 1e-6 here, Keras' Adam 1e-7), no clipping; all
+# weights train, no class weights. The project's recipe is the train scripts' defaults.
+RECIPES = {
+    "notebook": ["--padding", "fixed", "--max-length", "512", "--batch-size", "8", "--precision", "fp32",
+                 "--lr", "5e-5", "--lr-schedule", "constant", "--warmup", "0", "--weight-decay", "0",
+                 "--clipnorm", "0", "--train-embeddings", "--class-weight", "none"],
+    "hf": ["--padding", "fixed", "--max-length", "128", "--batch-size", "8", "--precision", "fp32",
+           "--lr", "5e-5", "--warmup", "0", "--weight-decay", "0", "--train-embeddings", "--class-weight", "none"],
+    "project": [],
 }
+TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train", "full_finetune.py")
 
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="distilbert-base-uncased")
-    p.add_argument("--data", default="hub")
+    p.add_argument("--model", default="distilbert-base-uncased", help="Hub id or local folder, as for the train scripts")
+    p.add_argument("--data", default="hub", help="release folder, zip or 'hub', as for the train scripts")
     p.add_argument("--agreement", default="all", choices=["50", "66", "75", "all"])
-    p.add_argument("--recipes", default=",".join(RECIPES))
-    p.add_argument("--steps", type=int, default=20, help="timed steps per recipe")
-    p.add_argument("--warmup-steps", type=int, default=3, help="untimed steps first (tracing, caches)")
+    p.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated, the first is the baseline")
+    p.add_argument("--steps", type=int, default=20, help="steady state: timed steps per recipe")
+    p.add_argument("--warmup-steps", type=int, default=3, help="steady state: untimed steps first (tracing, caches)")
     p.add_argument("--peak-tflops", type=float, default=0.0, help="the device's peak TFLOP/s, for MFU")
+    p.add_argument("--to-accuracy", action="store_true", help="train each recipe to the end instead (slow: the "
+                   "notebook recipe takes ~40 min on a 2-core CPU with MiniLM)")
+    p.add_argument("--epochs", type=int, default=3, help="--to-accuracy: epochs for every recipe")
+    p.add_argument("--seed", type=int, default=42, help="--to-accuracy: seed for every recipe")
+    p.add_argument("--out", default="", help="--to-accuracy: folder for the runs (default runs/benchmark-<time>)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one recipe in this process
     args = p.parse_args(argv)
     unknown = set(args.recipes.split(",")) - set(RECIPES)
@@ -49,34 +70,28 @@ def parse(argv=None):
     return args
 
 
+def recipe_config(args, name: str):
+    from common import config
+    flags = RECIPES[name] + ["--model", args.model, "--data", args.data, "--agreement", args.agreement]
+    return config.from_args(config.build_parser("").parse_args(flags))
+
+
+# ----------------------------------------------------------------------------- steady state
+
 def measure(args) -> dict:
     from common import env  # noqa: F401  (first)
     import numpy as np
-    from common import config, data, distribute, models, training
-    from common.env import keras, tf
-    width, batch, precision, opt_name = RECIPES[args.one]
-    cfg = config.Config(model=args.model, data=args.data, agreement=args.agreement, batch_size=batch,
-                        precision=precision, epochs=1)
+    from common import distribute, models, training
+    from common.env import tf
+    cfg = recipe_config(args, args.one)
     harness = distribute.setup(cfg)
     tokenizer = models.load_tokenizer(cfg.model)
-    rows = data.load_splits(cfg.data, cfg.agreement)["train"]
-    ids = data.encode(tokenizer, [s for s, _ in rows], 512 if width == 512 else cfg.max_length)
-    y = [l for _, l in rows]
-    if width:
-        ds = data.fixed_dataset(ids, y, batch, width, tokenizer.pad_token_id)
-    else:
-        ds = data.bucketed_dataset(ids, y, batch, cfg.max_length, tokenizer.pad_token_id)
-    stats = data.batch_stats(ds)  # one epoch through tf.data alone: share and pipeline rate
-    batches = list(ds.repeat().take(args.warmup_steps + args.steps))
-
+    splits = training.load_data(cfg, tokenizer, 1)  # the train script's own pipeline for these flags
+    stats = splits.train_stats
+    batches = list(splits.train.repeat().take(args.warmup_steps + args.steps))
     model = models.build_classifier(cfg.model)
-    if opt_name == "adam-constant":
-        opt = keras.optimizers.Adam(5e-5)
-    else:
-        opt = training.make_optimizer(cfg if opt_name == "project" else
-                                      config.Config(**{**cfg.to_dict(), "lr": 5e-5, "warmup": 0.0}),
-                                      stats["steps"])
-    training.compile_classifier(model, cfg, opt, xla=False)
+    models.freeze(model, cfg.freeze, cfg.train_embeddings)
+    training.compile_classifier(model, cfg, training.make_optimizer(cfg, stats["steps"]), xla=False)
     times = []
     for x, labels in batches:
         t0 = time.perf_counter()
@@ -89,19 +104,16 @@ def measure(args) -> dict:
     emb = sum(int(np.prod(w.shape)) for w in enc.weights if "embeddings" in w.name)
     non_embedding = model.count_params() - emb
     real_tok_s = float(np.median(tok_rate))
-    return {"recipe": args.one, "padding": width or "buckets", "batch": batch, "precision": harness.precision,
-            "optimizer": opt_name, "examples_per_sec": float(np.median(ex_rate)), "real_tokens_per_sec": real_tok_s,
+    return {"recipe": args.one, "padding": cfg.max_length if cfg.padding == "fixed" else "buckets",
+            "batch": cfg.batch_size, "precision": harness.precision, "flags": " ".join(RECIPES[args.one]),
+            "examples_per_sec": float(np.median(ex_rate)), "real_tokens_per_sec": real_tok_s,
             "real_token_share": stats["real_token_share"], "pipeline_examples_per_sec": stats["pipeline_examples_per_sec"],
             "first_step_seconds": times[0], "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "train_flops_per_sec": 6 * non_embedding * real_tok_s,
             "mfu": 6 * non_embedding * real_tok_s / (args.peak_tflops * 1e12) if args.peak_tflops else None}
 
 
-def main(argv=None):
-    args = parse(argv)
-    if args.one:
-        print("RESULT " + json.dumps(measure(args)), flush=True)
-        return None
+def steady_state(args) -> list:
     results = []
     for name in args.recipes.split(","):
         print(f"benchmarking {name} ...", flush=True)
@@ -125,6 +137,64 @@ def main(argv=None):
               f"{r['examples_per_sec'] / base:.1f}x |")
     print(json.dumps({"benchmark": results}))
     return results
+
+
+# ----------------------------------------------------------------------------- time to accuracy
+
+def train_to_end(args, name: str, run_dir: str) -> dict:
+    """One recipe through train/full_finetune.py in a new process; its output streams
+    through with a [recipe] prefix. Wall time: process start -> metrics.json written."""
+    from common import runs
+    cmd = [sys.executable, TRAIN_SCRIPT, *RECIPES[name], "--model", args.model, "--data", args.data,
+           "--agreement", args.agreement, "--epochs", str(args.epochs), "--seed", str(args.seed), "--run-dir", run_dir]
+    print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
+    t0 = time.time()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tail = []
+    for line in p.stdout:
+        tail = (tail + [line])[-40:]
+        if not line.startswith(("WARNING", "Warning", "  ")):
+            print(f"[{name}] {line.rstrip()[:160]}", flush=True)
+    if p.wait():
+        raise SystemExit(f"--to-accuracy: recipe {name} failed (exit {p.returncode}); last output:\n{''.join(tail)}")
+    metrics_path = os.path.join(run_dir, runs.METRICS)
+    m = runs.read_json(metrics_path)
+    return {"recipe": name, "flags": " ".join(RECIPES[name]) or "(defaults)", "run_dir": run_dir,
+            "wall_seconds": os.path.getmtime(metrics_path) - t0, "process_seconds": time.time() - t0,
+            "train_seconds": m["train_seconds"], "examples_per_sec": m["examples_per_sec"],
+            "real_token_share": m["real_token_share"], "test_accuracy": m["test"]["accuracy"],
+            "test_macro_f1": m["test"]["macro_f1"], "val_macro_f1": m["validation"]["macro_f1"]}
+
+
+def to_accuracy(args) -> list:
+    from common import runs
+    out = args.out or os.path.join("runs", "benchmark-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    names = args.recipes.split(",")
+    results = [train_to_end(args, name, os.path.join(out, name)) for name in names]
+    base = results[0]
+    for r in results:
+        r["speedup_vs_" + base["recipe"]] = base["wall_seconds"] / r["wall_seconds"]
+    lines = [f"Time to accuracy: {args.model}, {args.agreement} agreement, {args.epochs} epochs, seed {args.seed}",
+             "", f"| recipe | flags | wall s (start -> metrics.json) | train s | examples/s | real-token share "
+             f"| test accuracy | test macro-F1 | sooner than {base['recipe']} |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['recipe']} | `{r['flags']}` | {r['wall_seconds']:.0f} | {r['train_seconds']:.0f} | "
+                     f"{r['examples_per_sec']:.1f} | {r['real_token_share']:.3f} | {r['test_accuracy']:.4f} | "
+                     f"{r['test_macro_f1']:.4f} | {r['speedup_vs_' + base['recipe']]:.1f}x |")
+    table = "\n".join(lines) + "\n"
+    runs.write_text(os.path.join(out, "benchmark.md"), table)
+    runs.write_json(os.path.join(out, "benchmark.json"), {"to_accuracy": results})
+    print("\n" + table)
+    print(json.dumps({"to_accuracy": results}))
+    return results
+
+
+def main(argv=None):
+    args = parse(argv)
+    if args.one:
+        print("RESULT " + json.dumps(measure(args)), flush=True)
+        return None
+    return to_accuracy(args) if args.to_accuracy else steady_state(args)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,10 @@ from common import runs, summary  # noqa: E402  (no TensorFlow in this process: 
 from common.data import LABELS, level_name  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The notebook's body-only and full fine-tuning train the embeddings too, without class
+# weights (the project's default recipe differs: README "Performance"); the study
+# reproduces the notebook, so it says so. An experiment's own flags come after these.
+STUDY_FLAGS = ["--train-embeddings", "--class-weight", "none"]
 EXPERIMENTS = {  # name: (script, extra flags, notebook name)
     "head": ("train/head_only.py", [], "Basic 1: head only"),
     "body": ("train/body_finetune.py", [], "Basic 2: body only, from the head"),
@@ -73,7 +77,8 @@ def main(argv=None):
         script, extra, _ = EXPERIMENTS[exp]
         source = ["--init-from", done[(level, "head", seed)]] if exp == "body" else ["--model", args.model]
         cmd = [sys.executable, os.path.join(REPO, script), *source, "--data", args.data, "--agreement", level,
-               "--epochs", str(args.epochs), "--seed", str(seed), "--run-dir", run_dir, *extra, *args.extra]
+               "--epochs", str(args.epochs), "--seed", str(seed), "--run-dir", run_dir, *STUDY_FLAGS, *extra,
+               *args.extra]
         print(f"[{k}/{len(plan)}] {level_name(level)} {exp} seed {seed} ({time.time() - t_start:.0f}s so far): "
               + " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, check=True)

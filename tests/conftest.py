@@ -61,6 +61,20 @@ def tiny_distilbert(tmp_path_factory):
     return path
 
 
+def planned_steps(data_dir, epochs=3, batch=32, max_length=128) -> int:
+    """Optimizer steps a default AllAgree run plans: batches per bucket width, counted here
+    from token lengths (not through common.data's pipeline)."""
+    import math
+    from collections import Counter
+    from transformers import AutoTokenizer
+    from common import data
+    tok = AutoTokenizer.from_pretrained(minilm_dir())
+    rows = data.load_splits(data_dir, "all")["train"]
+    lengths = [len(x) for x in tok([s for s, _ in rows], truncation=True, max_length=max_length)["input_ids"]]
+    per_width = Counter(min(w for w in data.widths_for(max_length) if w >= n) for n in lengths)
+    return epochs * sum(math.ceil(c / batch) for c in per_width.values())
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

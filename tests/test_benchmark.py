@@ -1,5 +1,6 @@
-"""eval/benchmark.py measures the three recipes for real (tiny model, few steps)."""
+"""eval/benchmark.py measures the three recipes for real (tiny model, few steps / one epoch)."""
 import json
+import os
 
 from tests.conftest import run_script
 
@@ -11,8 +12,32 @@ def test_benchmark_measures_three_recipes(tiny_distilbert, data_dir):
     by = {r["recipe"]: r for r in results}
     assert list(by) == ["notebook", "hf", "project"]
     # padding to 512 / 128 wastes most of each batch; buckets keep it small
-    assert by["notebook"]["real_token_share"] < by["hf"]["real_token_share"] < 0.5 < 0.85 <= by["project"]["real_token_share"]
+    assert by["notebook"]["real_token_share"] < by["hf"]["real_token_share"] < 0.5 < 0.9 <= by["project"]["real_token_share"]
     for r in results:
         assert r["examples_per_sec"] > 0 and r["pipeline_examples_per_sec"] > 0 and r["first_step_seconds"] > 0
         assert r["peak_rss_mb"] > 100 and 0 < r["mfu"] < 1
     assert "| notebook | 512 | 8 | fp32 |" in p.stdout
+
+
+def test_time_to_accuracy_trains_each_recipe_to_the_end_with_its_flags(tiny_distilbert, data_dir, tmp_path):
+    out = tmp_path / "bench"
+    p = run_script("eval/benchmark.py", "--to-accuracy", "--model", tiny_distilbert, "--data", data_dir,
+                   "--recipes", "notebook,project", "--epochs", 1, "--out", out, timeout=900)
+    results = json.loads(p.stdout.strip().splitlines()[-1])["to_accuracy"]
+    assert [r["recipe"] for r in results] == ["notebook", "project"]
+    for r in results:
+        run = out / r["recipe"]
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert r["test_accuracy"] == metrics["test"]["accuracy"] and metrics["test"]["n"] == 226
+        assert metrics["optimizer_steps"] == metrics["planned_steps"]  # trained to the end
+        assert 0 < r["train_seconds"] < r["wall_seconds"] <= r["process_seconds"]
+    flags = {r: json.loads((out / r / "config.json").read_text())["flags"] for r in ("notebook", "project")}
+    nb = flags["notebook"]
+    assert (nb["padding"], nb["max_length"], nb["batch_size"], nb["precision"]) == ("fixed", 512, 8, "fp32")
+    assert (nb["lr"], nb["lr_schedule"], nb["weight_decay"], nb["train_embeddings"]) == (5e-5, "constant", 0.0, True)
+    assert nb["class_weight"] == "none" and flags["project"]["class_weight"] == "balanced"
+    assert flags["project"]["padding"] == "buckets" and flags["project"]["batch_size"] == 32
+    assert results[0]["real_token_share"] < 0.1 < 0.9 <= results[1]["real_token_share"]
+    assert results[1]["speedup_vs_notebook"] == results[0]["wall_seconds"] / results[1]["wall_seconds"]
+    table = (out / "benchmark.md").read_text()
+    assert "| notebook |" in table and "| project |" in table and os.path.exists(out / "benchmark.json")

@@ -10,6 +10,7 @@ import time
 
 
 from common.env import REPO_ROOT
+from tests.conftest import planned_steps
 
 LAUNCH = os.path.join(REPO_ROOT, "launch")
 
@@ -104,7 +105,7 @@ def test_gce_startup_script_installs_runs_syncs_and_resumes_after_reboot(tiny_di
     assert "restored runs/job1" in text and "resuming from" in text
     done = bucket / "runs" / "job1"
     m = json.loads((done / "metrics.json").read_text())
-    assert m["optimizer_steps"] == m["planned_steps"] == 3 * 61
+    assert m["optimizer_steps"] == m["planned_steps"] == planned_steps(data_dir)
     assert (done / "DONE").exists() and (done / "model" / "tf_model.h5").exists()
     assert (tmp_path / "vm-deleted").exists()
     # a further boot of a DONE run only deletes the VM

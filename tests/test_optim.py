@@ -8,6 +8,7 @@ from common.env import keras
 
 def _setup(tiny, data_dir, **flags):
     keras.backend.clear_session()
+    flags.setdefault("train_embeddings", True)  # the embeddings are a group of their own
     cfg = config.Config(model=tiny, data=data_dir, precision="fp32", warmup=0.0, weight_decay=0.0, **flags)
     run = training.start(cfg, "test")
     with run.harness.strategy.scope():

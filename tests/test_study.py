@@ -55,7 +55,7 @@ def test_head_only_changes_the_head_and_no_encoder_weight(head_run, tiny_distilb
 def test_body_only_keeps_the_trained_head_and_changes_the_encoder(head_run, data_dir, tmp_path):
     head_dir, _ = head_run
     _main("body_finetune", "--init-from", head_dir, "--data", data_dir, "--run-dir", tmp_path / "body",
-          "--epochs", 1, "--lr", 1e-3)
+          "--epochs", 1, "--lr", 1e-3, "--train-embeddings")  # as eval/reproduce_study.py runs it
     enc0, head0 = _weights(head_dir / "model")
     enc1, head1 = _weights(tmp_path / "body" / "model")
     assert _same(head0, head1)  # restored exactly from the head-only run, then frozen
@@ -72,8 +72,9 @@ def test_init_from_restores_the_earlier_run_exactly(head_run, data_dir):
     with run.harness.strategy.scope():
         model = training.build_model(run)
     ref = TFAutoModelForSequenceClassification.from_pretrained(str(head_dir / "model"))
-    assert [w.name.split("/", 1)[1] for w in model.weights] == [w.name.split("/", 1)[1] for w in ref.weights]
-    assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(model.weights, ref.weights))
+    mine = {w.name.split("/", 1)[1]: w.numpy() for w in model.weights}  # by name: frozen weights list last
+    theirs = {w.name.split("/", 1)[1]: w.numpy() for w in ref.weights}
+    assert mine.keys() == theirs.keys() and all(np.array_equal(mine[k], theirs[k]) for k in mine)
 
 
 def test_body_finetune_requires_init_from(data_dir):

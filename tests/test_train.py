@@ -12,7 +12,7 @@ import pytest
 
 from common import config, distribute, runs
 from common.env import REPO_ROOT, keras, tf
-from tests.conftest import run_script
+from tests.conftest import planned_steps, run_script
 
 SCRIPTS = ["train/full_finetune.py", "eval/evaluate.py"]
 
@@ -57,6 +57,19 @@ def test_run_folder_is_complete_and_self_describing(tiny_run, data_dir):
     assert not glob.glob(str(run / "**" / "*.tmp"), recursive=True)
 
 
+def test_default_run_keeps_the_embeddings_and_trains_every_other_weight(tiny_run, tiny_distilbert):
+    from common import models
+    run, _ = tiny_run
+
+    def weights(folder):
+        m = models.build_classifier(str(folder))
+        return {w.name.split("/", 1)[1]: w.numpy() for w in m.weights}
+    before, after = weights(tiny_distilbert), weights(run / "model")
+    assert before.keys() == after.keys()
+    same = {k for k in before if (before[k] == after[k]).all()}
+    assert same == {k for k in before if "/embeddings/" in k} and same  # --no-train-embeddings is the default
+
+
 def test_tensorboard_has_scalars_hparams_and_confusion_image(tiny_run):
     run, _ = tiny_run
     train = _tags(str(run / "tb" / "train")).Tags()["tensors"]
@@ -64,7 +77,8 @@ def test_tensorboard_has_scalars_hparams_and_confusion_image(tiny_run):
                 "epoch_examples_per_sec", "epoch_real_tokens_per_sec"):
         assert tag in train, (tag, train)
     val = _tags(str(run / "tb" / "validation")).Tags()
-    assert "epoch_macro_f1" in val["tensors"]
+    for tag in ("epoch_loss", "epoch_accuracy", "epoch_macro_f1"):  # one validation pass per epoch
+        assert tag in val["tensors"], (tag, val)
     assert "validation/confusion_matrix" in val["tensors"]  # TF2 image summaries are tensors
     hp = _tags(str(run / "tb" / "hparams"))
     assert "_hparams_/session_start_info" in hp.Tags()["tensors"]
@@ -160,7 +174,7 @@ def test_kill_mid_epoch_leaves_no_metrics_and_rerun_resumes_without_losing_or_re
     p = run_script("train/full_finetune.py", *args[2:])
     assert "resuming from" in p.stdout and "Epoch 1/3" not in p.stdout, p.stdout[-2000:]
     m = json.loads((run / "metrics.json").read_text())
-    assert m["optimizer_steps"] == m["planned_steps"] == 3 * 61
+    assert m["optimizer_steps"] == m["planned_steps"] == planned_steps(data_dir)
     assert m["test"]["n"] == 226 and (run / "model" / "tf_model.h5").exists()
     assert not (run / "backup").exists()  # removed once training completed
 
