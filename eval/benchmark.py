@@ -4,7 +4,7 @@
     python eval/benchmark.py --model PATH --data ../shared/data/FinancialPhraseBank-v1.0
     python eval/benchmark.py --to-accuracy --model PATH --data ../shared/data/FinancialPhraseBank-v1.0
 
-Recipes (each is a set of train/full_finetune.py flags, see RECIPES below):
+Recipes (each is a set of train/full_finetune.py flags: RECIPES in this file):
   notebook  every sentence padded to 512, batch 8, fp32, Adam 5e-5 constant, all weights train
   hf        every sentence padded to 128, batch 8, fp32, AdamW 5e-5 linear decay (HF example defaults)
   project   this project's defaults (no flags): length buckets, batch 32, --precision auto,
