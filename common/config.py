@@ -32,8 +32,8 @@ class Config:
     freeze: str = _f("none", "which part does not train: none, encoder (head only), head (encoder only)",
                      choices=["none", "encoder", "head"])
     train_embeddings: bool = _f(False, "train the embedding layer too. Off by default: on MiniLM it is half of "
-                                "the weights, and skipping its optimizer update made training 25%% faster at "
-                                "the same test accuracy (README \"Performance\")")
+                                "the weights, and skipping its optimizer update cut 31%% off each training step "
+                                "at the same test accuracy (README \"Performance\")")
     head: str = _f("library", "'library': the model's own head; 'custom': --pooling/--head-* below",
                    choices=["library", "custom"])
     pooling: str = _f("cls", "custom head: pool the first token or the mean of real tokens",

@@ -70,6 +70,11 @@ class Splits:
     rows: dict                 # split -> [(sentence, label)]
     train_stats: dict          # steps, examples, real tokens, real-token share, pipeline rate
 
+    @property
+    def val_labels(self) -> np.ndarray:
+        """Validation labels in the order the val dataset yields its examples."""
+        return np.asarray([l for _, l in self.rows["validation"]])[self.val_order]
+
 
 def load_data(cfg, tokenizer, replicas: int) -> Splits:
     if cfg.batch_size % replicas:
@@ -201,11 +206,10 @@ def fit(model, cfg, run_dir: str, splits: Splits, hparams: dict, is_chief: bool 
     best_path = os.path.join(run_dir, runs.BEST, "weights")
     throughput = cb.Throughput(splits.train_stats["examples"], splits.train_stats["real_tokens"])
     nan_guard = cb.StopOnNaN()
-    y_val = np.asarray([l for _, l in splits.rows["validation"]])[splits.val_order]
     # Keras' own callbacks are multi-worker aware (non-chief workers write to temporary
     # places and restore from the chief's backup); ours write only on the chief, and are
     # not even built elsewhere (building a summary writer creates its file).
-    validation = cb.Validation(splits.val, y_val, os.path.join(tb_dir, "validation") if is_chief else None)
+    validation = cb.Validation(splits.val, splits.val_labels, os.path.join(tb_dir, "validation") if is_chief else None)
     hparams_cb = [hp.KerasCallback(os.path.join(tb_dir, "hparams"), hparams,
                                    trial_id=os.path.basename(run_dir))] if is_chief else []
     callbacks = [
@@ -247,9 +251,9 @@ def fit(model, cfg, run_dir: str, splits: Splits, hparams: dict, is_chief: bool 
 
 def hparams_of(cfg, harness) -> dict:
     """The flags worth comparing across runs in TensorBoard's HParams dashboard."""
-    keys = ("model", "agreement", "split", "max_length", "batch_size", "epochs", "lr", "warmup",
-            "weight_decay", "class_weight", "loss", "freeze", "train_embeddings", "padding", "lr_schedule", "head", "pooling", "layer_lr_decay",
-            "head_warmup_epochs", "unfreeze_every", "train_top_blocks", "seed")
+    keys = ("model", "agreement", "split", "max_length", "padding", "batch_size", "epochs", "lr", "lr_schedule",
+            "warmup", "weight_decay", "class_weight", "loss", "freeze", "train_embeddings", "head", "pooling",
+            "layer_lr_decay", "head_warmup_epochs", "unfreeze_every", "train_top_blocks", "seed")
     out = {k: getattr(cfg, k) for k in keys}
     out.update(precision=harness.precision, replicas=harness.replicas)
     return out

@@ -9,8 +9,6 @@ import subprocess
 import sys
 import tempfile
 
-import numpy as np
-
 from common import callbacks as cb, config, runs, training
 from common.env import REPO_ROOT, keras
 
@@ -47,8 +45,7 @@ class ConfigHyperModel(kt.HyperModel):
     def fit(self, hp, model, *args, callbacks=None, **kwargs):
         trial = self.trial(hp)
         callbacks = list(callbacks or [])
-        y_val = np.asarray([l for _, l in trial.splits.rows["validation"]])[trial.splits.val_order]
-        callbacks.insert(0, cb.Validation(trial.splits.val, y_val))  # first: keras-tuner reads val_macro_f1
+        callbacks.insert(0, cb.Validation(trial.splits.val, trial.splits.val_labels))  # first: keras-tuner reads val_macro_f1
         if training.uses_layer_schedule(trial.cfg):
             from common import optim
             callbacks.insert(0, optim.UnfreezeSchedule(model.optimizer.n_blocks, **training.layer_schedule(trial.cfg)))

@@ -81,17 +81,14 @@ def recipe_config(args, name: str):
 def measure(args) -> dict:
     from common import env  # noqa: F401  (first)
     import numpy as np
-    from common import distribute, models, training
+    from common import models, training
     from common.env import tf
-    cfg = recipe_config(args, args.one)
-    harness = distribute.setup(cfg)
-    tokenizer = models.load_tokenizer(cfg.model)
-    splits = training.load_data(cfg, tokenizer, 1)  # the train script's own pipeline for these flags
-    stats = splits.train_stats
-    batches = list(splits.train.repeat().take(args.warmup_steps + args.steps))
-    model = models.build_classifier(cfg.model)
-    models.freeze(model, cfg.freeze, cfg.train_embeddings)
-    training.compile_classifier(model, cfg, training.make_optimizer(cfg, stats["steps"]), xla=False)
+    # The train scripts' own start and model for these flags (nothing is written: no fit/finish)
+    run = training.start(recipe_config(args, args.one), "benchmark")
+    cfg, harness, stats = run.cfg, run.harness, run.splits.train_stats
+    batches = list(run.splits.train.repeat().take(args.warmup_steps + args.steps))
+    with harness.strategy.scope():
+        model = training.build_model(run)
     times = []
     for x, labels in batches:
         t0 = time.perf_counter()

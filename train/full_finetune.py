@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Full fine-tuning: the encoder and its classification head train; the embedding layer
-too with --train-embeddings (off by default: same accuracy, 25% less time, README "Performance").
+too with --train-embeddings (off by default: same accuracy, 31% less time per step, README "Performance").
 
     python train/full_finetune.py --gpus 2
     python train/full_finetune.py --model PATH --data ../shared/data/FinancialPhraseBank-v1.0
