@@ -12,24 +12,37 @@ from common.env import keras, tf
 
 
 class Throughput(keras.callbacks.Callback):
-    """Adds examples_per_sec and real_tokens_per_sec (non-pad tokens) to each epoch's logs."""
+    """Adds examples_per_sec and real_tokens_per_sec (non-pad tokens) to each epoch's logs.
 
-    def __init__(self, examples_per_epoch: int, real_tokens_per_epoch: int):
+    Counts the steps this process really ran: an epoch resumed mid-way from a backup runs
+    only its remaining steps, and is credited with that share of the epoch's examples
+    and tokens (batches of one epoch differ in size, so the share is an average)."""
+
+    def __init__(self, steps_per_epoch: int, examples_per_epoch: int, real_tokens_per_epoch: int):
         super().__init__()
+        self.steps_per_epoch = max(1, steps_per_epoch)
         self.examples, self.tokens = examples_per_epoch, real_tokens_per_epoch
         self.train_seconds = 0.0
+        self.steps = 0          # optimizer steps run by this process
         self.history = []
 
     def on_epoch_begin(self, epoch, logs=None):
         self._t0 = time.perf_counter()
+        self._t_train_end = None
+        self._epoch_steps = 0
 
     def on_train_batch_end(self, batch, logs=None):
+        self._epoch_steps += 1
         self._t_train_end = time.perf_counter()  # validation time is not training throughput
 
     def on_epoch_end(self, epoch, logs=None):
-        secs = getattr(self, "_t_train_end", time.perf_counter()) - self._t0
+        if not self._epoch_steps:  # an epoch that a resume found already done
+            return
+        secs = self._t_train_end - self._t0
         self.train_seconds += secs
-        rate = {"examples_per_sec": self.examples / secs, "real_tokens_per_sec": self.tokens / secs}
+        self.steps += self._epoch_steps
+        share = self._epoch_steps / self.steps_per_epoch
+        rate = {"examples_per_sec": share * self.examples / secs, "real_tokens_per_sec": share * self.tokens / secs}
         self.history.append(rate)
         if logs is not None:
             logs.update(rate)

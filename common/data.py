@@ -11,6 +11,7 @@ import re
 import unicodedata
 import zipfile
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
@@ -33,15 +34,18 @@ def level_name(agreement: str) -> str:
     return "AllAgree" if agreement == "all" else f"{agreement}Agree"
 
 
-class DataError(ValueError):
-    """Bad input data; the message names the file and line."""
+from common.errors import DataError, FlagError  # noqa: E402,F401  (DataError is raised here, re-exported)
 
 
 # ----------------------------------------------------------------------------- parsing
 
 def parse_release(raw: bytes, name: str):
     """Rows (sentence, label index) of one `sentence@label` file (latin-1, CRLF)."""
-    text = raw.decode("latin-1")  # the release's encoding; every byte decodes, so no error here
+    if b"\x00" in raw:  # latin-1 decodes any byte, so catch binary files (a UTF-16 export, an archive) here
+        at = raw.index(b"\x00")
+        raise DataError(f"{name}: binary data (a NUL byte at byte {at}); expected latin-1 text lines "
+                        f"'sentence@label' as in the release's Sentences_*Agree.txt")
+    text = raw.decode("latin-1")  # the release's encoding
     rows = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -348,3 +352,101 @@ def batch_stats(ds) -> dict:
     return {"steps": steps, "examples": examples, "real_tokens": real, "padded_tokens": padded,
             "real_token_share": real / max(padded, 1), "widths": sorted(widths),
             "pipeline_examples_per_sec": examples / max(secs, 1e-9)}
+
+
+# ----------------------------------------------------------------------------- a run's data
+
+@dataclass
+class Splits:
+    train: tf.data.Dataset
+    val: tf.data.Dataset
+    test: tf.data.Dataset
+    val_order: np.ndarray      # row i of val predictions is example val_order[i]
+    test_order: np.ndarray
+    rows: dict                 # split -> [(sentence, label)]
+    train_stats: dict          # steps, examples, real tokens, real-token share, pipeline rate
+
+    @property
+    def val_labels(self) -> np.ndarray:
+        """Validation labels in the order the val dataset yields its examples."""
+        return np.asarray([l for _, l in self.rows["validation"]])[self.val_order]
+
+    @property
+    def train_labels(self) -> list:
+        return [l for _, l in self.rows["train"]]
+
+
+def subset(rows, ids, n: float, seed: int):
+    """(rows, ids) of a class-stratified, seeded subset of a split: n >= 1 examples, or the
+    share n < 1 (scikit-learn's stratified train_test_split). n = 0: all of them."""
+    if not n:
+        return rows, ids
+    if n < 0 or (n >= 1 and n != int(n)):
+        raise FlagError(f"--train-examples {n:g}: expected a whole number of examples (>= 3) or a share in (0, 1)")
+    size = int(n) if n >= 1 else n
+    if size >= len(rows):
+        return rows, ids
+    from sklearn.model_selection import train_test_split
+    try:
+        keep, _ = train_test_split(np.arange(len(rows)), train_size=size, random_state=seed,
+                                   stratify=[y for _, y in rows])
+    except ValueError as e:  # fewer examples than classes, or a class with one example
+        raise FlagError(f"--train-examples {n:g}: cannot draw a class-stratified subset of {len(rows)} training "
+                        f"sentences ({e}); ask for more examples") from e
+    keep = np.sort(keep)  # the split's own order
+    return [rows[i] for i in keep], [ids[i] for i in keep]
+
+
+def class_weights(labels) -> dict:
+    """scikit-learn's 'balanced' weights: n_samples / (n_classes * count(class))."""
+    from sklearn.utils.class_weight import compute_class_weight
+    classes = np.arange(len(LABELS))
+    return dict(zip(classes.tolist(), compute_class_weight("balanced", classes=classes, y=np.asarray(labels))))
+
+
+def load_data(cfg, tokenizer, replicas: int) -> Splits:
+    """The run's splits as tf.data pipelines: bucketed (or fixed-width) training batches of
+    the global --batch-size, length-sorted evaluation batches, and the pipeline's figures."""
+    if cfg.batch_size < 1 or cfg.batch_size % replicas:
+        raise FlagError(f"--batch-size {cfg.batch_size}: must be a positive multiple of the {replicas} replicas "
+                        f"(it is the global batch; each replica gets batch-size / {replicas})")
+    rows, ids = encoded_splits(cfg.data, cfg.agreement, cfg.split, tokenizer, cfg.max_length)
+    rows, ids = dict(rows), dict(ids)
+    rows["train"], ids["train"] = subset(rows["train"], ids["train"], cfg.train_examples, cfg.seed)
+    counts = Counter(y for _, y in rows["train"])
+    missing = [LABELS[c] for c in range(len(LABELS)) if not counts[c]]
+    if missing:
+        raise DataError(f"--data {cfg.data} --agreement {cfg.agreement}: the training split has no "
+                        f"{' or '.join(missing)} sentences ({len(rows['train'])} in all); the classifier and its class "
+                        f"weights need all of {', '.join(LABELS)}: check the file's labels")
+    y = {k: [l for _, l in v] for k, v in rows.items()}
+    global_batch, pad = cfg.batch_size, tokenizer.pad_token_id
+    if cfg.padding == "fixed":
+        train = fixed_dataset(ids["train"], y["train"], global_batch, cfg.max_length, pad, seed=cfg.seed)
+        val, test = (fixed_dataset(ids[k], y[k], global_batch, cfg.max_length, pad, shuffle=False)
+                     for k in ("validation", "test"))
+        val_order, test_order = np.arange(len(ids["validation"])), np.arange(len(ids["test"]))
+    else:
+        train = bucketed_dataset(ids["train"], y["train"], global_batch, cfg.max_length, pad,
+                                 shuffle=True, seed=cfg.seed)
+        val, val_order = sorted_dataset(ids["validation"], y["validation"], 2 * global_batch, cfg.max_length, pad)
+        test, test_order = sorted_dataset(ids["test"], y["test"], 2 * global_batch, cfg.max_length, pad)
+    stats = batch_stats(train)
+    # Bucketing hides the epoch length from Keras; it is fixed (bucket membership does not
+    # depend on the shuffle), and Keras needs it to resume mid-epoch from BackupAndRestore.
+    train = train.apply(tf.data.experimental.assert_cardinality(stats["steps"]))
+    return Splits(train, val, test, val_order, test_order, rows, stats)
+
+
+def seen_sentences(run_flags: dict, part: str = "test") -> set:
+    """Normalised sentences a run (its config.json flags) trained on, and validated on
+    when `part` is the test split."""
+    mine = load_splits(run_flags["data"], run_flags["agreement"], run_flags["split"])
+    return {normalise(s) for p in (("train", "validation") if part == "test" else ("train",)) for s, _ in mine[p]}
+
+
+def leaks(run_flags: dict, level: str, part: str = "test") -> int:
+    """How many sentences of `level`'s `part` split a run trained (or validated) on.
+    0 for every level under --split hash (nested); not so under seed."""
+    seen = seen_sentences(run_flags, part)
+    return sum(normalise(s) in seen for s, _ in load_splits(run_flags["data"], level, run_flags["split"])[part])

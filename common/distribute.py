@@ -4,6 +4,7 @@ import os
 from dataclasses import dataclass
 
 from common.env import keras, tf
+from common.errors import FlagError
 
 
 @dataclass
@@ -13,9 +14,15 @@ class Harness:
     is_chief: bool          # only the chief writes the run folder (Keras' callbacks redirect the rest)
     multi_worker: bool
     precision: str          # resolved: fp32 | fp16 | bf16
-    xla: bool               # resolved: False where XLA is known to fail
+    xla: str                # resolved: off | on (per-replica compiled loss and gradients) | auto (auto-clustering)
     devices: list
     notes: list             # what was changed from the flags, and why
+
+    @property
+    def strategy_name(self) -> str:
+        if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return "MultiWorkerMirroredStrategy"  # its class is CollectiveAllReduceStrategy
+        return type(self.strategy).__name__
 
 
 def _cpu_has_bf16() -> bool:
@@ -34,7 +41,7 @@ def _split_cpu(n: int) -> None:
     except RuntimeError:  # runtime already started (e.g. a test process): fine if enough devices exist
         have = len(tf.config.list_logical_devices("CPU"))
         if have < n:
-            raise SystemExit(f"--cpu-replicas {n}: TensorFlow already started with {have} CPU device(s); "
+            raise FlagError(f"--cpu-replicas {n}: TensorFlow already started with {have} CPU device(s); "
                              f"pass --cpu-replicas before anything touches TensorFlow")
 
 
@@ -64,8 +71,10 @@ def setup(cfg) -> Harness:
     notes = []
     gpus = tf.config.list_physical_devices("GPU")
     tf_config = json.loads(os.environ["TF_CONFIG"]) if os.environ.get("TF_CONFIG") else None
+    if cfg.gpus < 0 or cfg.cpu_replicas < 0:
+        raise FlagError(f"--gpus {cfg.gpus} --cpu-replicas {cfg.cpu_replicas}: device counts cannot be negative")
     if cfg.gpus > len(gpus):
-        raise SystemExit(f"--gpus {cfg.gpus}: this machine has {len(gpus)} GPU(s) visible to TensorFlow"
+        raise FlagError(f"--gpus {cfg.gpus}: this machine has {len(gpus)} GPU(s) visible to TensorFlow"
                          + ("" if gpus else "; use --gpus 0 (CPU) or --cpu-replicas N to test the multi-device path"))
     if tf_config:
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
@@ -87,11 +96,14 @@ def setup(cfg) -> Harness:
     keras.mixed_precision.set_global_policy(
         {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}[precision])
 
-    xla = cfg.xla
-    if xla and (strategy.num_replicas_in_sync > 1 or tf_config):
-        notes.append("--xla ignored: MirroredStrategy + jit_compile fails on TF 2.15 "
-                     "(replica variable placed on the wrong device); training without XLA")
-        xla = False
+    xla = {True: "on", False: "off"}.get(cfg.xla, cfg.xla)  # config.json of older runs: a bool
+    if xla == "auto":
+        # Grappler's auto-clustering; on CPUs it also needs --tf_xla_cpu_global_jit, which
+        # TensorFlow reads from TF_XLA_FLAGS when XLA first starts (i.e. later than this).
+        tf.config.optimizer.set_jit("autoclustering")
+        flags = os.environ.get("TF_XLA_FLAGS", "")
+        if not gpus and "--tf_xla_cpu_global_jit" not in flags:
+            os.environ["TF_XLA_FLAGS"] = (flags + " --tf_xla_cpu_global_jit").strip()
     try:
         devices = list(strategy.extended.worker_devices)
     except RuntimeError:  # the default strategy: one device

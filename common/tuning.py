@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 
-from common import callbacks as cb, config, runs, training
+from common import config, data, runs, training
 from common.env import REPO_ROOT, keras
 
 import keras_tuner as kt  # noqa: E402  (common.env first: the same Keras 2.15)
@@ -36,21 +36,41 @@ class ConfigHyperModel(kt.HyperModel):
     def trial(self, hp):
         cfg = self.space(hp, self.run.cfg)
         if cfg.batch_size not in self._splits:
-            self._splits[cfg.batch_size] = training.load_data(cfg, self.run.tokenizer, self.run.harness.replicas)
+            self._splits[cfg.batch_size] = data.load_data(cfg, self.run.tokenizer, self.run.harness.replicas)
         return dataclasses.replace(self.run, cfg=cfg, splits=self._splits[cfg.batch_size])
 
     def build(self, hp):
         return training.build_model(self.trial(hp))
 
     def fit(self, hp, model, *args, callbacks=None, **kwargs):
+        """The train scripts' fit path (class weights, unfreezing schedule, validation);
+        Hyperband's initial_epoch continues a promoted trial's schedules where they were."""
         trial = self.trial(hp)
-        callbacks = list(callbacks or [])
-        callbacks.insert(0, cb.Validation(trial.splits.val, trial.splits.val_labels))  # first: keras-tuner reads val_macro_f1
-        if training.uses_layer_schedule(trial.cfg):
-            from common import optim
-            callbacks.insert(0, optim.UnfreezeSchedule(model.optimizer.n_blocks, **training.layer_schedule(trial.cfg)))
-        return model.fit(trial.splits.train, epochs=kwargs.get("epochs", trial.cfg.epochs), callbacks=callbacks,
-                         verbose=kwargs.get("verbose", 2))
+        history, _, _ = training.fit_model(
+            model, trial.cfg, trial.splits, callbacks or [], epochs=kwargs.get("epochs", trial.cfg.epochs),
+            initial_epoch=kwargs.get("initial_epoch", 0), verbose=kwargs.get("verbose", 2))
+        return history
+
+
+def with_trial_configs(tuner_class):
+    """tuner_class, writing trials/trial_<id>/config.json before each trial: the train flags
+    it trains with and what they resolve to (class weights, strategy), as a run's config.json."""
+
+    class Tuner(tuner_class):
+        def run_trial(self, trial, *args, **kwargs):
+            run = self.hypermodel.run
+            t = self.hypermodel.trial(trial.hyperparameters)
+            resolved = {"precision": run.harness.precision, "xla": run.harness.xla, "replicas": run.harness.replicas,
+                        "strategy": run.harness.strategy_name, "train_size": len(t.splits.rows["train"]),
+                        "hyperparameters": trial.hyperparameters.values}
+            if t.cfg.class_weight == "balanced":
+                resolved["class_weight"] = data.class_weights(t.splits.train_labels)
+            runs.write_config(self.get_trial_dir(trial.trial_id), t.cfg.to_dict(), f"{run.script}.py trial",
+                              resolved, run.harness.devices)
+            return super().run_trial(trial, *args, **kwargs)
+
+    Tuner.__name__ = tuner_class.__name__
+    return Tuner
 
 
 def search(run, space, args, argv) -> list:
@@ -66,9 +86,9 @@ def search(run, space, args, argv) -> list:
                   distribution_strategy=run.harness.strategy if run.harness.replicas > 1 else None)
     hypermodel = ConfigHyperModel(run, space)
     if args.tuner == "hyperband":
-        tuner = kt.Hyperband(hypermodel, max_epochs=cfg.epochs, factor=3, **common)
+        tuner = with_trial_configs(kt.Hyperband)(hypermodel, max_epochs=cfg.epochs, factor=3, **common)
     else:
-        tuner = kt.BayesianOptimization(hypermodel, max_trials=args.max_trials, **common)
+        tuner = with_trial_configs(kt.BayesianOptimization)(hypermodel, max_trials=args.max_trials, **common)
     # keras-tuner gives each trial its own TensorBoard folder and logs its hyperparameters (HParams)
     tuner.search(epochs=cfg.epochs, callbacks=[keras.callbacks.TensorBoard(os.path.join(run.run_dir, runs.TB),
                                                                            write_graph=False, profile_batch=0)],

@@ -12,19 +12,18 @@ Writes --out: matrix.md, matrix.csv, heatmap.png.
 """
 import argparse
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import env  # noqa: E402,F401  (first)
-from common import data, metrics, runs, summary  # noqa: E402
+from common import config, data, errors, metrics, runs, summary  # noqa: E402
 from common.env import REPO_ROOT, keras  # noqa: E402
 
 LEVELS = ["all", "75", "66", "50"]
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = config.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="*", help="finished run folders (any agreement level; several seeds per level average)")
     p.add_argument("--train", default="", help="comma-separated levels to train a full_finetune run for first")
     p.add_argument("--levels", default=",".join(LEVELS), help="levels to evaluate on")
@@ -38,14 +37,6 @@ def parse(argv=None):
     return args
 
 
-def leaks(run_flags: dict, level: str) -> int:
-    """How many sentences of `level`'s test split the run trained or validated on."""
-    mine = data.load_splits(run_flags["data"], run_flags["agreement"], run_flags["split"])
-    seen = {data.normalise(s) for part in ("train", "validation") for s, _ in mine[part]}
-    test = data.load_splits(run_flags["data"], level, run_flags["split"])["test"]
-    return sum(data.normalise(s) in seen for s, _ in test)
-
-
 def main(argv=None):
     args = parse(argv)
     out = args.out or runs.default_run_dir("agreement_matrix")
@@ -53,8 +44,8 @@ def main(argv=None):
     for level in filter(None, args.train.split(",")):
         run_dir = os.path.join(out, f"train-{level}")
         if not os.path.exists(os.path.join(run_dir, runs.METRICS)):
-            subprocess.run([sys.executable, os.path.join(REPO_ROOT, "train", "full_finetune.py"), "--agreement",
-                            level, "--run-dir", run_dir, *args.train_args], check=True)
+            errors.run_child([sys.executable, os.path.join(REPO_ROOT, "train", "full_finetune.py"), "--agreement",
+                              level, "--run-dir", run_dir, *args.train_args])
         run_dirs.append(run_dir)
 
     from eval.evaluate import evaluate_run
@@ -62,15 +53,15 @@ def main(argv=None):
     for run_dir in run_dirs:
         flags = runs.load_run(run_dir)["flags"]
         if flags["split"] != "hash":
-            raise SystemExit(f"{run_dir}: trained with --split {flags['split']}, whose splits are not nested "
+            raise errors.RunDirError(f"{run_dir}: trained with --split {flags['split']}, whose splits are not nested "
                              f"across levels; the matrix would test it on sentences it trained on. "
                              f"Use runs made with --split hash")
         keras.backend.clear_session()
         model = None
         for level in args.levels.split(","):
-            overlap = leaks(flags, level)
+            overlap = data.leaks(flags, level)
             if overlap:
-                raise SystemExit(f"{run_dir}: {overlap} sentences of {data.level_name(level)}'s test split "
+                raise errors.RunDirError(f"{run_dir}: {overlap} sentences of {data.level_name(level)}'s test split "
                                  f"were in its training data; refusing to report a leaky cell")
             from common import models
             model = model or models.build_classifier(os.path.join(run_dir, runs.MODEL))
@@ -105,4 +96,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

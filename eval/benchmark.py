@@ -32,6 +32,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import config, errors  # noqa: E402  (no TensorFlow: the recipes run in their own processes)
 
 # The recipes as train-script flags: the benchmark measures exactly what those scripts run.
 # The notebook: tokenizer(padding="max_length", max_length=512), batch 8, Adam(5e-5), fp32.
@@ -49,7 +50,7 @@ TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = config.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="distilbert-base-uncased", help="Hub id or local folder, as for the train scripts")
     p.add_argument("--data", default="hub", help="release folder, zip or 'hub', as for the train scripts")
     p.add_argument("--agreement", default="all", choices=["50", "66", "75", "all"])
@@ -84,7 +85,7 @@ def measure(args) -> dict:
     from common import models, training
     from common.env import tf
     # The train scripts' own start and model for these flags (nothing is written: no fit/finish)
-    run = training.start(recipe_config(args, args.one), "benchmark")
+    run = training.start(recipe_config(args, args.one), "benchmark", run_folder=None)
     cfg, harness, stats = run.cfg, run.harness, run.splits.train_stats
     batches = list(run.splits.train.repeat().take(args.warmup_steps + args.steps))
     with harness.strategy.scope():
@@ -120,7 +121,8 @@ def steady_state(args) -> list:
         p = subprocess.run(cmd, capture_output=True, text=True)
         line = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")]
         if p.returncode or not line:
-            raise SystemExit(f"benchmark of {name} failed (exit {p.returncode}):\n{p.stderr[-2000:]}")
+            raise errors.TrainingFailed(f"benchmark of {name} failed (exit {p.returncode}): "
+                                        f"{(p.stderr.strip().splitlines() or ['no output'])[-1][:300]}")
         results.append(json.loads(line[0][len("RESULT "):]))
     base = results[0]["examples_per_sec"]
     print(f"\n| recipe | padding | batch | precision | examples/s | real tokens/s | real-token share | tf.data ex/s "
@@ -153,7 +155,8 @@ def train_to_end(args, name: str, run_dir: str) -> dict:
         if not line.startswith(("WARNING", "Warning", "  ")):
             print(f"[{name}] {line.rstrip()[:160]}", flush=True)
     if p.wait():
-        raise SystemExit(f"--to-accuracy: recipe {name} failed (exit {p.returncode}); last output:\n{''.join(tail)}")
+        raise errors.TrainingFailed(f"--to-accuracy: recipe {name} failed (exit {p.returncode}): "
+                                    f"{(tail or ['no output'])[-1].strip()[:300]}")
     metrics_path = os.path.join(run_dir, runs.METRICS)
     m = runs.read_json(metrics_path)
     return {"recipe": name, "flags": " ".join(RECIPES[name]) or "(defaults)", "run_dir": run_dir,
@@ -195,4 +198,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

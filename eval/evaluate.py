@@ -16,12 +16,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import env  # noqa: E402,F401  (first)
-from common import data, metrics, models, runs  # noqa: E402
+from common import config, data, errors, metrics, models, runs  # noqa: E402
 from common.env import tf  # noqa: E402
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = config.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a finished run folder (runs/<name>)")
     p.add_argument("--agreement", choices=["50", "66", "75", "all"], help="level to evaluate on (default: the run's)")
     p.add_argument("--data", help="Financial PhraseBank folder, zip or 'hub' (default: the run's)")
@@ -38,7 +38,14 @@ def evaluate_run(run_dir, agreement=None, source=None, part="test", batch_size=6
     source = source or flags["data"]
     model_dir = os.path.join(run_dir, runs.MODEL)
 
-    # data: the same split rule as training, so no evaluated sentence was trained on
+    # data: the same split rule as training; never a sentence the model trained on
+    own = agreement == flags["agreement"] and source == flags["data"]
+    overlap = data.leaks(dict(flags, data=source), agreement, part)
+    if overlap and not own:
+        raise errors.RunDirError(
+            f"{run_dir}: {overlap} sentences of {data.level_name(agreement)}'s {part} split were in this run's "
+            f"training data (--split {flags['split']} splits each level on its own); evaluate on its own level, "
+            f"or train with --split hash, whose splits are nested across levels")
     if tokenizer is None:
         from transformers import AutoTokenizer
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -58,7 +65,15 @@ def evaluate_run(run_dir, agreement=None, source=None, part="test", batch_size=6
                                    target_names=data.LABELS, digits=4, zero_division=0)
     out = os.path.join(run_dir, "eval", f"{data.level_name(agreement)}-{part}")
     os.makedirs(out, exist_ok=True)
-    m.update(agreement=agreement, part=part, trained_on=flags["agreement"], data=source)
+    m.update(agreement=agreement, part=part, trained_on=flags["agreement"], data=source, train_overlap=overlap)
+    if overlap:  # the run's own split repeats training sentences (--split seed keeps duplicates): report both
+        seen = data.seen_sentences(flags, part)
+        clean = [i for i, (s, _) in enumerate(rows) if data.normalise(s) not in seen]
+        lf = metrics.classification_metrics([y[i] for i in clean], logits[clean])
+        m["leak_free"] = {k: lf[k] for k in ("n", "accuracy", "macro_f1")}
+        print(f"note: {overlap} of these {len(rows)} sentences also occur in the run's training data "
+              f"(--split {flags['split']} keeps duplicates); without them: n={lf['n']} accuracy "
+              f"{lf['accuracy']:.4f} macro-F1 {lf['macro_f1']:.4f} (metrics.json 'leak_free')")
     runs.write_json(os.path.join(out, "metrics.json"), m)
     runs.write_text(os.path.join(out, "report.txt"), report)
     title = f"{data.level_name(agreement)} {part} (trained on {data.level_name(flags['agreement'])})"
@@ -90,4 +105,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

@@ -17,12 +17,11 @@ Writes --out/study.md (and .csv) with mean +- std over seeds.
 """
 import argparse
 import os
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import runs, summary  # noqa: E402  (no TensorFlow in this process: each run is its own)
+from common import config, errors, runs, summary  # noqa: E402  (no TensorFlow in this process: each run is its own)
 from common.data import LABELS, level_name  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +40,7 @@ EXPERIMENTS = {  # name: (script, extra flags, notebook name)
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = config.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="distilbert-base-uncased")
     p.add_argument("--data", default="hub")
     p.add_argument("--levels", default="all,50", help="agreement levels to train on")
@@ -81,14 +80,14 @@ def main(argv=None):
                *args.extra]
         print(f"[{k}/{len(plan)}] {level_name(level)} {exp} seed {seed} ({time.time() - t_start:.0f}s so far): "
               + " ".join(cmd[1:]), flush=True)
-        subprocess.run(cmd, check=True)
+        errors.run_child(cmd)
 
     # Exp 4 and Exp 2: agreement matrix and error analysis of the full runs
     full = [d for (lv, e, s), d in done.items() if e == "full"]
     matrix = ""
     if full:
-        subprocess.run([sys.executable, os.path.join(REPO, "eval", "agreement_matrix.py"), *full,
-                        "--out", os.path.join(out, "agreement_matrix")], check=True)
+        errors.run_child([sys.executable, os.path.join(REPO, "eval", "agreement_matrix.py"), *full,
+                          "--out", os.path.join(out, "agreement_matrix")])
         with open(os.path.join(out, "agreement_matrix", "matrix.md")) as f:
             matrix = f.read().replace("# Agreement matrix", "## Agreement matrix (full fine-tuning, Exp 4)")
 
@@ -123,4 +122,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

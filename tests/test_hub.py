@@ -74,6 +74,7 @@ def test_model_offline_without_local_copy_says_what_to_pass(tmp_path, data_dir):
                    env_extra={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty-hf-home")})
     assert p.returncode != 0
     last = p.stderr.strip().splitlines()[-1]
-    assert last.startswith("--model distilbert-base-uncased: not found offline") and "pass --model PATH" in last
+    assert last.startswith("full_finetune.py: error: --model distilbert-base-uncased: not found offline")
+    assert "pass --model PATH" in last and p.returncode == 2
     assert "Traceback" not in p.stderr
     assert not (tmp_path / "run").exists()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
-from common import data, models
+from common import data, errors, models
 from common.env import keras
 from tests.conftest import run_script
 
@@ -155,11 +155,11 @@ def test_agreement_matrix_never_evaluates_a_training_sentence(level_runs, data_d
 
 def test_agreement_matrix_refuses_a_seed_split_run(level_runs, tmp_path):
     am = importlib.import_module("eval.agreement_matrix")
-    with pytest.raises(SystemExit, match="--split seed, whose splits are not nested"):
+    with pytest.raises(errors.RunDirError, match="--split seed, whose splits are not nested"):
         am.main([str(level_runs[("all", "seed")]), "--out", str(tmp_path / "m")])
     # and the leak it guards against is real: the seed split of AllAgree tests sentences 50Agree trains on
     flags = json.loads((level_runs[("all", "seed")] / "config.json").read_text())["flags"]
-    assert am.leaks({**flags, "agreement": "50"}, "all") > 0
+    assert data.leaks({**flags, "agreement": "50"}, "all") > 0
 
 
 def test_summarize_groups_by_configuration_with_mean_and_std(level_runs):

@@ -18,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import env  # noqa: E402,F401  (first)
-from common import config, training, tuning  # noqa: E402
+from common import config, errors, training, tuning  # noqa: E402
 
 SCRIPT = "lr_search"
 
@@ -39,7 +39,7 @@ def parse(argv=None):
 
 def main(argv=None):
     args = parse(argv)
-    run = training.start(config.from_args(args), SCRIPT)
+    run = training.start(config.from_args(args), SCRIPT, run_folder="search")
 
     def space(hp, cfg):
         return dataclasses.replace(
@@ -53,4 +53,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

@@ -18,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import env  # noqa: E402,F401  (first)
-from common import config, training, tuning  # noqa: E402
+from common import config, errors, training, tuning  # noqa: E402
 
 SCRIPT = "unfreeze_search"
 
@@ -27,7 +27,7 @@ def main(argv=None):
     p = config.build_parser(__doc__, epochs=3)
     tuning.add_search_flags(p)
     args = p.parse_args(argv)
-    run = training.start(config.from_args(args), SCRIPT)
+    run = training.start(config.from_args(args), SCRIPT, run_folder="search")
     epochs = run.cfg.epochs
 
     def space(hp, cfg):
@@ -43,4 +43,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    errors.run(main)

@@ -1,0 +1,60 @@
+"""The project's exceptions, and the one place that turns them into a line on stderr.
+
+`common/` raises these (never SystemExit); each script's entry point runs
+`errors.run(main)`, which prints `<script>: error: <message>` and exits with the error's
+status: 2 for bad input (flags, files, run folders), 1 for a run that failed on its own
+(NaN loss, a peer worker that never came back). A bug still shows its traceback.
+Tests call main() directly and see the exception.
+"""
+import os
+import sys
+
+
+class FinsentError(Exception):
+    """Bad input: the message names the flag, file or line, and the fix."""
+    exit_code = 2
+
+
+class DataError(FinsentError, ValueError):
+    """Bad data: the message names the file and line."""
+
+
+class FlagError(FinsentError):
+    """A flag's value cannot work (the message names the flag)."""
+
+
+class ModelError(FinsentError):
+    """--model / --init-from cannot be loaded as asked."""
+
+
+class RunDirError(FinsentError):
+    """The run folder cannot be used (unwritable, or holds another run)."""
+
+
+class TrainingFailed(FinsentError):
+    """The inputs were fine but the run failed (NaN loss, a child run failed, peers gone)."""
+    exit_code = 1
+
+
+def run_child(cmd) -> None:
+    """Run another project script (its output streams through); if it fails, fail with its
+    exit status and one line naming it (its own error line is just above)."""
+    import subprocess
+    code = subprocess.run(cmd).returncode
+    if code:
+        err = TrainingFailed(f"{' '.join(os.path.basename(str(c)) for c in cmd[1:3])} ... failed with exit "
+                             f"status {code} (its error is above)")
+        err.exit_code = code if code in (1, 2) else 1
+        raise err
+
+
+def run(main) -> None:
+    """Call main(); a FinsentError becomes one line on stderr and its exit status."""
+    try:
+        main()
+    except FinsentError as e:
+        print(f"{os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print(f"{os.path.basename(sys.argv[0])}: interrupted; rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)

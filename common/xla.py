@@ -1,0 +1,84 @@
+"""--xla on: the forward pass, the loss and the gradients of each replica in one
+XLA-compiled function; gradient aggregation and the optimizer update outside it.
+
+Why not compile(jit_compile=True): under MirroredStrategy / MultiWorkerMirroredStrategy
+TF 2.15 cannot compile Keras' whole train step (tensorflow issues 53140, 56423): the step
+holds cross-replica all-reduces, metric updates on sync-on-read variables and sparse
+embedding gradients. Compiling only the per-replica maths, as the Model Garden does for
+multi-worker (its pull request 10845), leaves all of those outside, so one code path runs
+on one device, N GPUs and N workers. Keras has no such mode, hence this file.
+
+The loss inside is Keras' own reduction, written out: the per-example loss times the
+sample (class) weight, summed, over the number of examples in the global batch; under
+mixed_float16 the loss is scaled inside and the gradients unscaled outside by the
+LossScaleOptimizer, which also checks them for inf/NaN across replicas. The loss and
+metrics Keras reports are computed from the same logits outside (cheap), as before.
+
+Compilations: XLA compiles once per input shape (Keras traces the step with open shapes,
+so the compiled function's cache is keyed on the concrete shapes it is fed at run time).
+Batches are bucketed to fixed widths, and a width's one part-filled batch per epoch is
+padded here to the full per-replica batch (rows of weight 0), so a run compiles at most
+once per width and replica; `xla_compilations` counts the distinct (replica, shape)
+pairs really fed to the compiled function.
+"""
+import threading
+
+from common.env import keras, tf
+
+
+def compiled_gradients_train_step(model, loss_fn, local_batch: int):
+    """A train_step for `model` (compiled already) with the per-replica maths under XLA.
+    Each replica's batch is padded to `local_batch` rows (weight 0), so part-filled batches
+    reuse their width's compilation. Attaches model.xla_compilations()."""
+    optimizer = model.optimizer
+    scaled = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
+    seen = set()
+    lock = threading.Lock()
+
+    def record(replica, shape):  # host-side, once per step and replica: a set insert
+        with lock:
+            seen.add((int(replica), tuple(int(d) for d in shape)))
+        return shape
+
+    @tf.function(jit_compile=True, autograph=False)
+    def loss_and_gradients(x, y, sample_weight, global_examples):
+        variables = model.trainable_variables
+        with tf.GradientTape() as tape:
+            out = model(x, training=True)
+            logits = tf.cast(getattr(out, "logits", out), tf.float32)
+            per_example = tf.reshape(loss_fn(y, logits), [-1]) * sample_weight
+            # Keras' reduction (sum of weighted losses over the batch's examples), over the
+            # GLOBAL batch: the all-reduce that sums the replicas' gradients then gives the
+            # gradient of the global mean, also when a part-filled batch splits unevenly.
+            loss = tf.reduce_sum(per_example) / global_examples
+            if model.losses:
+                loss += tf.add_n(model.losses) / tf.distribute.get_strategy().num_replicas_in_sync
+            objective = optimizer.get_scaled_loss(loss) if scaled else loss
+        grads = tape.gradient(objective, variables)
+        # Dense gradients out of the compiled function (IndexedSlices cannot leave it).
+        grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g) for g, v in zip(grads, variables)]
+        return logits, grads
+
+    def train_step(data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        n = tf.shape(y)[0]
+        weights = tf.ones([n], tf.float32) if sample_weight is None else tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
+        ctx = tf.distribute.get_replica_context()
+        global_examples = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(n, tf.float32))
+        extra = tf.maximum(local_batch - n, 0)  # pad rows: pad ids, no attention, weight 0
+        padded_x = {k: tf.pad(v, [[0, extra], [0, 0]]) for k, v in x.items()}
+        padded_y = tf.pad(tf.reshape(tf.cast(y, tf.int32), [-1]), [[0, extra]])
+        padded_w = tf.pad(weights, [[0, extra]])
+        shape = tf.numpy_function(record, [ctx.replica_id_in_sync_group, tf.shape(padded_x["input_ids"])], tf.int32,
+                                  stateful=True)
+        with tf.control_dependencies([shape]):
+            logits, grads = loss_and_gradients(padded_x, padded_y, padded_w, global_examples)
+        logits = logits[:n]
+        if scaled:
+            grads = optimizer.get_unscaled_gradients(grads)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        model.compiled_loss(y, logits, sample_weight, regularization_losses=model.losses)  # the reported "loss"
+        return model.compute_metrics(x, y, logits, sample_weight)
+
+    model.xla_compilations = lambda: len(seen)
+    return train_step

@@ -1,0 +1,137 @@
+"""fp16 (the GPU default), bf16 and fp32 through every train script and schedule flag, on
+the tiny random DistilBERT: loss scaling active, finite losses, the intended weights move
+and no other, float32 logits, and the exported model reloads in fp32 with the same labels."""
+import importlib
+import re
+
+import numpy as np
+import pytest
+
+from common import data, models
+from common.env import keras
+
+TRAIN = ["--train-examples", "96", "--epochs", "1", "--lr", "1e-3"]
+HEAD, EMB = "head", "embeddings"
+
+
+def _main(script, *args):
+    keras.backend.clear_session()
+    return importlib.import_module(f"train.{script}").main([str(a) for a in args])
+
+
+def _grouped(model) -> dict:
+    """{weight name: group} where group is embeddings, block<i> or head."""
+    out = {}
+    for w in model.weights:
+        name = w.name.split("/", 1)[1]
+        m = re.search(r"/layer_\._(\d+)/", name)
+        out[name] = EMB if "/embeddings/" in name else (f"block{m.group(1)}" if m else HEAD)
+    return out
+
+
+def _weights(model) -> dict:
+    return {w.name.split("/", 1)[1]: w.numpy() for w in model.weights}
+
+
+def moved_groups(before: dict, after_model) -> tuple:
+    """(groups where every weight changed, groups where any weight changed)."""
+    groups, after = _grouped(after_model), _weights(after_model)
+    assert before.keys() == after.keys()
+    changed = {k: not np.array_equal(before[k], after[k]) for k in after}
+    every = {g for g in set(groups.values()) if all(changed[k] for k in after if groups[k] == g)}
+    anything = {groups[k] for k in after if changed[k]}
+    return every, anything
+
+
+def initial_weights(folder, custom=None, seed=42):
+    """Weights a run started from: the folder's, and for a new custom head the head that the
+    run's seed draws (the same create() under the same seed)."""
+    keras.backend.clear_session()
+    keras.mixed_precision.set_global_policy("float32")
+    if custom:
+        keras.utils.set_random_seed(seed)
+        return _weights(models.CustomHeadClassifier.create(folder, **custom))
+    return _weights(models.build_classifier(folder))
+
+
+def reload_and_compare(run_dir, data_dir, policy):
+    """Labels of the exported model reloaded in fp32 vs the same model in the run's
+    policy, on the whole test split. Returns (agreement, fp32 model)."""
+    from transformers import AutoTokenizer
+    model_dir = str(run_dir / "model")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    rows = data.load_splits(data_dir, "all")["test"]
+    ids = data.encode(tok, [s for s, _ in rows], 128)
+    ds, order = data.sorted_dataset(ids, [y for _, y in rows], 64, 128, tok.pad_token_id)
+    logits = {}
+    for p in (policy, "float32"):
+        keras.backend.clear_session()
+        keras.mixed_precision.set_global_policy(p)
+        m = models.build_classifier(model_dir)
+        logits[p] = models.predict_logits(m, ds, order)
+    keras.mixed_precision.set_global_policy("float32")
+    a, b = logits[policy].argmax(1), logits["float32"].argmax(1)
+    # a label may only flip where the fp32 top-2 logits are closer than the reduced precision resolves
+    top2 = np.sort(logits["float32"], 1)[:, -2:]
+    flips = np.flatnonzero(a != b)
+    assert (top2[flips, 1] - top2[flips, 0] < 1e-2).all(), (flips, top2[flips])
+    return float((a == b).mean()), m, logits["float32"]
+
+
+PRECISIONS = {"fp16": "mixed_float16", "bf16": "mixed_bfloat16", "fp32": "float32"}
+
+# (id, script, flags, groups that must all move, precisions)
+CASES = [
+    ("full", "full_finetune", [], {HEAD, "block0", "block1"}, ("fp16", "bf16", "fp32")),
+    ("layer-lr-decay", "full_finetune", ["--layer-lr-decay", "0.8"], {HEAD, "block0", "block1"}, ("fp16", "bf16", "fp32")),
+    ("unfreeze-every", "full_finetune", ["--unfreeze-every", "1"], {HEAD, "block1"}, ("fp16", "bf16")),
+    ("head-warmup", "full_finetune", ["--head-warmup-epochs", "1", "--unfreeze-every", "1"], {HEAD}, ("fp16",)),
+    ("train-top-blocks", "full_finetune", ["--train-top-blocks", "1"], {HEAD, "block1"}, ("fp16",)),
+    ("head-only", "head_only", [], {HEAD}, ("fp16", "bf16")),
+    ("custom-head", "custom_head", ["--pooling", "mean", "--head-hidden", "16"], {HEAD, "block0", "block1"},
+     ("fp16", "bf16", "fp32")),
+    ("two-replicas", "full_finetune", ["--cpu-replicas", "2"], {HEAD, "block0", "block1"}, ("fp16", "bf16")),
+]
+MATRIX = [(c, p) for c in CASES for p in c[4]]
+
+
+@pytest.mark.parametrize("case,precision", MATRIX, ids=[f"{c[0]}-{p}" for c, p in MATRIX])
+def test_train_script_under_precision(case, precision, tiny_distilbert, data_dir, tmp_path):
+    name, script, flags, must_move, _ = case
+    custom = dict(pooling="mean", hidden=(16,), dropout=0.1, activation="gelu") if script == "custom_head" else None
+    before = initial_weights(tiny_distilbert, custom)
+    run = tmp_path / "run"
+    m = _main(script, "--model", tiny_distilbert, "--data", data_dir, "--run-dir", run, "--precision", precision,
+              *TRAIN, *flags)
+    audit = m["precision"]
+    assert audit["policy"] == PRECISIONS[precision]
+    assert audit["logits_dtype"] == "float32"  # logits leave the model in float32 under every policy
+    if precision == "fp16":  # dynamic loss scaling is on, and its scale did not collapse
+        assert audit["loss_scale_optimizer"] and np.isfinite(audit["loss_scale"]) and audit["loss_scale"] >= 1
+    else:
+        assert not audit["loss_scale_optimizer"]
+    assert m["train_loss_per_epoch"] and np.isfinite(m["train_loss_per_epoch"]).all()
+    assert np.isfinite(m["validation"]["loss"]) and np.isfinite(m["test"]["loss"])
+    assert m["sizes"]["train"] == 96 and m["optimizer_steps"] == m["planned_steps"] > 0
+
+    agreement, reloaded, logits32 = reload_and_compare(run, data_dir, PRECISIONS[precision])
+    every, anything = moved_groups(before, reloaded)
+    assert every >= must_move, (every, must_move)          # every weight of the intended parts moved
+    assert anything == must_move, (anything, must_move)    # and nothing else did (embeddings stay frozen)
+    # fp32 reload reproduces the run's own test report
+    assert agreement >= 0.97
+    fp32_acc = float((logits32.argmax(1) == np.array([y for _, y in data.load_splits(data_dir, "all")["test"]])).mean())
+    assert abs(fp32_acc - m["test"]["accuracy"]) <= 1 - agreement + 1e-9
+
+
+def test_body_finetune_fp16_moves_only_the_encoder(tiny_distilbert, data_dir, tmp_path):
+    head = tmp_path / "head"
+    _main("head_only", "--model", tiny_distilbert, "--data", data_dir, "--run-dir", head, "--precision", "fp16", *TRAIN)
+    before = initial_weights(str(head / "model"))
+    m = _main("body_finetune", "--init-from", head, "--data", data_dir, "--run-dir", tmp_path / "body",
+              "--precision", "fp16", *TRAIN)
+    assert m["precision"]["loss_scale_optimizer"] and m["precision"]["logits_dtype"] == "float32"
+    agreement, reloaded, _ = reload_and_compare(tmp_path / "body", data_dir, "mixed_float16")
+    every, anything = moved_groups(before, reloaded)
+    assert every == anything == {"block0", "block1"}
+    assert agreement >= 0.97

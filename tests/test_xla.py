@@ -1,0 +1,88 @@
+"""--xla on every strategy, and one device vs two replicas: real steps on the tiny model.
+
+The loss comparisons use plain SGD: its step is proportional to the gradient, so a
+gradient summed where it should be averaged (or scaled twice) changes the loss after a
+few steps, which Adam's normalised step would hide."""
+import glob
+import json
+
+import numpy as np
+import pytest
+
+from common import config, training
+from common.env import keras
+from tests.conftest import run_script
+
+K = 4          # steps compared
+BATCH = 32
+
+
+@pytest.fixture(scope="module")
+def tiny_no_dropout(tmp_path_factory, tiny_distilbert):
+    """The tiny DistilBERT with every dropout at 0, so two runs can agree step for step."""
+    from transformers import TFDistilBertForSequenceClassification
+    path = str(tmp_path_factory.mktemp("tiny-no-dropout"))
+    model = TFDistilBertForSequenceClassification.from_pretrained(tiny_distilbert, dropout=0.0, attention_dropout=0.0,
+                                                                  seq_classif_dropout=0.0)
+    model.save_pretrained(path)
+    from transformers import AutoTokenizer
+    AutoTokenizer.from_pretrained(tiny_distilbert).save_pretrained(path)
+    return path
+
+
+def losses_after_steps(model_dir, data_dir, precision="fp32", xla="off", replicas=0, sgd=0.5, **flags):
+    """Train K steps on the same K full batches; the loss of each step and after the last."""
+    keras.backend.clear_session()
+    cfg = config.Config(model=model_dir, data=data_dir, precision=precision, xla=xla, cpu_replicas=replicas,
+                        run_dir="unused", seed=1, class_weight="none", **flags)
+    run = training.start(cfg, "test", run_folder=None)
+    batches = [b for b in run.splits.train.take(3 * K) if int(b[1].shape[0]) == BATCH][:K]
+    assert len(batches) == K
+    with run.harness.strategy.scope():
+        model = training.build_model(run)
+        if sgd:
+            training.compile_classifier(model, cfg, keras.optimizers.SGD(sgd), run.harness.xla, run.harness.replicas)
+    out = [float(model.train_on_batch(x, y)[0]) for x, y in batches]
+    out.append(float(model.test_on_batch(*batches[0])[0]))
+    compiled = model.xla_compilations() if xla == "on" else 0
+    return np.array(out), compiled
+
+
+def test_one_device_and_two_replicas_take_the_same_steps(tiny_no_dropout, data_dir):
+    one, _ = losses_after_steps(tiny_no_dropout, data_dir, replicas=0)
+    two, _ = losses_after_steps(tiny_no_dropout, data_dir, replicas=2)
+    assert one[-1] < one[0] - 1e-3  # SGD really moved the model
+    np.testing.assert_allclose(two, one, rtol=1e-4)  # fp32, same global batch: equal up to summation order
+
+
+@pytest.mark.parametrize("precision,replicas,flags,rtol", [
+    ("fp32", 0, {}, 1e-4),
+    ("fp32", 2, {}, 1e-4),
+    ("fp16", 2, {}, 1e-2),
+    ("fp32", 2, {"layer_lr_decay": 0.5}, 1e-4),
+], ids=["one-device", "two-replicas", "fp16-two-replicas", "layer-lr-decay-two-replicas"])
+def test_xla_step_matches_the_keras_step(tiny_no_dropout, data_dir, precision, replicas, flags, rtol):
+    sgd = 0 if flags else 0.5  # layer-wise rates: the project's own LayerwiseAdamW
+    ref, _ = losses_after_steps(tiny_no_dropout, data_dir, precision, "off", replicas, sgd, **flags)
+    got, compiled = losses_after_steps(tiny_no_dropout, data_dir, precision, "on", replicas, sgd, **flags)
+    assert compiled >= max(replicas, 1)  # the compiled function really ran, on every replica
+    assert ref[-1] < ref[0]
+    np.testing.assert_allclose(got, ref, rtol=rtol)
+
+
+@pytest.mark.parametrize("flags", [[], ["--cpu-replicas", "2", "--precision", "fp16", "--layer-lr-decay", "0.8"]],
+                         ids=["one-device", "two-replicas-fp16-layerwise"])
+def test_xla_run_compiles_each_width_once_per_replica(tiny_distilbert, data_dir, tmp_path, flags):
+    run, dump = tmp_path / "run", tmp_path / "xla-dump"
+    run_script("train/full_finetune.py", "--model", tiny_distilbert, "--data", data_dir, "--run-dir", run,
+               "--epochs", "2", "--train-examples", "96", "--max-length", "32", "--xla", *flags,
+               env_extra={"XLA_FLAGS": f"--xla_dump_to={dump}"})
+    resolved = json.loads((run / "config.json").read_text())["resolved"]
+    assert resolved["xla"] is True and resolved["xla_mode"] == "on"
+    m = json.loads((run / "metrics.json").read_text())
+    replicas = resolved["replicas"]
+    # XLA itself says what it compiled: one HLO module per compilation of our per-replica function
+    modules = glob.glob(str(dump / "*loss_and_gradients*.before_optimizations.txt"))
+    assert len(modules) == m["xla_compilations"] > 0
+    assert m["xla_compilations"] <= len(m["batch_widths"]) * replicas  # part-filled batches reuse their width's
+    assert np.isfinite(m["train_loss_per_epoch"]).all() and np.isfinite(m["test"]["loss"])
