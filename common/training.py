@@ -84,21 +84,19 @@ def fit_model(model, cfg, splits, callbacks=(), epochs: int = None, initial_epoc
     throughput, the NaN guard, then `callbacks` (which read the keys ours add to the logs).
     Train scripts and tuner trials both come through here.
 
-    initial_epoch > 0 with a fresh optimizer (a Hyperband trial promoted from an earlier
-    one: keras-tuner restores the weights, not the optimizer) sets the step counter to
-    where that epoch starts, so the learning-rate schedule continues instead of warming
-    up again; the unfreezing schedule follows the epoch index Keras passes.
+    initial_epoch > 0 (a Hyperband trial promoted from an earlier one): keras-tuner restores
+    that trial's TF checkpoint, which holds the optimizer too, so the step counter and with
+    it the learning-rate schedule continue; the unfreezing schedule follows the epoch index
+    Keras passes (tests/test_tune.py checks both).
     Returns (history, Throughput callback, NaN guard)."""
     st = splits.train_stats
     throughput = cb.Throughput(st["steps"], st["examples"], st["real_tokens"])
     nan_guard = cb.StopOnNaN()
     validation = cb.Validation(splits.val, splits.val_labels, os.path.join(tb_dir, "validation") if tb_dir else None)
-    ours = [nan_guard, throughput, validation]  # before the caller's: they add the keys others read
+    ours = [nan_guard, throughput, validation, cb.LearningRate()]  # before the caller's: they add keys others read
     if optim.uses_layer_schedule(cfg):
         ours.insert(0, optim.UnfreezeSchedule(**optim.layer_schedule(cfg)))
     cw = data.class_weights(splits.train_labels) if cfg.class_weight == "balanced" else None
-    if initial_epoch and int(model.optimizer.iterations.numpy()) == 0:
-        model.optimizer.iterations.assign(initial_epoch * st["steps"])
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     history = model.fit(splits.train, epochs=cfg.epochs if epochs is None else epochs, initial_epoch=initial_epoch,

@@ -180,3 +180,34 @@ def test_error_analysis_report(level_runs):
         assert section in md
     # 50Agree's test split holds sentences of every agreement level
     assert all(f"| {lv} |" in md for lv in ("AllAgree", "75Agree", "66Agree", "50Agree"))
+
+
+def test_evaluate_never_scores_sentences_the_model_trained_on(level_runs, data_dir):
+    from eval.evaluate import evaluate_run
+    seed_run = str(level_runs[("all", "seed")])
+    flags = json.loads((level_runs[("all", "seed")] / "config.json").read_text())["flags"]
+    trained = {data.normalise(s) for part in ("train", "validation")
+               for s, _ in data.load_splits(data_dir, "all", "seed")[part]}
+    test50 = data.load_splits(data_dir, "50", "seed")["test"]
+    assert sum(data.normalise(s) in trained for s, _ in test50) > 0  # the leak is real under --split seed
+    with pytest.raises(errors.RunDirError, match=r"sentences of 50Agree's test split were in this run's training"):
+        evaluate_run(seed_run, "50")
+    # its own level: the split as trained (duplicates and all), plus the figures without the
+    # repeats. 50Agree's seed split repeats 2 training sentences in its test split: a run folder
+    # that says it trained there (the same weights, its config.json edited) shows the treatment.
+    import shutil
+    run50 = level_runs[("all", "seed")].parent / "50-seed-copy"
+    shutil.copytree(seed_run, run50, ignore=shutil.ignore_patterns("eval"))
+    cfg = json.loads((run50 / "config.json").read_text())
+    cfg["flags"]["agreement"] = "50"
+    (run50 / "config.json").write_text(json.dumps(cfg))
+    trained50 = {data.normalise(s) for part in ("train", "validation")
+                 for s, _ in data.load_splits(data_dir, "50", "seed")[part]}
+    repeats = [i for i, (s, _) in enumerate(test50) if data.normalise(s) in trained50]
+    m, *_ = evaluate_run(str(run50))
+    assert m["train_overlap"] == len(repeats) == 2 and m["n"] == len(test50)
+    assert m["leak_free"]["n"] == len(test50) - 2
+    assert not evaluate_run(seed_run)[0]["train_overlap"]  # AllAgree's seed split repeats none
+    # the hash split is nested: cross-level evaluation goes ahead, with nothing seen in training
+    m50, *_ = evaluate_run(str(level_runs[("all", "hash")]), "50")
+    assert m50["train_overlap"] == 0 and "leak_free" not in m50 and flags["split"] == "seed"

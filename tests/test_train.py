@@ -165,11 +165,15 @@ def test_kill_mid_epoch_leaves_no_metrics_and_rerun_resumes_without_losing_or_re
     assert proc.returncode == -signal.SIGKILL, seen[-2000:]
     assert not (run / "metrics.json").exists() and not (run / "model").exists()
     assert (run / "backup").exists()
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(run / "backup" / "chief")))
+    restored = int(reader.get_tensor([k for k in reader.get_variable_to_shape_map() if "optimizer/_iterations" in k][0]))
     # the same command again resumes from the backup, mid-epoch, and finishes the plan exactly
     p = run_script("train/full_finetune.py", *args[2:])
     assert "resuming from" in p.stdout and "Epoch 1/3" not in p.stdout, p.stdout[-2000:]
     m = json.loads((run / "metrics.json").read_text())
     assert m["optimizer_steps"] == m["planned_steps"] == planned_steps(data_dir)
+    # throughput counts only what this process ran (not the epochs' full lengths)
+    assert 0 < restored < m["planned_steps"] and m["steps_this_process"] == m["planned_steps"] - restored
     assert m["test"]["n"] == 226 and (run / "model" / "tf_model.h5").exists()
     assert not (run / "backup").exists()  # removed once training completed
 

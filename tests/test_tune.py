@@ -1,8 +1,30 @@
-"""Keras Tuner learning-rate search on a tiny model: outputs, HParams, resume."""
+"""Keras Tuner searches on a tiny model: outputs, HParams, resume, the train scripts' fit
+path in every trial (class weights, schedules), Hyperband promotions, fp16."""
 import json
 import os
 
+import numpy as np
+import pytest
+
+from common import config, data, optim
 from tests.conftest import run_script
+
+
+def _scalars(event_dir, tag):
+    """{step: value} of one scalar in a TensorBoard event folder."""
+    import tensorflow as tf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(event_dir), size_guidance={"tensors": 0})
+    acc.Reload()
+    return {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
+
+
+def _trials(run):
+    out = {}
+    for d in sorted((run / "trials").glob("trial_*")):
+        t = json.loads((d / "trial.json").read_text())
+        out[t["trial_id"]] = (t, json.loads((d / "config.json").read_text()))
+    return out
 
 
 def test_lr_search_runs_three_trials_writes_results_and_resumes_without_redoing(tiny_distilbert, data_dir, tmp_path):
@@ -24,6 +46,12 @@ def test_lr_search_runs_three_trials_writes_results_and_resumes_without_redoing(
     acc.Reload()
     assert "_hparams_/session_start_info" in acc.Tags()["tensors"]
     assert first.stdout.count("Trial 3 Complete") == 1
+    # every trial trained with the class weights the train script would use, and says so
+    expected = data.class_weights([y for _, y in data.load_splits(data_dir, "all")["train"]])
+    for trial, cfg in _trials(run).values():
+        assert cfg["flags"]["class_weight"] == "balanced" and cfg["script"] == "lr_search.py trial"
+        assert {int(k): v for k, v in cfg["resolved"]["class_weight"].items()} == pytest.approx(expected)
+        assert cfg["flags"]["lr"] == trial["hyperparameters"]["values"]["lr"]
     # the same command again: the oracle is reloaded, no trial is run again
     trial_dirs = sorted(os.listdir(run / "trials"))
     again = run_script("tune/lr_search.py", *args)
@@ -62,3 +90,55 @@ def test_unfreeze_search_runs_trials_whose_best_is_train_flags(tiny_distilbert, 
         assert cfg[k] == best[k], k
     assert cfg["model"] == tiny_distilbert and cfg["epochs"] == 2
     assert (run / "best-run" / "metrics.json").exists()
+    # one fit path: the trial and the train script, same flags and seed, took the same steps
+    trial_loss = _scalars(run / "tb" / best["trial"] / "execution0" / "train", "epoch_loss")
+    run_loss = _scalars(run / "best-run" / "tb" / "train", "epoch_loss")
+    assert sorted(trial_loss) == sorted(run_loss) == [0, 1]
+    for epoch in trial_loss:
+        assert run_loss[epoch] == pytest.approx(trial_loss[epoch], rel=1e-4), (trial_loss, run_loss)
+    run_f1 = max(_scalars(run / "best-run" / "tb" / "validation", "epoch_macro_f1").values())
+    assert run_f1 == pytest.approx(best["val_macro_f1"], abs=1e-6)
+
+
+def test_hyperband_promoted_trials_continue_the_schedules(tiny_distilbert, data_dir, tmp_path):
+    """A promoted trial starts at its initial_epoch: the unfreezing schedule is at that
+    epoch, and the learning rate continues its decay instead of warming up again."""
+    run = tmp_path / "hb"
+    args = ["--model", tiny_distilbert, "--data", data_dir, "--run-dir", run, "--tuner", "hyperband", "--epochs", 3,
+            "--unfreeze-every", 1, "--train-examples", 96, "--max-length", 32, "--precision", "fp32"]
+    run_script("tune/lr_search.py", *args)
+    trials = _trials(run)
+    promoted = {i: (t, c) for i, (t, c) in trials.items() if t["hyperparameters"]["values"]["tuner/initial_epoch"] > 0}
+    assert promoted, "Hyperband promoted no trial"
+    from transformers import AutoTokenizer
+    any_flags = next(iter(promoted.values()))[1]["flags"]
+    steps = data.load_data(config.Config(**any_flags), AutoTokenizer.from_pretrained(tiny_distilbert), 1).train_stats["steps"]
+    for i, (t, cfg) in promoted.items():
+        hp = t["hyperparameters"]["values"]
+        first = hp["tuner/initial_epoch"]
+        tb = run / "tb" / i / "execution0" / "train"
+        groups, lr = _scalars(tb, "epoch_trainable_groups"), _scalars(tb, "epoch_learning_rate")
+        assert sorted(groups) == list(range(first, hp["tuner/epochs"]))  # epochs counted on from initial_epoch
+        c = config.Config(**cfg["flags"])
+        schedule = optim.learning_rate_schedule(c, steps)
+        for epoch in groups:
+            # head + one more block per epoch (2 blocks, then the embeddings: 4 groups at most)
+            assert groups[epoch] == min(2 + epoch, 4)
+            # the rate at the epoch's end is the schedule's at the run's global step, as if never paused
+            assert lr[epoch] == pytest.approx(float(schedule((epoch + 1) * steps)), rel=1e-5)
+        assert float(schedule((first + 1) * steps)) != pytest.approx(float(schedule(steps)), rel=1e-3)
+
+
+@pytest.mark.parametrize("script,tuner", [("tune/lr_search.py", "bayesian"), ("tune/unfreeze_search.py", "hyperband")])
+def test_search_runs_in_fp16(script, tuner, tiny_distilbert, data_dir, tmp_path):
+    """fp16 (the GPU default) through both tuners: the schedule's optimizer attributes sit
+    under Keras' LossScaleOptimizer, and every trial still trains and scores."""
+    run = tmp_path / "search"
+    run_script(script, "--model", tiny_distilbert, "--data", data_dir, "--run-dir", run, "--tuner", tuner,
+               "--max-trials", 1, "--epochs", 1, "--precision", "fp16", "--train-examples", 96, "--max-length", 32,
+               "--layer-lr-decay", 0.8)
+    trials = _trials(run)
+    assert trials
+    for t, cfg in trials.values():
+        assert cfg["resolved"]["precision"] == "fp16" and np.isfinite(t["score"])
+        assert _scalars(run / "tb" / t["trial_id"] / "execution0" / "train", "epoch_learning_rate")
