@@ -98,12 +98,12 @@ def setup(cfg) -> Harness:
 
     xla = {True: "on", False: "off"}.get(cfg.xla, cfg.xla)  # config.json of older runs: a bool
     if xla == "auto":
-        # Grappler's auto-clustering; on CPUs it also needs --tf_xla_cpu_global_jit, which
-        # TensorFlow reads from TF_XLA_FLAGS when XLA first starts (i.e. later than this).
+        # TensorFlow's auto-clustering (common/env.py sets TF_XLA_FLAGS for it from the
+        # command line, before TensorFlow starts; on CPUs it needs --tf_xla_cpu_global_jit).
         tf.config.optimizer.set_jit("autoclustering")
-        flags = os.environ.get("TF_XLA_FLAGS", "")
-        if not gpus and "--tf_xla_cpu_global_jit" not in flags:
-            os.environ["TF_XLA_FLAGS"] = (flags + " --tf_xla_cpu_global_jit").strip()
+        if not gpus and "--tf_xla_cpu_global_jit" not in os.environ.get("TF_XLA_FLAGS", ""):
+            notes.append("--xla auto: set TF_XLA_FLAGS='--tf_xla_auto_jit=2 --tf_xla_cpu_global_jit' before "
+                         "TensorFlow starts for auto-clustering on CPUs (the scripts do it from their command line)")
     try:
         devices = list(strategy.extended.worker_devices)
     except RuntimeError:  # the default strategy: one device

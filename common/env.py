@@ -14,6 +14,24 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # we tokenize once, be
 # A parent process that imported transformers passes TF_USE_LEGACY_KERAS=1 down to us;
 # with it, tf.keras would demand tf_keras. Keras 2.15 is the one we want, so say so.
 os.environ["TF_USE_LEGACY_KERAS"] = "0"
+
+def _flag_value(argv, flag):
+    for i, a in enumerate(argv):
+        if a == flag:
+            return argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else "on"
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+# --xla auto: TensorFlow's auto-clustering. On CPUs it also needs --tf_xla_cpu_global_jit,
+# which TensorFlow reads once, when it starts: so here, before it is imported.
+if _flag_value(sys.argv, "--xla") == "auto":
+    _xla_flags = os.environ.get("TF_XLA_FLAGS", "")
+    for _f in ("--tf_xla_auto_jit=2", "--tf_xla_cpu_global_jit"):
+        if _f.split("=")[0] not in _xla_flags:
+            _xla_flags = (_xla_flags + " " + _f).strip()
+    os.environ["TF_XLA_FLAGS"] = _xla_flags
 warnings.filterwarnings("ignore", message=".*TensorFlow Addons.*")
 warnings.filterwarnings("ignore", category=UserWarning, module="tensorflow_addons")
 

@@ -33,11 +33,31 @@ def test_two_workers_train_in_lockstep_and_only_the_chief_writes(tiny_distilbert
     assert not [d for d, _, _ in os.walk(run) if "temp" in os.path.basename(d)]  # no worker leftovers
 
 
+def test_two_workers_with_xla_compile_per_replica_and_stay_in_lockstep(tiny_distilbert, data_dir, tmp_path):
+    run = tmp_path / "mwx"
+    p = subprocess.run(["bash", os.path.join(REPO_ROOT, "launch", "local_cluster.sh"), "2", "train/full_finetune.py",
+                        "--model", tiny_distilbert, "--data", data_dir, "--run-dir", str(run), "--epochs", "1",
+                        "--precision", "fp32", "--xla", "--train-examples", "96", "--max-length", "32"],
+                       capture_output=True, text=True, cwd=REPO_ROOT, timeout=600,
+                       env={**os.environ, "PYTHON": sys.executable, "XLA_FLAGS": f"--xla_dump_to={tmp_path / 'dump'}"})
+    assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-3000:])
+    import glob  # XLA's own record of what it compiled, from both workers
+    assert glob.glob(str(tmp_path / "dump" / "*loss_and_gradients*.before_optimizations.txt"))
+    d0 = _digests("\n".join(l for l in p.stdout.splitlines() if l.startswith("[worker 0]")))
+    d1 = _digests("\n".join(l for l in p.stdout.splitlines() if l.startswith("[worker 1]")))
+    assert len(d0) == len(d1) == 1 and d0 == d1
+    cfg = json.loads((run / "config.json").read_text())["resolved"]
+    assert cfg["strategy"] == "MultiWorkerMirroredStrategy" and cfg["xla"] is True and cfg["xla_mode"] == "on"
+    m = json.loads((run / "metrics.json").read_text())
+    assert 0 < m["xla_compilations"] <= len(m["batch_widths"])  # the chief's one replica: once per width at most
+    assert all(l >= 0 for l in m["train_loss_per_epoch"])
+
+
 def test_multi_worker_needs_an_explicit_run_dir(tiny_distilbert, data_dir):
     tf_config = json.dumps({"cluster": {"worker": [f"127.0.0.1:{free_port()}"]}, "task": {"type": "worker", "index": 0}})
     p = subprocess.run([sys.executable, "train/full_finetune.py", "--model", tiny_distilbert, "--data", data_dir],
                        capture_output=True, text=True, cwd=REPO_ROOT, timeout=300, env={**os.environ, "TF_CONFIG": tf_config})
-    assert p.returncode != 0 and "pass --run-dir, the same folder on every worker" in p.stderr
+    assert p.returncode == 2 and "pass --run-dir, the same folder on every worker" in p.stderr
 
 
 def test_killed_worker_restarted_rejoins_and_the_job_completes(tiny_distilbert, data_dir, tmp_path):

@@ -86,3 +86,17 @@ def test_xla_run_compiles_each_width_once_per_replica(tiny_distilbert, data_dir,
     assert len(modules) == m["xla_compilations"] > 0
     assert m["xla_compilations"] <= len(m["batch_widths"]) * replicas  # part-filled batches reuse their width's
     assert np.isfinite(m["train_loss_per_epoch"]).all() and np.isfinite(m["test"]["loss"])
+
+
+def test_xla_auto_clusters_on_two_replicas(tiny_distilbert, data_dir, tmp_path):
+    """--xla auto: TensorFlow's auto-clustering, switched on from the command line before
+    TensorFlow starts (on CPUs it needs --tf_xla_cpu_global_jit); TensorFlow logs its first
+    compiled cluster."""
+    run = tmp_path / "run"
+    p = run_script("train/full_finetune.py", "--model", tiny_distilbert, "--data", data_dir, "--run-dir", run,
+                   "--epochs", "1", "--train-examples", "64", "--max-length", "32", "--cpu-replicas", "2",
+                   "--xla", "auto", env_extra={"TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert "Compiled cluster using XLA" in p.stderr
+    resolved = json.loads((run / "config.json").read_text())["resolved"]
+    assert resolved["xla"] is True and resolved["xla_mode"] == "auto" and resolved["replicas"] == 2
+    assert np.isfinite(json.loads((run / "metrics.json").read_text())["test"]["loss"])
