@@ -29,6 +29,19 @@ def _fake_run(tmp_path, **flags):
     return str(run)
 
 
+def _run_of_another_shape(tmp_path, tiny):
+    """A finished-looking run whose model/ config says 64 wide while its weights are 32 wide."""
+    import shutil
+    run = _fake_run(tmp_path)
+    shutil.rmtree(os.path.join(run, "model"))
+    shutil.copytree(tiny, os.path.join(run, "model"))
+    cfg_path = os.path.join(run, "model", "config.json")
+    cfg = json.load(open(cfg_path))
+    cfg.update(dim=64, hidden_dim=128)
+    json.dump(cfg, open(cfg_path, "w"))
+    return run
+
+
 def _zip_without_release(tmp_path):
     path = tmp_path / "other.zip"
     with zipfile.ZipFile(path, "w") as z:
@@ -68,6 +81,9 @@ CASES = [
     ("init-from-other-architecture", "train/full_finetune.py",
      lambda t, m, d: ["--init-from", _fake_run(t, head="custom")],
      "that run has a custom head, and --head is library; pass --head custom"),
+    ("init-from-weights-do-not-load", "train/full_finetune.py",
+     lambda t, m, d: ["--init-from", _run_of_another_shape(t, m), "--train-examples", "64"],
+     "its weights do not load as a sequence classifier (ValueError: cannot reshape array"),
     ("batch-not-divisible", "train/full_finetune.py", lambda t, m, d: ["--cpu-replicas", "2", "--batch-size", "33"],
      "--batch-size 33: must be a positive multiple of the 2 replicas"),
     ("bad-head-hidden", "train/custom_head.py", lambda t, m, d: ["--head-hidden", "256,abc"],
