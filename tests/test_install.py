@@ -1,0 +1,38 @@
+"""requirements.txt installs on every Python the README names (the launchers' images run
+3.10): pip's own resolver, asked for binary wheels of each Python version on the Linux
+platform tags the wheels use. Metadata only (PyPI serves it beside each wheel), so no
+wheel is downloaded; it needs the package index, as the install itself does."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from common.env import REPO_ROOT
+
+PLATFORMS = ["manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_28_x86_64"]
+
+
+def supported_pythons():
+    """The range README.md states, e.g. 'Python 3.10-3.11' -> ['3.10', '3.11']."""
+    text = open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8").read()
+    lo, hi = re.search(r"Supported: Python 3\.(\d+)-3\.(\d+)", text).groups()
+    return [f"3.{m}" for m in range(int(lo), int(hi) + 1)]
+
+
+def test_readme_names_a_python_range():
+    assert supported_pythons() == ["3.10", "3.11"]
+
+
+@pytest.mark.parametrize("version", supported_pythons())
+def test_requirements_resolve_for_python(version, tmp_path):
+    # + the CUDA libraries the GPU launchers add on top (tensorflow[and-cuda])
+    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed",
+           "--only-binary=:all:", "--python-version", version, "--implementation", "cp",
+           "--abi", "cp" + version.replace(".", ""), "--target", str(tmp_path / "t"),
+           *[x for p in PLATFORMS for x in ("--platform", p)],
+           "-r", os.path.join(REPO_ROOT, "requirements.txt"), "tensorflow[and-cuda]==2.15.1"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    errors = [l for l in p.stderr.splitlines() if l.startswith("ERROR")]
+    assert p.returncode == 0 and not errors, "\n".join(errors)[-3000:]
