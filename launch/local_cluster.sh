@@ -8,8 +8,10 @@
 # free port (worker 0 is the chief and alone writes --run-dir). --tuner: a keras-tuner
 # chief (the oracle, on a free port) plus N tuner workers that run the trials
 # (KERASTUNER_TUNER_ID / _ORACLE_IP / _ORACLE_PORT). Output is prefixed with [worker i]
-# or [chief]; Ctrl-C, or one process failing, stops them all. Exit status: the first failure's.
+# or [chief]; Ctrl-C, closing the terminal (HUP), TERM, or one process failing stops them
+# all. Exit status: 0, the first failing process's status, or 128 + the signal's number.
 # Environment: PYTHON (default python), LOCAL_CLUSTER_HOST (default 127.0.0.1: loopback only).
+# Needs bash 4 or newer (no `wait -n -p`, which is bash 5.1's).
 set -uo pipefail
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-2}"; }
@@ -36,8 +38,21 @@ WORKERS=$(for p in $PORTS; do printf '"%s:%s",' "$HOST" "$p"; done)
 WORKERS="[${WORKERS%,}]"
 
 PIDS=()
-stop_all() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done; }
-trap 'echo "local_cluster.sh: stopping all workers" >&2; stop_all; exit 130' INT TERM
+stop_all() {  # TERM every process, KILL what is left after 5 s: under MultiWorkerMirroredStrategy
+    # TensorFlow's coordination service takes SIGTERM as a preemption notice and trains on
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+    for _ in $(seq 10); do
+        alive=0
+        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ "$alive" = 0 ] && return
+        sleep 0.5
+    done
+    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null; done
+}
+on_signal() { echo "local_cluster.sh: $1: stopping all workers" >&2; trap - HUP INT TERM; stop_all; exit "$2"; }
+trap 'on_signal HUP 129' HUP
+trap 'on_signal INT 130' INT
+trap 'on_signal TERM 143' TERM
 
 start() {  # start NAME [ENV=VALUE...]: the script under `env`, output prefixed with [NAME]
     local name=$1; shift
@@ -60,17 +75,23 @@ else
     echo "local_cluster.sh: $N workers on $WORKERS (pids ${PIDS[*]})" >&2
 fi
 
+# Poll every process (process substitutions are not jobs, and `wait -n -p` is bash 5.1+);
+# `wait PID` collects each one's status once it is gone.
 status=0
-remaining=$N
-while [ "$remaining" -gt 0 ]; do
-    wait -n -p done_pid  # any worker (process substitutions are not jobs)
-    code=$?
-    [ "$code" -eq 127 ] && break  # no job left
-    remaining=$((remaining - 1))
-    if [ "$code" -ne 0 ] && [ "$status" -eq 0 ]; then
-        status=$code
-        echo "local_cluster.sh: worker pid $done_pid exited $code; stopping the others" >&2
-        stop_all
-    fi
+declare -A DONE=()
+while [ "${#DONE[@]}" -lt "${#PIDS[@]}" ]; do
+    for pid in "${PIDS[@]}"; do
+        [ -n "${DONE[$pid]:-}" ] && continue
+        kill -0 "$pid" 2>/dev/null && continue
+        wait "$pid"
+        code=$?
+        DONE[$pid]=$code
+        if [ "$code" -ne 0 ] && [ "$status" -eq 0 ]; then
+            status=$code
+            echo "local_cluster.sh: worker pid $pid exited $code; stopping the others" >&2
+            stop_all
+        fi
+    done
+    sleep 0.5 & wait $!  # (a sleep the traps can interrupt)
 done
 exit "$status"

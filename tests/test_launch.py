@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 
 from common.env import REPO_ROOT
 from tests.conftest import planned_steps
@@ -112,3 +114,21 @@ def test_gce_startup_script_installs_runs_syncs_and_resumes_after_reboot(tiny_di
     (tmp_path / "vm-deleted").unlink()
     assert _startup(env, log).wait(timeout=120) == 0
     assert (tmp_path / "vm-deleted").exists() and "is DONE" in log.read_text()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGINT, signal.SIGTERM], ids=["HUP", "INT", "TERM"])
+def test_local_cluster_stops_every_worker_on_hup_int_term(sig, tiny_distilbert, data_dir, tmp_path):
+    run = tmp_path / f"sig-{sig.name}"
+    log = tmp_path / "cluster.log"
+    p = subprocess.Popen(["bash", os.path.join(LAUNCH, "local_cluster.sh"), "2", "train/full_finetune.py",
+                          "--model", tiny_distilbert, "--data", data_dir, "--run-dir", str(run), "--epochs", "200",
+                          "--precision", "fp32"], stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+                         env={**os.environ, "PYTHON": sys.executable})
+    deadline = time.time() + 300
+    while log.read_text().count("] Epoch 1/200") < 2:  # both workers are training
+        assert time.time() < deadline and p.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.5)
+    p.send_signal(sig)
+    assert p.wait(timeout=60) == 128 + sig, log.read_text()[-2000:]
+    left = subprocess.run(["pgrep", "-f", str(run)], capture_output=True, text=True).stdout.split()
+    assert not left, left  # no worker outlives the launcher
