@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
 # GCE startup script (runs as root at every boot of the VM that launch/gcp_vm.sh creates).
 #
-# Installs the project, restores runs/<run> from the bucket, runs the command with
-# --run-dir runs/<run>, syncs runs/<run> to the bucket every FINSENT_SYNC_EVERY seconds and
-# at the end, then marks the run DONE in the bucket and deletes the VM. After a spot
-# preemption + restart (or any reboot) the same steps resume the same run from its backup.
+# Installs the project, checks that TensorFlow sees the GPUs, restores runs/<run> from the
+# bucket, runs the command with --run-dir runs/<run>, syncs runs/<run> to the bucket every
+# FINSENT_SYNC_EVERY seconds and at the end, then marks the run DONE in the bucket and
+# deletes the VM. After a spot preemption + restart (or any reboot) the same steps resume
+# the same run from its backup.
+#
+# No GPU VM is left running by accident: EVERY exit (clone, install, GPU check, training
+# or sync failing, or success) goes through one handler that syncs what exists, writes
+# runs/<run>/EXIT (status, failed step, time) to the bucket, and then deletes the VM;
+# finsent-on-failure=stop stops it instead (keeps the disk), =keep leaves it running for
+# debugging (only when asked).
 #
 # Settings come from instance metadata (finsent-repo, finsent-ref, finsent-bucket,
-# finsent-run, finsent-command), or from FINSENT_* environment variables of the same
-# names, which take precedence (tests use them, with a folder standing in for the bucket).
-# FINSENT_SYNC (default: gcloud storage rsync --recursive) and FINSENT_DELETE_VM are the
-# only cloud commands; both can be pointed elsewhere.
-set -euo pipefail
+# finsent-run, finsent-command, finsent-on-failure), or from FINSENT_* environment
+# variables of the same names, which take precedence (tests use them, with a folder
+# standing in for the bucket). FINSENT_SYNC (default: gcloud storage rsync --recursive),
+# FINSENT_DELETE_VM and FINSENT_STOP_VM are the only cloud commands; all can be pointed elsewhere.
+set -uo pipefail
 
 md() {  # metadata attribute $1, unless FINSENT_<NAME> is set
     local var="FINSENT_$(echo "$1" | tr 'a-z-' 'A-Z_')"
@@ -20,72 +27,126 @@ md() {  # metadata attribute $1, unless FINSENT_<NAME> is set
         "http://metadata.google.internal/computeMetadata/v1/instance/attributes/finsent-$1" 2>/dev/null || true
 }
 REPO=$(md repo); REF=$(md ref); BUCKET=$(md bucket); RUN=$(md run); COMMAND=$(md command)
-for v in REPO BUCKET RUN COMMAND; do
-    [ -n "${!v}" ] || { echo "gce_startup: finsent-$(echo $v | tr A-Z a-z) is not set (metadata or FINSENT_$v)" >&2; exit 2; }
-done
+ON_FAILURE=$(md on-failure); ON_FAILURE=${ON_FAILURE:-delete}
 WORK=${FINSENT_WORKDIR:-/opt/finsent}
 SYNC=${FINSENT_SYNC:-gcloud storage rsync --recursive}
 SYNC_EVERY=${FINSENT_SYNC_EVERY:-300}
-DELETE_VM=${FINSENT_DELETE_VM:-gcloud compute instances delete "$(hostname)" --zone "$(curl -fsS -H 'Metadata-Flavor: Google' http://metadata.google.internal/computeMetadata/v1/instance/zone | sed 's|.*/||')" --quiet}
+ZONE_OF_VM() { curl -fsS -H 'Metadata-Flavor: Google' http://metadata.google.internal/computeMetadata/v1/instance/zone | sed 's|.*/||'; }
+DELETE_VM=${FINSENT_DELETE_VM:-gcloud compute instances delete "$(hostname)" --zone "$(ZONE_OF_VM)" --quiet}
+STOP_VM=${FINSENT_STOP_VM:-gcloud compute instances stop "$(hostname)" --zone "$(ZONE_OF_VM)" --quiet}
 PYTHON=${FINSENT_PYTHON:-python3}
 REMOTE="$BUCKET/runs/$RUN"
-mkdir -p "$WORK"
 log() { echo "gce_startup $(date -u +%FT%TZ): $*"; }
 
+# The one way out. STEP names what was being done; a failure anywhere exits through here.
+STEP="reading settings"
+LOCAL=""
+REPORT=1        # 0: a restart found the run DONE; its report stands
+TERMINATED=0    # 1: SIGTERM, i.e. the VM is shutting down (spot preemption, stop): sync, then let it
+finish() {
+    local code=$?
+    trap - EXIT
+    [ -n "${SYNCER:-}" ] && kill "$SYNCER" 2>/dev/null
+    local status="failed" synced=1
+    [ "$code" -eq 0 ] && status="ok"
+    [ "$TERMINATED" = 1 ] && status="terminated (preemption or shutdown; the next boot resumes)"
+    log "exit $code ($status) while $STEP"
+    if [ "$REPORT" = 1 ] && [ -n "$BUCKET" ] && [ -n "$RUN" ]; then  # what exists, and why we stopped
+        mkdir -p "$WORK/exit-report"
+        printf 'status: %s\nexit_code: %s\nstep: %s\ntime: %s\nhost: %s\n' "$status" "$code" "$STEP" \
+            "$(date -u +%FT%TZ)" "$(hostname)" > "$WORK/exit-report/EXIT"
+        if [ -n "$LOCAL" ] && [ -d "$WORK/repo/$LOCAL" ]; then
+            cp "$WORK/exit-report/EXIT" "$WORK/repo/$LOCAL/EXIT"
+            $SYNC "$WORK/repo/$LOCAL/" "$REMOTE/" >/dev/null 2>&1 || { synced=0; log "final sync to $REMOTE failed"; }
+        else
+            $SYNC "$WORK/exit-report/" "$REMOTE/" >/dev/null 2>&1 || { synced=0; log "could not write EXIT to $REMOTE"; }
+        fi
+    fi
+    if [ "$TERMINATED" = 1 ]; then
+        log "the VM is shutting down; not deleting it (a restart resumes the run)"
+    elif [ "$synced" = 0 ] && [ "$ON_FAILURE" != keep ]; then
+        log "stopping (not deleting) this VM: the run folder on its disk could not be synced"; $STOP_VM
+    elif [ "$code" -ne 0 ] && [ "$ON_FAILURE" = keep ]; then
+        log "finsent-on-failure=keep: leaving this VM running (it bills until you delete it)"
+    elif [ "$code" -ne 0 ] && [ "$ON_FAILURE" = stop ]; then
+        log "stopping this VM (finsent-on-failure=stop)"; $STOP_VM
+    else
+        log "deleting this VM"; $DELETE_VM
+    fi
+    exit "$code"
+}
+trap finish EXIT
+trap 'TERMINATED=1; exit 143' TERM
+trap 'exit 130' INT
+mkdir -p "$WORK"
+for v in REPO BUCKET RUN COMMAND; do
+    [ -n "${!v}" ] || { echo "gce_startup: finsent-$(echo $v | tr A-Z a-z) is not set (metadata or FINSENT_$v)" >&2; exit 2; }
+done
+case "$ON_FAILURE" in delete|stop|keep) ;; *) echo "gce_startup: finsent-on-failure must be delete, stop or keep" >&2; exit 2;; esac
+
 # 1. the project, at the requested ref
+STEP="cloning $REPO"
 if [ ! -d "$WORK/repo/.git" ]; then
     log "cloning $REPO"
-    git clone --quiet "$REPO" "$WORK/repo"
+    git clone --quiet "$REPO" "$WORK/repo" || exit 1
 fi
-[ -z "$REF" ] || git -C "$WORK/repo" checkout --quiet "$REF"
-cd "$WORK/repo"
+STEP="checking out $REF"
+[ -z "$REF" ] || git -C "$WORK/repo" checkout --quiet "$REF" || exit 1
+cd "$WORK/repo" || exit 1
 LOCAL="runs/$RUN"
 
 # 2. its environment (once per disk)
+STEP="installing requirements"
 VENV=${FINSENT_VENV:-$WORK/venv}
-if [ ! -x "$VENV/bin/python" ]; then "$PYTHON" -m venv "$VENV"; fi
+if [ ! -x "$VENV/bin/python" ]; then "$PYTHON" -m venv "$VENV" || exit 1; fi
 if [ ! -f "$VENV/.finsent-installed" ] || [ "${FINSENT_VENV:-}" ]; then
     log "installing requirements"
-    "$VENV/bin/python" -m pip install --quiet -r requirements.txt
-    if command -v nvidia-smi >/dev/null; then  # CUDA libraries for TF 2.15 come as pip packages
-        "$VENV/bin/python" -m pip install --quiet "tensorflow[and-cuda]==2.15.1"
+    "$VENV/bin/python" -m pip install --quiet -r requirements.txt || exit 1
+    if command -v nvidia-smi >/dev/null; then  # CUDA 12.2 / cuDNN 8.9 for TF 2.15 come as pip packages
+        "$VENV/bin/python" -m pip install --quiet "tensorflow[and-cuda]==2.15.1" || exit 1
     fi
     touch "$VENV/.finsent-installed"
 fi
 
+# 2b. a GPU VM whose TensorFlow sees no GPU would train on its CPU for days: stop here
+if command -v nvidia-smi >/dev/null || [ -n "${FINSENT_EXPECT_GPU:-}" ]; then
+    STEP="checking that TensorFlow sees the GPUs"
+    "$VENV/bin/python" -c "import sys, tensorflow as tf; g = tf.config.list_physical_devices('GPU'); print('GPUs:', g); sys.exit(0 if g else 1)" \
+        || { log "TensorFlow sees no GPU on this GPU VM (driver / CUDA libraries?)"; exit 3; }
+fi
+
 # 3. finished already? (a restart after the last sync)
+STEP="checking $REMOTE"
 if $SYNC "$REMOTE/" "$WORK/remote-check/" >/dev/null 2>&1 && [ -f "$WORK/remote-check/DONE" ]; then
-    log "run $RUN is DONE in $REMOTE; deleting this VM"
-    $DELETE_VM
+    log "run $RUN is DONE in $REMOTE"
+    REPORT=0  # nothing to sync up; its EXIT stands
     exit 0
 fi
 
 # 4. resume: bring back what the bucket holds of this run (backup/ included)
-mkdir -p "$LOCAL"
+STEP="restoring $LOCAL from $REMOTE"
+mkdir -p "$LOCAL" || exit 1
+rm -f "$LOCAL/EXIT"
 if $SYNC "$REMOTE/" "$LOCAL/" 2>/dev/null; then log "restored $LOCAL from $REMOTE"; fi
+rm -f "$LOCAL/EXIT"  # the previous boot's
 
 # 5. run, syncing while it trains
 sync_up() { $SYNC "$LOCAL/" "$REMOTE/" >/dev/null 2>&1 || log "sync to $REMOTE failed (will retry)"; }
+STEP="training: $COMMAND"
 log "running: $COMMAND --run-dir $LOCAL"
 # shellcheck disable=SC2086  # COMMAND is a command line
 "$VENV/bin/python" $COMMAND --run-dir "$LOCAL" &
 TRAIN=$!
 ( while sleep "$SYNC_EVERY"; do sync_up; done ) &
 SYNCER=$!
-trap 'kill $TRAIN $SYNCER 2>/dev/null' TERM INT
-set +e
+trap 'TERMINATED=1; kill $TRAIN 2>/dev/null; exit 143' TERM
+trap 'kill $TRAIN 2>/dev/null; exit 130' INT
 wait $TRAIN
 code=$?
-set -e
-kill $SYNCER 2>/dev/null || true
-sync_up
+[ "$code" -eq 0 ] || { log "command failed with exit $code"; exit "$code"; }
 
-# 6. done: mark, sync, delete the VM (a failed run keeps its VM for inspection)
-if [ "$code" -ne 0 ]; then
-    log "command failed with exit $code; VM kept; runs/$RUN synced to $REMOTE"
-    exit "$code"
-fi
+# 6. done: mark, sync (finish() does), delete the VM
+STEP="finishing"
 date -u +%FT%TZ > "$LOCAL/DONE"
-sync_up
-log "run $RUN finished and synced to $REMOTE; deleting this VM"
-$DELETE_VM
+log "run $RUN finished; syncing to $REMOTE"
+exit 0

@@ -7,8 +7,11 @@
 # The VM runs launch/gce_startup.sh at every boot: it installs this project (git clone
 # of --repo at --ref), runs the command with --run-dir runs/<name>, syncs runs/<name> to
 # <bucket>/runs/<name>, resumes from there after a preemption/restart, and deletes the
-# VM when the run is DONE. A --spot VM stops on preemption; restart it with
-# `gcloud compute instances start NAME --zone ZONE` (or a managed instance group).
+# VM when the run is DONE, and also when anything fails (clone, install, no GPU seen by
+# TensorFlow, training, sync): the reason is in <bucket>/runs/<name>/EXIT. --on-failure
+# stop keeps the disk of a failed VM, --on-failure keep leaves it running (debugging only:
+# it bills until you delete it). A --spot VM stops on preemption; restart it with
+# `gcloud compute instances start NAME --zone ZONE` and the run resumes.
 # Project, zone and bucket come from flags or GOOGLE_CLOUD_PROJECT, CLOUDSDK_COMPUTE_ZONE,
 # FINSENT_BUCKET; credentials are gcloud's own, never in files.
 set -euo pipefail
@@ -27,12 +30,14 @@ IMAGE_PROJECT=deeplearning-platform-release
 REPO=$(git -C "$HERE/.." remote get-url origin 2>/dev/null || echo "")
 REF=$(git -C "$HERE/.." rev-parse HEAD 2>/dev/null || echo "")
 DISK=100GB
+ON_FAILURE=delete
 DRY=0
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; cat <<U
 Options: --name NAME  --project P  --zone Z  --gpus N ($GPUS)  --gpu-type T ($GPU_TYPE)
          --machine-type M (default n1-standard-\$((8*GPUS)))  --spot  --bucket gs://B
-         --image-family F ($IMAGE_FAMILY)  --image-project P  --repo URL  --ref REF  --disk SIZE  --dry-run
+         --image-family F ($IMAGE_FAMILY)  --image-project P  --repo URL  --ref REF  --disk SIZE
+         --on-failure delete|stop|keep ($ON_FAILURE)  --dry-run
 U
 exit "${1:-2}"; }
 while [ $# -gt 0 ]; do
@@ -41,14 +46,18 @@ while [ $# -gt 0 ]; do
         --gpus) GPUS=$2; shift 2;;  --gpu-type) GPU_TYPE=$2; shift 2;;  --machine-type) MACHINE=$2; shift 2;;
         --spot) SPOT=1; shift;;  --bucket) BUCKET=$2; shift 2;;  --image-family) IMAGE_FAMILY=$2; shift 2;;
         --image-project) IMAGE_PROJECT=$2; shift 2;;  --repo) REPO=$2; shift 2;;  --ref) REF=$2; shift 2;;
-        --disk) DISK=$2; shift 2;;  --dry-run) DRY=1; shift;;  -h|--help) usage 0;;
+        --disk) DISK=$2; shift 2;;  --on-failure) ON_FAILURE=$2; shift 2;;  --dry-run) DRY=1; shift;;
+        -h|--help) usage 0;;
         --) shift; break;;  -*) echo "gcp_vm.sh: unknown option $1" >&2; usage;;  *) break;;
     esac
 done
 [ $# -ge 1 ] || { echo "gcp_vm.sh: give the script to run, e.g. train/full_finetune.py" >&2; usage; }
 [ -f "$HERE/../$1" ] || { echo "gcp_vm.sh: no script $1 in this project" >&2; exit 2; }
 [ -n "$BUCKET" ] || { [ "$DRY" = 1 ] && BUCKET="gs://YOUR-BUCKET"; } || { echo "gcp_vm.sh: --bucket gs://... (or FINSENT_BUCKET) is required" >&2; exit 2; }
+case "$ON_FAILURE" in delete|stop|keep) ;; *) echo "gcp_vm.sh: --on-failure takes delete, stop or keep" >&2; exit 2;; esac
 [ -n "$REPO" ] || { echo "gcp_vm.sh: --repo URL is required (no git remote 'origin' here)" >&2; exit 2; }
+. "$HERE/repo_check.sh"
+check_repo gcp_vm.sh "$REPO" "$REF" || exit 2
 MACHINE=${MACHINE:-n1-standard-$((8 * GPUS))}
 # the command: the user's script and flags, with --gpus added unless given
 COMMAND="$*"
@@ -59,7 +68,7 @@ CMD=(gcloud compute instances create "$NAME" --zone "$ZONE" --machine-type "$MAC
      --image-family "$IMAGE_FAMILY" --image-project "$IMAGE_PROJECT" --boot-disk-size "$DISK"
      --scopes cloud-platform
      --metadata-from-file "startup-script=$HERE/gce_startup.sh"
-     --metadata "^##^install-nvidia-driver=True##finsent-repo=$REPO##finsent-ref=$REF##finsent-bucket=$BUCKET##finsent-run=$NAME##finsent-command=$COMMAND")
+     --metadata "^##^install-nvidia-driver=True##finsent-repo=$REPO##finsent-ref=$REF##finsent-bucket=$BUCKET##finsent-run=$NAME##finsent-command=$COMMAND##finsent-on-failure=$ON_FAILURE")
 # ^##^ sets gcloud's list delimiter to ## (see `gcloud topic escaping`): the command may hold commas
 [ -z "$PROJECT" ] || CMD+=(--project "$PROJECT")
 [ "$SPOT" = 0 ] || CMD+=(--provisioning-model SPOT --instance-termination-action STOP)

@@ -46,6 +46,8 @@ done
 [ -f "$HERE/../$1" ] || { echo "vertex_job.sh: no script $1 in this project" >&2; exit 2; }
 [ -n "$BUCKET" ] || { [ "$DRY" = 1 ] && BUCKET="gs://YOUR-BUCKET"; } || { echo "vertex_job.sh: --bucket gs://... (or FINSENT_BUCKET) is required" >&2; exit 2; }
 [ -n "$REPO" ] || { echo "vertex_job.sh: --repo URL is required (no git remote 'origin' here)" >&2; exit 2; }
+. "$HERE/repo_check.sh"
+check_repo vertex_job.sh "$REPO" "$REF" || exit 2
 MACHINE=${MACHINE:-n1-standard-$((8 * GPUS))}
 COMMAND="$*"
 case " $COMMAND " in *" --gpus "*) ;; *) COMMAND="$COMMAND --gpus $GPUS";; esac

@@ -17,14 +17,30 @@ from tests.conftest import planned_steps
 LAUNCH = os.path.join(REPO_ROOT, "launch")
 
 
-def _dry(script, *args):
-    p = subprocess.run(["bash", os.path.join(LAUNCH, script), "--dry-run", "--repo", "https://example.invalid/f.git",
-                        *args], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
-    assert p.returncode == 0, p.stderr
-    return p.stdout
+@pytest.fixture(scope="module")
+def remote(tmp_path_factory):
+    """A bare repository holding this checkout's HEAD: the launchers' --repo."""
+    bare = tmp_path_factory.mktemp("remote") / "finsent.git"
+    subprocess.run(["git", "init", "--quiet", "--bare", str(bare)], check=True)
+    subprocess.run(["git", "-C", REPO_ROOT, "push", "--quiet", str(bare), "HEAD:refs/heads/main"], check=True)
+    return str(bare)
 
 
-def test_gcp_vm_dry_run_has_gpus_spot_image_and_command():
+def _launch(script, *args):
+    return subprocess.run(["bash", os.path.join(LAUNCH, script), *args], capture_output=True, text=True,
+                          cwd=REPO_ROOT, timeout=120)
+
+
+@pytest.fixture
+def _dry(remote):
+    def dry(script, *args):
+        p = _launch(script, "--dry-run", "--repo", remote, *args)
+        assert p.returncode == 0, p.stderr
+        return p.stdout
+    return dry
+
+
+def test_gcp_vm_dry_run_has_gpus_spot_image_and_command(_dry):
     out = _dry("gcp_vm.sh", "--gpus", "4", "--gpu-type", "nvidia-l4", "--spot", "--bucket", "gs://b",
                "train/full_finetune.py", "--epochs", "3", "--head-hidden", "256,64")
     assert out.startswith("gcloud compute instances create ")
@@ -33,12 +49,13 @@ def test_gcp_vm_dry_run_has_gpus_spot_image_and_command():
     assert "--image-family common-cu121-debian-11-py310 --image-project deeplearning-platform-release" in out
     assert "startup-script=" + os.path.join(LAUNCH, "gce_startup.sh") in out
     assert "finsent-command=train/full_finetune.py\\ --epochs\\ 3\\ --head-hidden\\ 256\\,64\\ --gpus\\ 4" in out
-    assert "finsent-bucket=gs://b" in out
+    assert "finsent-bucket=gs://b" in out and "finsent-on-failure=delete" in out
+    assert "finsent-on-failure=stop" in _dry("gcp_vm.sh", "--on-failure", "stop", "train/full_finetune.py")
     no_spot = _dry("gcp_vm.sh", "--gpus", "1", "train/full_finetune.py")
     assert "SPOT" not in no_spot and "count=1" in no_spot
 
 
-def test_vertex_dry_run_has_pools_gpus_spot_image_and_command():
+def test_vertex_dry_run_has_pools_gpus_spot_image_and_command(_dry):
     out = _dry("vertex_job.sh", "--gpus", "2", "--workers", "3", "--spot", "--bucket", "gs://b",
                "train/full_finetune.py", "--epochs", "1")
     assert out.startswith("gcloud ai custom-jobs create --region us-central1")
@@ -46,6 +63,21 @@ def test_vertex_dry_run_has_pools_gpus_spot_image_and_command():
     assert "strategy: SPOT" in out and "imageUri: us-docker.pkg.dev/vertex-ai/training/tf-gpu.2-15.py310" in out
     assert "python train/full_finetune.py --epochs 1 --gpus 2 --run-dir /gcs/b/runs/" in out
     assert "SPOT" not in _dry("vertex_job.sh", "train/full_finetune.py")
+
+
+@pytest.mark.parametrize("script", ["gcp_vm.sh", "vertex_job.sh"])
+def test_launchers_refuse_credentials_ssh_urls_and_unpushed_commits(script, remote):
+    token = "ghp_s3cr3tT0ken"
+    p = _launch(script, "--dry-run", "--repo", f"https://user:{token}@example.invalid/f.git", "train/full_finetune.py")
+    assert p.returncode == 2 and "carries credentials" in p.stderr and token not in p.stdout + p.stderr
+    p = _launch(script, "--dry-run", "--repo", "git@example.invalid:me/f.git", "train/full_finetune.py")
+    assert p.returncode == 2 and "SSH URL" in p.stderr
+    # a commit nobody pushed (made here, on no branch)
+    unpushed = subprocess.run(["git", "-C", REPO_ROOT, "commit-tree", "HEAD^{tree}", "-p", "HEAD", "-m", "local only"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    p = _launch(script, "--dry-run", "--repo", remote, "--ref", unpushed, "train/full_finetune.py")
+    assert p.returncode == 2 and f"commit {unpushed[:12]} is not on {remote}" in p.stderr
+    assert _launch(script, "--dry-run", "--repo", remote, "train/full_finetune.py").returncode == 0
 
 
 def test_launchers_refuse_unknown_scripts():
@@ -58,19 +90,27 @@ def test_launchers_refuse_unknown_scripts():
 def test_skypilot_yaml_builds_tf_config_from_node_variables(tmp_path):
     import yaml  # keras-tuner/tensorboard bring PyYAML? fall back to a plain parse if not
     spec = yaml.safe_load(open(os.path.join(LAUNCH, "skypilot.yaml")))
-    assert spec["resources"]["use_spot"] is True and spec["file_mounts"]["/runs"]["mode"] == "MOUNT"
+    assert spec["resources"]["use_spot"] is True and spec["file_mounts"]["/runs"]["mode"] == "MOUNT_CACHED"
     # run the YAML's own run: section for node 1 of 2, with the training command replaced by printing TF_CONFIG
     run = spec["run"].replace(". ~/finsent-venv/bin/activate", "true").replace(
         "python ${SCRIPT} ${ARGS} --gpus ${SKYPILOT_NUM_GPUS_PER_NODE} --run-dir /runs/${RUN}",
         'echo "$TF_CONFIG"; echo "${SCRIPT} ${ARGS} --gpus ${SKYPILOT_NUM_GPUS_PER_NODE} --run-dir /runs/${RUN}"')
-    env = {**os.environ, **{k: str(v) for k, v in spec["envs"].items()}, "SKYPILOT_NUM_NODES": "2",
-           "SKYPILOT_NODE_IPS": "10.0.0.5\n10.0.0.6", "SKYPILOT_NODE_RANK": "1", "SKYPILOT_NUM_GPUS_PER_NODE": "8"}
-    p = subprocess.run(["bash", "-c", run], capture_output=True, text=True, env=env)
-    assert p.returncode == 0, p.stderr
-    tf_config, command = p.stdout.strip().splitlines()
+    def node(rank, task_id, **extra):
+        env = {**os.environ, **{k: str(v) for k, v in spec["envs"].items()}, "SKYPILOT_NUM_NODES": "2",
+               "SKYPILOT_NODE_IPS": "10.0.0.5\n10.0.0.6", "SKYPILOT_NODE_RANK": str(rank),
+               "SKYPILOT_NUM_GPUS_PER_NODE": "8", "SKYPILOT_TASK_ID": task_id, **extra}
+        p = subprocess.run(["bash", "-c", run], capture_output=True, text=True, env=env)
+        assert p.returncode == 0, p.stderr
+        return p.stdout.strip().splitlines()
+
+    job1 = "sky-managed-2026-11-27-10-00-00-000000_finsent_3-0"
+    tf_config, command = node(1, job1)
     assert json.loads(tf_config) == {"cluster": {"worker": ["10.0.0.5:12345", "10.0.0.6:12345"]},
                                      "task": {"type": "worker", "index": 1}}
-    assert command == "train/full_finetune.py  --gpus 8 --run-dir /runs/finsent-sky"
+    assert command == f"train/full_finetune.py  --gpus 8 --run-dir /runs/{job1}"
+    assert node(0, job1)[1] == command  # every node of the job, and each recovery (same task id): one folder
+    assert node(1, "sky-managed-2026-11-27-11-00-00-000000_finsent_4-0")[1] != command  # another job: another
+    assert node(1, job1, RUN="mine")[1].endswith("--run-dir /runs/mine")
 
 
 def _startup(env, log):
@@ -78,18 +118,67 @@ def _startup(env, log):
                             stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
-def test_gce_startup_script_installs_runs_syncs_and_resumes_after_reboot(tiny_distilbert, data_dir, tmp_path):
-    bucket, work = tmp_path / "bucket", tmp_path / "vm-disk"
-    bucket.mkdir()
+def _startup_env(tmp_path, command, **overrides):
+    """The startup script's settings for a VM whose disk, bucket and cloud commands are local
+    stand-ins: a folder for the bucket, touch-a-file for deleting / stopping the VM."""
+    (tmp_path / "bucket").mkdir(exist_ok=True)
     head = subprocess.run(["git", "-C", REPO_ROOT, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     env = {**os.environ,
-           "FINSENT_REPO": REPO_ROOT, "FINSENT_REF": head, "FINSENT_BUCKET": str(bucket), "FINSENT_RUN": "job1",
-           "FINSENT_COMMAND": f"train/full_finetune.py --model {tiny_distilbert} --data {data_dir} --epochs 3 "
-                              f"--precision fp32 --backup-every-steps 10",
-           "FINSENT_WORKDIR": str(work), "FINSENT_VENV": sys.prefix,  # the test's environment stands in for the VM's
+           "FINSENT_REPO": REPO_ROOT, "FINSENT_REF": head, "FINSENT_BUCKET": str(tmp_path / "bucket"),
+           "FINSENT_RUN": "job1", "FINSENT_COMMAND": command,
+           "FINSENT_WORKDIR": str(tmp_path / "vm-disk"), "FINSENT_VENV": sys.prefix,  # the test's env stands in
            "FINSENT_SYNC": f"{sys.executable} {os.path.join(REPO_ROOT, 'tests', 'folder_bucket_sync.py')}",
            "FINSENT_SYNC_EVERY": "2",
-           "FINSENT_DELETE_VM": f"touch {tmp_path / 'vm-deleted'}"}
+           "FINSENT_DELETE_VM": f"touch {tmp_path / 'vm-deleted'}", "FINSENT_STOP_VM": f"touch {tmp_path / 'vm-stopped'}"}
+    env.update(overrides)
+    return env
+
+
+def _fake_venv(tmp_path, pip_fails=True):
+    """A venv whose pip fails (as on a VM whose index is unreachable)."""
+    venv = tmp_path / "broken-venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text(f"#!/bin/sh\n[ \"$1 $2\" = \"-m pip\" ] && exit 1\nexec {sys.executable} \"$@\"\n")
+    (venv / "bin" / "python").chmod(0o755)
+    return str(venv)
+
+
+FAILURES = [  # (id, env overrides(tmp_path, tiny, data) -> dict, step named in EXIT, VM action)
+    ("clone", lambda t, m, d: {"FINSENT_REPO": str(t / "no-such-repo")}, "step: cloning", "vm-deleted"),
+    ("pip", lambda t, m, d: {"FINSENT_VENV": _fake_venv(t)}, "step: installing requirements", "vm-deleted"),
+    ("no-gpu", lambda t, m, d: {"FINSENT_EXPECT_GPU": "1"}, "step: checking that TensorFlow sees the GPUs",
+     "vm-deleted"),
+    ("train", lambda t, m, d: {"FINSENT_COMMAND": f"train/full_finetune.py --model {m} --data {t / 'nowhere'}"},
+     "step: training: train/full_finetune.py", "vm-deleted"),
+    ("sync", lambda t, m, d: {"FINSENT_COMMAND": f"train/full_finetune.py --model {m} --data {t / 'nowhere'}",
+                              "FINSENT_SYNC": "false"}, None, "vm-stopped"),
+    ("keep-on-failure", lambda t, m, d: {"FINSENT_REPO": str(t / "no-such-repo"), "FINSENT_ON_FAILURE": "keep"},
+     "step: cloning", None),
+]
+
+
+@pytest.mark.parametrize("case", FAILURES, ids=[c[0] for c in FAILURES])
+def test_gce_startup_every_failure_syncs_reports_and_deletes_the_vm(case, tiny_distilbert, data_dir, tmp_path):
+    name, overrides, step, action = case
+    env = _startup_env(tmp_path, f"train/full_finetune.py --model {tiny_distilbert} --data {data_dir} --epochs 1",
+                       **overrides(tmp_path, tiny_distilbert, data_dir))
+    log = tmp_path / "startup.log"
+    code = _startup(env, log).wait(timeout=300)
+    assert code != 0, log.read_text()[-2000:]
+    for a in ("vm-deleted", "vm-stopped"):  # exactly the expected action on the VM, or none when asked to keep it
+        assert (tmp_path / a).exists() == (a == action), (a, log.read_text()[-2000:])
+    if step:  # the reason is in the bucket, beside whatever of the run folder existed
+        report = (tmp_path / "bucket" / "runs" / "job1" / "EXIT").read_text()
+        assert "status: failed" in report and step in report, report
+    else:  # the bucket is unreachable: the VM is stopped, its disk keeps the run and the reason
+        report = (tmp_path / "vm-disk" / "exit-report" / "EXIT").read_text()
+        assert "status: failed" in report
+
+
+def test_gce_startup_script_installs_runs_syncs_and_resumes_after_reboot(tiny_distilbert, data_dir, tmp_path):
+    bucket, work = tmp_path / "bucket", tmp_path / "vm-disk"
+    env = _startup_env(tmp_path, f"train/full_finetune.py --model {tiny_distilbert} --data {data_dir} --epochs 3 "
+                                 f"--precision fp32 --backup-every-steps 10")
     log = tmp_path / "startup.log"
     first = _startup(env, log)
     deadline = time.time() + 400
@@ -109,7 +198,7 @@ def test_gce_startup_script_installs_runs_syncs_and_resumes_after_reboot(tiny_di
     m = json.loads((done / "metrics.json").read_text())
     assert m["optimizer_steps"] == m["planned_steps"] == planned_steps(data_dir)
     assert (done / "DONE").exists() and (done / "model" / "tf_model.h5").exists()
-    assert (tmp_path / "vm-deleted").exists()
+    assert (tmp_path / "vm-deleted").exists() and "status: ok" in (done / "EXIT").read_text()
     # a further boot of a DONE run only deletes the VM
     (tmp_path / "vm-deleted").unlink()
     assert _startup(env, log).wait(timeout=120) == 0
