@@ -57,7 +57,7 @@ finish() {
             "$(date -u +%FT%TZ)" "$(hostname)" > "$WORK/exit-report/EXIT"
         if [ -n "$LOCAL" ] && [ -d "$WORK/repo/$LOCAL" ]; then
             cp "$WORK/exit-report/EXIT" "$WORK/repo/$LOCAL/EXIT"
-            $SYNC "$WORK/repo/$LOCAL/" "$REMOTE/" >/dev/null 2>&1 || { synced=0; log "final sync to $REMOTE failed"; }
+            (cd "$WORK/repo" && sync_up) || { synced=0; log "final sync to $REMOTE failed"; }
         else
             $SYNC "$WORK/exit-report/" "$REMOTE/" >/dev/null 2>&1 || { synced=0; log "could not write EXIT to $REMOTE"; }
         fi
@@ -74,6 +74,35 @@ finish() {
         log "deleting this VM"; $DELETE_VM
     fi
     exit "$code"
+}
+# The run folder goes up as it is, except backup/: Keras rewrites it while training, so a
+# plain rsync could upload a pointer ("checkpoint") to files not yet (or no longer) there.
+# Instead: hard-link the files of the checkpoint the pointer names (a snapshot that Keras'
+# next save cannot change), upload them, then the pointer, then prune older checkpoints.
+# A kill at any moment leaves the bucket's pointer naming a checkpoint that is all there.
+upload_backup() {
+    local dir="$LOCAL/backup/chief" snap="$WORK/backup-snapshot" ckpt="" try
+    if [ ! -f "$dir/checkpoint" ]; then  # training finished (Keras removed it) or not started
+        [ -d "$LOCAL/backup" ] && return 0
+        mkdir -p "$snap-empty" && $SYNC --delete-unmatched-destination-objects "$snap-empty/" "$REMOTE/backup/" 2>/dev/null
+        return 0
+    fi
+    for try in 1 2 3; do
+        rm -rf "$snap"; mkdir -p "$snap/files" "$snap/pointer"
+        cp "$dir/checkpoint" "$snap/pointer/checkpoint" 2>/dev/null || continue
+        ckpt=$(sed -n 's/^model_checkpoint_path: "\(.*\)"$/\1/p' "$snap/pointer/checkpoint")
+        [ -n "$ckpt" ] && ln "$dir/$ckpt".* "$snap/files/" 2>/dev/null && [ -f "$snap/files/$ckpt.index" ] && break
+        ckpt=""  # Keras replaced it meanwhile: read the pointer again
+    done
+    [ -n "$ckpt" ] || return 1
+    $SYNC "$snap/files/" "$REMOTE/backup/chief/" >/dev/null 2>&1 || return 1
+    $SYNC "$snap/pointer/" "$REMOTE/backup/chief/" >/dev/null 2>&1 || return 1
+    ln "$snap/pointer/checkpoint" "$snap/files/checkpoint"
+    $SYNC --delete-unmatched-destination-objects "$snap/files/" "$REMOTE/backup/chief/" >/dev/null 2>&1 || true
+}
+sync_up() {
+    { $SYNC --exclude '^backup/' "$LOCAL/" "$REMOTE/" >/dev/null 2>&1 && upload_backup; } \
+        || { log "sync to $REMOTE failed (will retry)"; return 1; }
 }
 trap finish EXIT
 trap 'TERMINATED=1; exit 143' TERM
@@ -123,15 +152,20 @@ if $SYNC "$REMOTE/" "$WORK/remote-check/" >/dev/null 2>&1 && [ -f "$WORK/remote-
     exit 0
 fi
 
-# 4. resume: bring back what the bucket holds of this run (backup/ included)
+# 4. resume. A disk that kept the run folder (a spot VM stopped and started again) is newer
+# than the bucket, which only ever receives copies of it: keep it. A new disk gets what the
+# bucket holds (backup/ included: its pointer names a checkpoint uploaded whole, see 5).
 STEP="restoring $LOCAL from $REMOTE"
 mkdir -p "$LOCAL" || exit 1
-rm -f "$LOCAL/EXIT"
-if $SYNC "$REMOTE/" "$LOCAL/" 2>/dev/null; then log "restored $LOCAL from $REMOTE"; fi
 rm -f "$LOCAL/EXIT"  # the previous boot's
+if [ -n "$(ls -A "$LOCAL")" ]; then
+    log "keeping $LOCAL from this disk (newer than $REMOTE)"
+elif $SYNC "$REMOTE/" "$LOCAL/" 2>/dev/null; then
+    log "restored $LOCAL from $REMOTE"
+fi
+rm -f "$LOCAL/EXIT"
 
 # 5. run, syncing while it trains
-sync_up() { $SYNC "$LOCAL/" "$REMOTE/" >/dev/null 2>&1 || log "sync to $REMOTE failed (will retry)"; }
 STEP="training: $COMMAND"
 log "running: $COMMAND --run-dir $LOCAL"
 # shellcheck disable=SC2086  # COMMAND is a command line

@@ -2,6 +2,7 @@
 local folder standing in for the bucket (rsync in place of gcloud storage rsync)."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -176,29 +177,36 @@ def test_gce_startup_every_failure_syncs_reports_and_deletes_the_vm(case, tiny_d
 
 
 def test_gce_startup_script_installs_runs_syncs_and_resumes_after_reboot(tiny_distilbert, data_dir, tmp_path):
+    """A spot VM killed in the middle of uploading a checkpoint: the bucket still names a
+    checkpoint that is all there, and a new disk resumes from it and finishes the plan."""
     bucket, work = tmp_path / "bucket", tmp_path / "vm-disk"
-    env = _startup_env(tmp_path, f"train/full_finetune.py --model {tiny_distilbert} --data {data_dir} --epochs 3 "
-                                 f"--precision fp32 --backup-every-steps 10")
+    mark = tmp_path / "uploading-backup"
+    env = _startup_env(tmp_path, f"train/full_finetune.py --model {tiny_distilbert} --data {data_dir} --epochs 6 "
+                                 f"--precision fp32 --backup-every-steps 10",
+                       FOLDER_SYNC_DELAY="0.2", FOLDER_SYNC_MARK=str(mark))
     log = tmp_path / "startup.log"
     first = _startup(env, log)
+    chief = bucket / "runs" / "job1" / "backup" / "chief"
     deadline = time.time() + 400
-    while not list((bucket / "runs" / "job1").glob("backup/chief/ckpt-*.index")) if (bucket / "runs").exists() else True:
+    while not ((chief / "checkpoint").exists() and mark.exists()):  # a later checkpoint is going up
         assert time.time() < deadline and first.poll() is None, log.read_text()[-3000:]
-        time.sleep(1)
-    time.sleep(2)
+        time.sleep(0.05)
     os.killpg(first.pid, signal.SIGKILL)  # the VM is preempted: every process dies at once
     first.wait()
     assert not (bucket / "runs" / "job1" / "metrics.json").exists()
-    shutil.rmtree(work / "repo" / "runs")  # and say its local copy of the run is gone too
-    second = _startup(env, log)  # the VM boots again: same startup script
+    named = re.search(r'model_checkpoint_path: "(.*)"', (chief / "checkpoint").read_text()).group(1)
+    assert (chief / f"{named}.index").exists() and list(chief.glob(f"{named}.data-*"))  # complete
+    shutil.rmtree(work / "repo" / "runs")  # and the VM comes back with a new disk
+    second = _startup({**env, "FOLDER_SYNC_DELAY": "0"}, log)  # the VM boots again: same startup script
     assert second.wait(timeout=600) == 0, log.read_text()[-3000:]
     text = log.read_text()
     assert "restored runs/job1" in text and "resuming from" in text
     done = bucket / "runs" / "job1"
     m = json.loads((done / "metrics.json").read_text())
-    assert m["optimizer_steps"] == m["planned_steps"] == planned_steps(data_dir)
+    assert m["optimizer_steps"] == m["planned_steps"] == planned_steps(data_dir, epochs=6)
     assert (done / "DONE").exists() and (done / "model" / "tf_model.h5").exists()
     assert (tmp_path / "vm-deleted").exists() and "status: ok" in (done / "EXIT").read_text()
+    assert not [f for f in (done / "backup").rglob("*") if f.is_file()]  # old checkpoints pruned once finished
     # a further boot of a DONE run only deletes the VM
     (tmp_path / "vm-deleted").unlink()
     assert _startup(env, log).wait(timeout=120) == 0
@@ -221,3 +229,21 @@ def test_local_cluster_stops_every_worker_on_hup_int_term(sig, tiny_distilbert, 
     assert p.wait(timeout=60) == 128 + sig, log.read_text()[-2000:]
     left = subprocess.run(["pgrep", "-f", str(run)], capture_output=True, text=True).stdout.split()
     assert not left, left  # no worker outlives the launcher
+
+
+def test_gce_startup_restore_never_overwrites_the_newer_local_run(tiny_distilbert, tmp_path):
+    """A spot VM stopped and started again keeps its disk: what is there is newer than the
+    bucket (which only receives copies of it), so the restore leaves it alone."""
+    env = _startup_env(tmp_path, f"train/full_finetune.py --model {tiny_distilbert} --data {tmp_path / 'nowhere'}")
+    subprocess.run(["git", "clone", "--quiet", REPO_ROOT, str(tmp_path / "vm-disk" / "repo")], check=True)
+    local = tmp_path / "vm-disk" / "repo" / "runs" / "job1"
+    remote = tmp_path / "bucket" / "runs" / "job1"
+    local.mkdir(parents=True)
+    remote.mkdir(parents=True)
+    (local / "notes.txt").write_text("newer, on the disk")
+    (remote / "notes.txt").write_text("older, in the bucket")
+    (remote / "only-in-bucket.txt").write_text("x")
+    _startup(env, tmp_path / "startup.log").wait(timeout=300)
+    assert (local / "notes.txt").read_text() == "newer, on the disk"
+    assert (remote / "notes.txt").read_text() == "newer, on the disk"  # the final sync carried it up
+    assert "keeping runs/job1 from this disk" in (tmp_path / "startup.log").read_text()
