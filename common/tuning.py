@@ -32,6 +32,7 @@ class ConfigHyperModel(kt.HyperModel):
         super().__init__()
         self.run, self.space = run, space
         self._splits = {run.cfg.batch_size: run.splits}  # data per batch size, built once
+        self._builds = {}  # builds so far per trial (its executions)
 
     def trial(self, hp):
         cfg = self.space(hp, self.run.cfg)
@@ -40,7 +41,15 @@ class ConfigHyperModel(kt.HyperModel):
         return dataclasses.replace(self.run, cfg=cfg, splits=self._splits[cfg.batch_size])
 
     def build(self, hp):
-        return training.build_model(self.trial(hp))
+        # Each trial starts from the seed, as its train script would: a new head's initial
+        # weights and the dropout masks then match what --train-best trains. A trial's
+        # further executions (--executions-per-trial) take the next seeds, so they differ.
+        from common.env import set_seed
+        trial = self.trial(hp)
+        execution = self._builds.get(id(hp), 0)
+        self._builds[id(hp)] = execution + 1
+        set_seed(trial.cfg.seed + execution, trial.cfg.deterministic)
+        return training.build_model(trial)
 
     def fit(self, hp, model, *args, callbacks=None, **kwargs):
         """The train scripts' fit path (class weights, unfreezing schedule, validation);

@@ -78,7 +78,19 @@ def test_distributed_search_chief_and_two_workers_on_loopback(tiny_distilbert, d
     assert json.loads((run / "best_hparams.json").read_text())["trial"] in {"0", "1", "2", "3"}
 
 
-def test_unfreeze_search_runs_trials_whose_best_is_train_flags(tiny_distilbert, data_dir, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory, tiny_distilbert):
+    """The tiny DistilBERT without its classification head, as a pretrained encoder comes:
+    the head is drawn at random when a classifier is built, so the seed decides it."""
+    from transformers import AutoTokenizer, TFDistilBertModel
+    path = str(tmp_path_factory.mktemp("tiny-encoder"))
+    TFDistilBertModel.from_pretrained(tiny_distilbert).save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_distilbert).save_pretrained(path)
+    return path
+
+
+def test_unfreeze_search_runs_trials_whose_best_is_train_flags(tiny_encoder, data_dir, tmp_path):
+    tiny_distilbert = tiny_encoder
     run = tmp_path / "unfreeze"
     run_script("tune/unfreeze_search.py", "--model", tiny_distilbert, "--data", data_dir, "--run-dir", run,
                "--max-trials", 2, "--epochs", 2, "--precision", "fp32", "--train-best")
