@@ -74,8 +74,10 @@ def test_launchers_refuse_credentials_ssh_urls_and_unpushed_commits(script, remo
     p = _launch(script, "--dry-run", "--repo", "git@example.invalid:me/f.git", "train/full_finetune.py")
     assert p.returncode == 2 and "SSH URL" in p.stderr
     # a commit nobody pushed (made here, on no branch)
+    who = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@example.invalid"}  # a fresh CI machine has no git identity
     unpushed = subprocess.run(["git", "-C", REPO_ROOT, "commit-tree", "HEAD^{tree}", "-p", "HEAD", "-m", "local only"],
-                              capture_output=True, text=True, check=True).stdout.strip()
+                              capture_output=True, text=True, check=True, env={**os.environ, **who}).stdout.strip()
     p = _launch(script, "--dry-run", "--repo", remote, "--ref", unpushed, "train/full_finetune.py")
     assert p.returncode == 2 and f"commit {unpushed[:12]} is not on {remote}" in p.stderr
     assert _launch(script, "--dry-run", "--repo", remote, "train/full_finetune.py").returncode == 0
