@@ -21,6 +21,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # common.data imports TensorFlow: keep its C++ notices quiet
 from common import config, errors, runs, summary  # noqa: E402  (no TensorFlow in this process: each run is its own)
 from common.data import LABELS, level_name  # noqa: E402
 

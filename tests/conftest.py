@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-from common import env  # noqa: F401  (first: Keras 2)
+USER_ENV = dict(os.environ)  # before common.env sets its defaults for this process
+from common import env  # noqa: E402,F401  (first: Keras 2)
 from common.env import REPO_ROOT, SHARED_DIR, tf
 
 # Two logical CPU devices for the whole test process, so in-process tests can use the
@@ -81,9 +82,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_script(script, *args, env_extra=None, timeout=600, check=True):
-    """Run a project script in a fresh Python process (as a user would)."""
-    env_ = {**os.environ, **(env_extra or {})}
+def run_script(script, *args, env_extra=None, timeout=600, check=True, user_env=False):
+    """Run a project script in a fresh Python process (as a user would). user_env: without
+    the variables this test process set for itself (TF_CPP_MIN_LOG_LEVEL, ...), as a shell has."""
+    env_ = {**(USER_ENV if user_env else os.environ), **(env_extra or {})}
     proc = subprocess.run([sys.executable, os.path.join(REPO_ROOT, script), *map(str, args)],
                           capture_output=True, text=True, timeout=timeout, env=env_, cwd=REPO_ROOT)
     if check and proc.returncode != 0:

@@ -120,7 +120,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, tiny_distilbert, 
         args = args + [x for k, v in defaults.items() if k not in args for x in (k, v)] + ["--epochs", "1"]
     elif script == "eval/reproduce_study.py":
         args = args + ["--model", tiny_distilbert, "--data", data_dir, "--out", str(tmp_path / "run")]
-    p = run_script(script, *args, check=False, timeout=300, env_extra={"HF_HUB_OFFLINE": "1"})
+    p = run_script(script, *args, check=False, timeout=300, env_extra={"HF_HUB_OFFLINE": "1"}, user_env=True)
     lines = [l for l in p.stderr.splitlines() if l.strip()]
     assert p.returncode == 2, (p.returncode, p.stdout[-2000:], p.stderr[-3000:])
     assert "Traceback" not in p.stderr, p.stderr[-3000:]
