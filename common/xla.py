@@ -34,6 +34,7 @@ def compiled_gradients_train_step(model, loss_fn, local_batch: int):
     scaled = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
     seen = set()
     lock = threading.Lock()
+    with_gradient = []  # indices of the variables the loss reaches (known once traced)
 
     def record(replica, shape):  # host-side, once per step and replica: a set insert
         with lock:
@@ -55,9 +56,11 @@ def compiled_gradients_train_step(model, loss_fn, local_batch: int):
                 loss += tf.add_n(model.losses) / tf.distribute.get_strategy().num_replicas_in_sync
             objective = optimizer.get_scaled_loss(loss) if scaled else loss
         grads = tape.gradient(objective, variables)
-        # Dense gradients out of the compiled function (IndexedSlices cannot leave it).
-        grads = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g) for g, v in zip(grads, variables)]
-        return logits, grads
+        # Variables the loss does not reach get no update at all, as in Keras' own step (no
+        # zero gradient, which AdamW's weight decay would still act on); dense gradients out
+        # of the compiled function (IndexedSlices cannot leave it).
+        with_gradient[:] = [i for i, g in enumerate(grads) if g is not None]
+        return logits, [tf.convert_to_tensor(grads[i]) for i in with_gradient]
 
     def train_step(data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -65,7 +68,7 @@ def compiled_gradients_train_step(model, loss_fn, local_batch: int):
         weights = tf.ones([n], tf.float32) if sample_weight is None else tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
         ctx = tf.distribute.get_replica_context()
         global_examples = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(n, tf.float32))
-        extra = tf.maximum(local_batch - n, 0)  # pad rows: pad ids, no attention, weight 0
+        extra = tf.maximum(local_batch - n, 0)  # pad rows: zeros, no attention, weight 0
         padded_x = {k: tf.pad(v, [[0, extra], [0, 0]]) for k, v in x.items()}
         padded_y = tf.pad(tf.reshape(tf.cast(y, tf.int32), [-1]), [[0, extra]])
         padded_w = tf.pad(weights, [[0, extra]])
@@ -76,7 +79,8 @@ def compiled_gradients_train_step(model, loss_fn, local_batch: int):
         logits = logits[:n]
         if scaled:
             grads = optimizer.get_unscaled_gradients(grads)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        variables = model.trainable_variables
+        optimizer.apply_gradients(zip(grads, [variables[i] for i in with_gradient]))
         model.compiled_loss(y, logits, sample_weight, regularization_losses=model.losses)  # the reported "loss"
         return model.compute_metrics(x, y, logits, sample_weight)
 
