@@ -78,8 +78,9 @@ class LearningRate(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            opt = getattr(self.model.optimizer, "inner_optimizer", self.model.optimizer)
-            logs.setdefault("learning_rate", float(tf.convert_to_tensor(opt.learning_rate).numpy()))
+            from common.optim import base_optimizer
+            lr = base_optimizer(self.model.optimizer).learning_rate
+            logs.setdefault("learning_rate", float(tf.convert_to_tensor(lr).numpy()))
 
 
 class StopOnNaN(keras.callbacks.TerminateOnNaN):

@@ -238,18 +238,25 @@ def build_model(run: Run):
     return model
 
 
+def resolved_settings(run: Run) -> dict:
+    """What the flags resolved to, for config.json (a run's, or a tuner trial's)."""
+    harness = run.harness
+    out = {"precision": harness.precision, "xla": harness.xla != "off", "xla_mode": harness.xla,
+           "replicas": harness.replicas, "strategy": harness.strategy_name, "notes": harness.notes,
+           "train_size": len(run.splits.rows["train"])}
+    if run.cfg.class_weight == "balanced":
+        out["class_weight"] = data.class_weights(run.splits.train_labels)
+    return out
+
+
 def finish(run: Run, model) -> dict:
     """Fit -> restore best -> evaluate -> export -> metrics.json. Returns the metrics.
     Under TF_CONFIG every worker trains; only the chief writes the run folder."""
     from common import models
     cfg, harness = run.cfg, run.harness
     trainable = models.count_params(model.trainable_weights)
-    resolved = {"precision": harness.precision, "xla": harness.xla != "off", "xla_mode": harness.xla,
-                "replicas": harness.replicas, "strategy": harness.strategy_name, "notes": harness.notes,
-                "model_source": run.source, "params": model.count_params(), "trainable_params": trainable,
-                "train_size": len(run.splits.rows["train"])}
-    if cfg.class_weight == "balanced":
-        resolved["class_weight"] = data.class_weights(run.splits.train_labels)
+    resolved = {**resolved_settings(run), "model_source": run.source, "params": model.count_params(),
+                "trainable_params": trainable}
     if harness.is_chief:
         runs.write_config(run.run_dir, cfg.to_dict(), f"{run.script}.py", resolved, harness.devices)
     print(f"model: {run.source} ({model.count_params() / 1e6:.1f}M params, {trainable / 1e6:.2f}M trainable) on "

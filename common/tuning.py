@@ -69,11 +69,7 @@ def with_trial_configs(tuner_class):
         def run_trial(self, trial, *args, **kwargs):
             run = self.hypermodel.run
             t = self.hypermodel.trial(trial.hyperparameters)
-            resolved = {"precision": run.harness.precision, "xla": run.harness.xla, "replicas": run.harness.replicas,
-                        "strategy": run.harness.strategy_name, "train_size": len(t.splits.rows["train"]),
-                        "hyperparameters": trial.hyperparameters.values}
-            if t.cfg.class_weight == "balanced":
-                resolved["class_weight"] = data.class_weights(t.splits.train_labels)
+            resolved = {**training.resolved_settings(t), "hyperparameters": trial.hyperparameters.values}
             runs.write_config(self.get_trial_dir(trial.trial_id), t.cfg.to_dict(), f"{run.script}.py trial",
                               resolved, run.harness.devices)
             return super().run_trial(trial, *args, **kwargs)

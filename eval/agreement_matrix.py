@@ -59,13 +59,13 @@ def main(argv=None):
         keras.backend.clear_session()
         model = None
         for level in args.levels.split(","):
-            overlap = data.leaks(flags, level)
+            from common import models
+            model = model or models.build_classifier(os.path.join(run_dir, runs.MODEL))
+            m, *_ = evaluate_run(run_dir, level, model=model)  # refuses a cell that repeats training sentences
+            overlap = m["train_overlap"]
             if overlap:
                 raise errors.RunDirError(f"{run_dir}: {overlap} sentences of {data.level_name(level)}'s test split "
                                  f"were in its training data; refusing to report a leaky cell")
-            from common import models
-            model = model or models.build_classifier(os.path.join(run_dir, runs.MODEL))
-            m, *_ = evaluate_run(run_dir, level, model=model)
             rows.append((data.level_name(flags["agreement"]), run_dir, data.level_name(level), m["n"],
                          m["accuracy"], m["macro_f1"], overlap))
 

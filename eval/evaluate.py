@@ -40,7 +40,10 @@ def evaluate_run(run_dir, agreement=None, source=None, part="test", batch_size=6
 
     # data: the same split rule as training; never a sentence the model trained on
     own = agreement == flags["agreement"] and source == flags["data"]
-    overlap = data.leaks(dict(flags, data=source), agreement, part)
+    rows = data.load_splits(source, agreement, flags["split"])[part]
+    seen = data.seen_sentences(dict(flags, data=source), part)
+    repeated = [i for i, (s, _) in enumerate(rows) if data.normalise(s) in seen]
+    overlap = len(repeated)
     if overlap and not own:
         raise errors.RunDirError(
             f"{run_dir}: {overlap} sentences of {data.level_name(agreement)}'s {part} split were in this run's "
@@ -49,7 +52,6 @@ def evaluate_run(run_dir, agreement=None, source=None, part="test", batch_size=6
     if tokenizer is None:
         from transformers import AutoTokenizer
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    rows = data.load_splits(source, agreement, flags["split"])[part]
     ids = data.encode(tokenizer, [s for s, _ in rows], flags["max_length"])
     y = [l for _, l in rows]
     ds, order = data.sorted_dataset(ids, y, batch_size, flags["max_length"], tokenizer.pad_token_id)
@@ -67,8 +69,7 @@ def evaluate_run(run_dir, agreement=None, source=None, part="test", batch_size=6
     os.makedirs(out, exist_ok=True)
     m.update(agreement=agreement, part=part, trained_on=flags["agreement"], data=source, train_overlap=overlap)
     if overlap:  # the run's own split repeats training sentences (--split seed keeps duplicates): report both
-        seen = data.seen_sentences(flags, part)
-        clean = [i for i, (s, _) in enumerate(rows) if data.normalise(s) not in seen]
+        clean = sorted(set(range(len(rows))) - set(repeated))
         lf = metrics.classification_metrics([y[i] for i in clean], logits[clean])
         m["leak_free"] = {k: lf[k] for k in ("n", "accuracy", "macro_f1")}
         print(f"note: {overlap} of these {len(rows)} sentences also occur in the run's training data "
