@@ -444,9 +444,3 @@ def seen_sentences(run_flags: dict, part: str = "test") -> set:
     mine = load_splits(run_flags["data"], run_flags["agreement"], run_flags["split"])
     return {normalise(s) for p in (("train", "validation") if part == "test" else ("train",)) for s, _ in mine[p]}
 
-
-def leaks(run_flags: dict, level: str, part: str = "test") -> int:
-    """How many sentences of `level`'s `part` split a run trained (or validated) on.
-    0 for every level under --split hash (nested); not so under seed."""
-    seen = seen_sentences(run_flags, part)
-    return sum(normalise(s) in seen for s, _ in load_splits(run_flags["data"], level, run_flags["split"])[part])
