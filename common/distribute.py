@@ -66,6 +66,16 @@ def is_chief_task(tf_config: dict) -> bool:
     return task.get("type") == "worker" and task.get("index", 0) == 0 and "chief" not in cluster
 
 
+def set_precision(precision: str = "auto") -> str:
+    """Set Keras' global dtype policy; 'auto' = fp16 on a GPU, bf16 on a CPU with bf16
+    units, else fp32. Returns the precision chosen."""
+    if precision == "auto":
+        precision = "fp16" if tf.config.list_physical_devices("GPU") else ("bf16" if _cpu_has_bf16() else "fp32")
+    keras.mixed_precision.set_global_policy(
+        {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}[precision])
+    return precision
+
+
 def setup(cfg) -> Harness:
     """Pick the strategy and the dtype policy. Call before building any model."""
     notes = []
@@ -90,11 +100,7 @@ def setup(cfg) -> Harness:
         strategy = tf.distribute.get_strategy()  # default: one device (GPU:0 if present, else CPU)
         is_chief = True
 
-    precision = cfg.precision
-    if precision == "auto":
-        precision = "fp16" if gpus else ("bf16" if _cpu_has_bf16() else "fp32")
-    keras.mixed_precision.set_global_policy(
-        {"fp32": "float32", "fp16": "mixed_float16", "bf16": "mixed_bfloat16"}[precision])
+    precision = set_precision(cfg.precision)
 
     xla = {True: "on", False: "off"}.get(cfg.xla, cfg.xla)  # config.json of older runs: a bool
     if xla == "auto":

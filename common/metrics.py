@@ -146,8 +146,9 @@ def error_analysis(sentences, y_true, probs, lengths, strictest_level, top: int 
     names = [f"{a}-{b}" if b < 10_000 else f">{a - 1}" for a, b in bins]
     length_bin = [next(n for (a, b), n in zip(bins, names) if a <= l <= b) for l in lengths]
     out += table("length (tokens)", length_bin, names)
-    out += table("agreement (strictest level holding the sentence)", strictest_level,
-                 ["AllAgree", "75Agree", "66Agree", "50Agree"])
+    if strictest_level is not None:  # PhraseBank sentences (a user's file has no agreement levels)
+        out += table("agreement (strictest level holding the sentence)", strictest_level,
+                     ["AllAgree", "75Agree", "66Agree", "50Agree"])
 
     out.append(f"\n## The {top} most confident mistakes\n\n| confidence | true | predicted | sentence |\n|---|---|---|---|")
     idx = np.where(wrong)[0]

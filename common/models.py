@@ -206,19 +206,24 @@ def parse_hidden(text: str):
         raise FlagError(f"--head-hidden {text!r}: expected comma-separated layer sizes, e.g. 256,128")
 
 
+def logits_step(model):
+    """model(x) as one traced function for every batch shape, no AutoGraph (graph-safe model
+    code): tracing per eval width cost seconds per run (README "Performance")."""
+    step = getattr(model, "_logits_step", None)
+    if step is None:
+        spec = {k: tf.TensorSpec([None, None], tf.int32, name=k) for k in ("input_ids", "attention_mask")}
+        step = tf.function(lambda x: model(x, training=False), input_signature=[spec], autograph=False)
+        model._logits_step = step
+    return step
+
+
 def dataset_logits(model, dataset) -> np.ndarray:
     """Logits for every batch, in dataset order, computed on this worker alone.
 
     Not model.predict(): under MultiWorkerMirroredStrategy predict is a collective that
     every worker must join, and evaluation sets are small; a plain loop works the same
     under every strategy and keeps the order."""
-    step = getattr(model, "_logits_step", None)
-    if step is None:
-        # One trace for every batch shape, no AutoGraph (graph-safe model code): tracing
-        # per eval width cost seconds per run (README "Performance").
-        spec = {k: tf.TensorSpec([None, None], tf.int32, name=k) for k in ("input_ids", "attention_mask")}
-        step = tf.function(lambda x: model(x, training=False), input_signature=[spec], autograph=False)
-        model._logits_step = step
+    step = logits_step(model)
     out = []
     for x, _ in dataset:
         y = step(x)

@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from common import metrics, models, runs
+from common import calibration, metrics, models, runs
 from common.env import keras, tf
 
 
@@ -25,6 +25,31 @@ def export(model, tokenizer, run_dir: str) -> None:
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     runs.publish_dir(tmp, os.path.join(run_dir, runs.MODEL))
+
+
+def calibrate(run_dir: str, results: dict, splits) -> dict:
+    """Fit the temperature on the validation logits; ECE / NLL / Brier before and after on
+    validation and test (calibration.json, reliability.png, TensorBoard)."""
+    labels = {k: [l for _, l in splits.rows[k]] for k in ("validation", "test")}
+    writer = tf.summary.create_file_writer(os.path.join(run_dir, runs.TB, "calibration"))
+    out = calibration.calibrate(run_dir, {k: results[k]["logits"] for k in labels}, labels, writer)
+    print(calibration.summary(out))
+    return out
+
+
+def export_serving(run_dir: str) -> dict:
+    """serving/ (raw strings in, calibrated probabilities out), or why not (a tokenizer the
+    graph cannot reproduce is refused rather than exported wrong)."""
+    from common import serving
+    from common.errors import ModelError
+    start = time.time()
+    try:
+        path = serving.export_serving(run_dir)
+    except ModelError as e:
+        print(f"note: no {serving.SERVING}/ export: {e}")
+        return {"exported": False, "why": str(e)}
+    print(f"serving SavedModel -> {path} ({time.time() - start:.1f} s)")
+    return {"exported": True, "seconds": time.time() - start}
 
 
 def weights_digest(model) -> str:

@@ -250,7 +250,7 @@ def resolved_settings(run: Run) -> dict:
 
 
 def finish(run: Run, model) -> dict:
-    """Fit -> restore best -> evaluate -> export -> metrics.json. Returns the metrics.
+    """Fit -> restore best -> evaluate -> calibrate -> export (model/, serving/) -> metrics.json.
     Under TF_CONFIG every worker trains; only the chief writes the run folder."""
     from common import models
     cfg, harness = run.cfg, run.harness
@@ -276,7 +276,9 @@ def finish(run: Run, model) -> dict:
               f"{len(run.splits.train_stats['widths'])} batch widths and {harness.replicas} replica(s)")
     if not harness.is_chief:
         return {k: {kk: vv for kk, vv in v.items() if kk != "logits"} for k, v in results.items()}
+    extra["calibration"] = report.calibrate(run.run_dir, results, run.splits)
     report.export(model, run.tokenizer, run.run_dir)
+    extra["serving"] = report.export_serving(run.run_dir)
     m = report.write_metrics(run.run_dir, results, run.splits, throughput, run.wall_start,
                              steps_done, run.splits.train_stats["steps"] * cfg.epochs, extra)
     print(report.summary_line(m))

@@ -20,7 +20,14 @@ tokens/s / peak FLOP/s (give --peak-tflops; the device's peak is not measured he
 process; wall time is the whole process, from its start to its metrics.json; with the
 test split's accuracy and macro-F1. Runs go to runs/benchmark-<time>/<recipe>/.
 
-Both modes print a Markdown table and one JSON line.
+--predict RUN: inference on a finished run, each way in its own process, on the same
+--sentences texts (PhraseBank's 50Agree sentences, repeated): eval/predict.py's path
+(sorted by length, batched, --precision auto), the serving SavedModel (tokenizer in the
+graph), and transformers' TF pipeline("text-classification") (which runs TF models one
+text at a time: its batch_size is PyTorch-only). Sentences/s over all texts, p50 / p99
+latency of --requests 1-sentence requests, load time, peak RSS.
+
+Every mode prints a Markdown table and one JSON line.
 """
 import argparse
 import datetime
@@ -46,6 +53,7 @@ RECIPES = {
            "--lr", "5e-5", "--warmup", "0", "--weight-decay", "0", "--train-embeddings", "--class-weight", "none"],
     "project": [],
 }
+PREDICT_WAYS = ("predict.py", "serving", "pipeline")
 TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train", "full_finetune.py")
 
 
@@ -63,7 +71,14 @@ def parse(argv=None):
     p.add_argument("--epochs", type=int, default=3, help="--to-accuracy: epochs for every recipe")
     p.add_argument("--seed", type=int, default=42, help="--to-accuracy: seed for every recipe")
     p.add_argument("--out", default="", help="--to-accuracy: folder for the runs (default runs/benchmark-<time>)")
+    p.add_argument("--predict", metavar="RUN", help="benchmark inference on this finished run instead")
+    p.add_argument("--sentences", type=int, default=5000, help="--predict: texts to label")
+    p.add_argument("--requests", type=int, default=200, help="--predict: 1-sentence requests timed for latency")
+    p.add_argument("--batch-size", type=int, default=64, help="--predict: batch size (predict.py, serving, pipeline)")
+    p.add_argument("--ways", default=",".join(PREDICT_WAYS), help="--predict: comma-separated, of "
+                   + ", ".join(PREDICT_WAYS))
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one recipe in this process
+    p.add_argument("--predict-one", help=argparse.SUPPRESS)  # internal: measure one inference way
     args = p.parse_args(argv)
     unknown = set(args.recipes.split(",")) - set(RECIPES)
     if unknown:
@@ -189,11 +204,116 @@ def to_accuracy(args) -> list:
     return results
 
 
+# ----------------------------------------------------------------------------- inference
+
+def predict_texts(args):
+    from common import data, runs
+    source = args.data if args.data != "hub" or not args.predict else runs.load_run(args.predict)["flags"]["data"]
+    pool = [s for s, _ in data.load_levels(source)["50"]]
+    return [pool[i % len(pool)] for i in range(args.sentences)]
+
+
+def measure_prediction(args) -> dict:
+    """One way of labelling texts with the run, in this process: load, all texts, then
+    1-sentence requests one after another."""
+    import numpy as np
+    way, run_dir = args.predict_one, args.predict
+    texts = predict_texts(args)
+    t0 = time.perf_counter()
+    if way == "predict.py":
+        from common import env  # noqa: F401  (first)
+        from common import inference
+        clf = inference.load(run_dir)
+        precision = clf.precision
+
+        def label(batch, batch_size):
+            return inference.probabilities(clf, batch, batch_size)[0].argmax(1)
+    elif way == "serving":
+        import tensorflow as tf  # only TensorFlow and tensorflow-text, as a serving process would
+        import tensorflow_text  # noqa: F401
+        fn = tf.saved_model.load(os.path.join(run_dir, "serving")).signatures["serving_default"]
+        precision = "fp32"
+
+        def label(batch, batch_size):  # sorted by length, as predict.py batches
+            order = np.argsort([len(t) for t in batch], kind="stable")
+            out = np.zeros(len(batch), np.int64)
+            for i in range(0, len(batch), batch_size):
+                idx = order[i:i + batch_size]
+                out[idx] = fn(text=tf.constant([batch[j] for j in idx]))["label_id"].numpy()
+            return out
+    else:
+        from common import env  # noqa: F401  (first)
+        from transformers import AutoTokenizer, TFAutoModelForSequenceClassification, pipeline
+        model_dir = os.path.join(run_dir, "model")
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        tok.model_input_names = ["input_ids", "attention_mask"]  # what our models take (DistilBERT: no segments)
+        pipe = pipeline("text-classification", model=TFAutoModelForSequenceClassification.from_pretrained(model_dir),
+                        tokenizer=tok, framework="tf",
+                        dtype=None)  # its default "auto" looks up torch, absent here (transformers 4.57)
+        precision = "fp32"
+        names = {n: i for i, n in enumerate(("negative", "neutral", "positive"))}
+
+        def label(batch, batch_size):
+            return np.array([names[r["label"]] for r in pipe(list(batch), truncation=True)])
+    load_seconds = time.perf_counter() - t0
+    label(texts[:args.batch_size], args.batch_size)  # warm-up: traces, caches
+    t0 = time.perf_counter()
+    labels = label(texts, args.batch_size)
+    seconds = time.perf_counter() - t0
+    lat = []
+    for text in texts[:args.requests]:
+        t = time.perf_counter()
+        label([text], 1)
+        lat.append(time.perf_counter() - t)
+    return {"way": way, "precision": precision, "sentences": len(texts), "seconds": seconds,
+            "sentences_per_sec": len(texts) / seconds, "load_seconds": load_seconds,
+            "p50_ms": float(np.percentile(lat, 50) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "label_counts": np.bincount(labels, minlength=3).tolist(),
+            "labels_sha256": __import__("hashlib").sha256(np.asarray(labels, np.int64).tobytes()).hexdigest()[:16]}
+
+
+def predict_benchmark(args) -> list:
+    from common import runs
+    runs.load_run(args.predict, "--predict")
+    ways = args.ways.split(",")
+    unknown = set(ways) - set(PREDICT_WAYS)
+    if unknown:
+        raise errors.FlagError(f"--ways: unknown {sorted(unknown)}; choose from {','.join(PREDICT_WAYS)}")
+    results = []
+    for way in ways:
+        print(f"benchmarking {way} ...", flush=True)
+        cmd = [sys.executable, os.path.abspath(__file__), "--predict", args.predict, "--predict-one", way,
+               "--data", args.data, "--sentences", str(args.sentences), "--requests", str(args.requests),
+               "--batch-size", str(args.batch_size)]
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        line = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")]
+        if p.returncode or not line:
+            raise errors.TrainingFailed(f"benchmark of {way} failed (exit {p.returncode}): "
+                                        f"{(p.stderr.strip().splitlines() or ['no output'])[-1][:300]}")
+        results.append(json.loads(line[0][len("RESULT "):]))
+    base = next((r for r in results if r["way"] == "pipeline"), results[-1])
+    print(f"\nInference: {args.predict}, {args.sentences} sentences, batch {args.batch_size}\n")
+    print(f"| way | precision | sentences/s | x {base['way']} | 1-sentence p50 ms | p99 ms | load s | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['way']} | {r['precision']} | {r['sentences_per_sec']:.1f} | "
+              f"{r['sentences_per_sec'] / base['sentences_per_sec']:.1f}x | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+              f"{r['load_seconds']:.1f} | {r['peak_rss_mb']:.0f} |")
+    print(json.dumps({"predict": results}))
+    return results
+
+
 def main(argv=None):
     args = parse(argv)
     if args.one:
         print("RESULT " + json.dumps(measure(args)), flush=True)
         return None
+    if args.predict_one:
+        print("RESULT " + json.dumps(measure_prediction(args)), flush=True)
+        return None
+    if args.predict:
+        return predict_benchmark(args)
     return to_accuracy(args) if args.to_accuracy else steady_state(args)
 
 

@@ -1,14 +1,18 @@
 #!/usr/bin/env python
-"""Evaluate a finished run on any agreement level's test (or validation) split.
+"""Evaluate a finished run on any agreement level's test (or validation) split, or on
+your own labeled text.
 
     python eval/evaluate.py runs/<run>
     python eval/evaluate.py runs/<run> --agreement 50
+    python eval/evaluate.py runs/<run> --csv mine.csv --text-column headline --label-column tone \
+        --label-map bearish=negative,bullish=positive,neutral=neutral
 
-Writes runs/<run>/eval/<level>-<part>/: report.txt (sklearn classification report),
-error_analysis.md (most confident mistakes; mistakes by length, by agreement level;
-dominant confusion pairs), metrics.json, confusion_matrix.png, errors.csv (sentence,
-true, predicted, confidence; most confident mistakes first), and a confusion-matrix
-image in TensorBoard (runs/<run>/tb/eval).
+Writes runs/<run>/eval/<level>-<part>/ (or eval/<csv name>/): report.txt (sklearn
+classification report), error_analysis.md (most confident mistakes; mistakes by length,
+by agreement level; dominant confusion pairs), metrics.json (with calibration: ECE, NLL,
+Brier before and after the run's temperature), confusion_matrix.png, reliability.png,
+errors.csv (sentence, true, predicted, confidence; most confident mistakes first), and
+the images in TensorBoard (runs/<run>/tb/eval).
 """
 import argparse
 import os
@@ -16,7 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import env  # noqa: E402,F401  (first)
-from common import config, data, errors, metrics, models, runs  # noqa: E402
+from common import calibration, config, data, errors, metrics, models, runs, texts  # noqa: E402
 from common.env import tf  # noqa: E402
 
 
@@ -27,6 +31,12 @@ def parse(argv=None):
     p.add_argument("--data", help="Financial PhraseBank folder, zip or 'hub' (default: the run's)")
     p.add_argument("--part", choices=["test", "validation"], default="test", help="which split")
     p.add_argument("--batch-size", type=int, default=64)
+    own = p.add_argument_group("your own labeled text (instead of a PhraseBank split)")
+    own.add_argument("--csv", help="CSV / TSV / JSONL file with a text and a label per row")
+    own.add_argument("--text-column", help=f"default: {', '.join(texts.TEXT_COLUMNS)} or the only column")
+    own.add_argument("--label-column", default="label", help="the column with each row's label")
+    own.add_argument("--label-map", help="YOURS=OURS,... mapping your labels to negative/neutral/positive "
+                                         "(default: your labels are those names)")
     return p.parse_args(argv)
 
 
@@ -61,44 +71,91 @@ def evaluate_run(run_dir, agreement=None, source=None, part="test", batch_size=6
     logits = models.predict_logits(model, ds, order)
 
     # report
-    from sklearn.metrics import classification_report
-    m = metrics.classification_metrics(y, logits)
-    report = classification_report(y, logits.argmax(1), labels=range(len(data.LABELS)),
-                                   target_names=data.LABELS, digits=4, zero_division=0)
     out = os.path.join(run_dir, "eval", f"{data.level_name(agreement)}-{part}")
-    os.makedirs(out, exist_ok=True)
-    m.update(agreement=agreement, part=part, trained_on=flags["agreement"], data=source, train_overlap=overlap)
+    title = f"{data.level_name(agreement)} {part} (trained on {data.level_name(flags['agreement'])})"
+    strictest = data.strictest_levels(source)
+    extra = dict(agreement=agreement, part=part, trained_on=flags["agreement"], data=source, train_overlap=overlap)
     if overlap:  # the run's own split repeats training sentences (--split seed keeps duplicates): report both
         clean = sorted(set(range(len(rows))) - set(repeated))
         lf = metrics.classification_metrics([y[i] for i in clean], logits[clean])
-        m["leak_free"] = {k: lf[k] for k in ("n", "accuracy", "macro_f1")}
+        extra["leak_free"] = {k: lf[k] for k in ("n", "accuracy", "macro_f1")}
         print(f"note: {overlap} of these {len(rows)} sentences also occur in the run's training data "
               f"(--split {flags['split']} keeps duplicates); without them: n={lf['n']} accuracy "
               f"{lf['accuracy']:.4f} macro-F1 {lf['macro_f1']:.4f} (metrics.json 'leak_free')")
+    return write_report(run_dir, out, title, [s for s, _ in rows], y, logits, [len(x) for x in ids],
+                        [strictest[data.normalise(s)] for s, _ in rows], extra)
+
+
+def write_report(run_dir, out, title, sentences, y, logits, lengths, strictest=None, extra=None):
+    """The report files for one labelled set (see the module docstring). Returns
+    (metrics, sklearn report text, folder, mistakes)."""
+    from sklearn.metrics import classification_report
+    m = metrics.classification_metrics(y, logits)
+    m.update(extra or {})
+    t = calibration.temperature_of(run_dir)
+    m["calibration"] = {"temperature": t, "before": calibration.figures(logits, y),
+                        "after": calibration.figures(logits, y, t)}
+    report = classification_report(y, logits.argmax(1), labels=range(len(data.LABELS)),
+                                   target_names=data.LABELS, digits=4, zero_division=0)
+    m["coverage"] = calibration.coverage(logits, y, t)
+    report += "\nAccuracy / coverage with predict.py --min-confidence p (calibrated):\n" + "\n".join(
+        f"  p={c['min_confidence']:.2f}: coverage {c['coverage']:.3f}, accuracy on covered "
+        f"{'n/a' if c['accuracy'] is None else format(c['accuracy'], '.4f')}"
+        for c in m["coverage"]) + "\n"
+    os.makedirs(out, exist_ok=True)
     runs.write_json(os.path.join(out, "metrics.json"), m)
     runs.write_text(os.path.join(out, "report.txt"), report)
-    title = f"{data.level_name(agreement)} {part} (trained on {data.level_name(flags['agreement'])})"
+    writer = tf.summary.create_file_writer(os.path.join(run_dir, runs.TB, "eval"))
+    tag = os.path.basename(out)
     png = metrics.figure_png(metrics.confusion_figure(m["confusion_matrix"], title))
     metrics.save_png(png, os.path.join(out, "confusion_matrix.png"))
-    metrics.log_png(tf.summary.create_file_writer(os.path.join(run_dir, runs.TB, "eval")),
-                    f"eval/{data.level_name(agreement)}-{part}/confusion_matrix", png, 0)
-    probs = metrics.softmax(logits)
+    metrics.log_png(writer, f"eval/{tag}/confusion_matrix", png, 0)
+    png = metrics.figure_png(calibration.reliability_figure(logits, y, t, tag))
+    metrics.save_png(png, os.path.join(out, calibration.RELIABILITY))
+    metrics.log_png(writer, f"eval/{tag}/reliability", png, 0)
+    probs = calibration.probabilities(logits, t)
     wrong = [i for i in range(len(y)) if probs[i].argmax() != y[i]]
     wrong.sort(key=lambda i: -probs[i].max())
     runs.write_csv(os.path.join(out, runs.ERRORS), ["sentence", "true", "predicted", "confidence", "tokens"],
-                   [(rows[i][0], data.LABELS[y[i]], data.LABELS[int(probs[i].argmax())],
-                     f"{probs[i].max():.4f}", len(ids[i])) for i in wrong])
-    strictest = data.strictest_levels(source)
-    analysis = metrics.error_analysis([s for s, _ in rows], y, probs, [len(x) for x in ids],
-                                      [strictest[data.normalise(s)] for s, _ in rows])
+                   [(sentences[i], data.LABELS[y[i]], data.LABELS[int(probs[i].argmax())],
+                     f"{probs[i].max():.4f}", lengths[i]) for i in wrong])
+    analysis = metrics.error_analysis(sentences, y, probs, lengths, strictest)
     runs.write_text(os.path.join(out, "error_analysis.md"), analysis)
-    print(f"{title}: n={m['n']} accuracy {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f}")
+    c = m["calibration"]
+    print(f"{title}: n={m['n']} accuracy {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f} | ECE "
+          f"{c['before']['ece']:.4f} -> {c['after']['ece']:.4f} with T={t:.3f}")
     return m, report, out, len(wrong)
+
+
+def evaluate_file(run_dir, path, text_column=None, label_column="label", label_map=None, batch_size=64):
+    """Evaluate a run on a user's labelled CSV / TSV / JSONL; writes run_dir/eval/<file name>/."""
+    from common import inference
+    runs.load_run(run_dir)
+    table = texts.read_texts(path, None, text_column, None, label_column, texts.parse_label_map(label_map))
+    clf = inference.load(run_dir)
+    ids, truncated = inference.encode(clf, table.texts)
+    logits = inference.logits(clf, ids, batch_size)
+    if truncated:
+        print(f"note: {truncated} texts longer than {clf.max_length} tokens were truncated to it")
+    name = os.path.splitext(os.path.basename(path))[0]
+    out = os.path.join(run_dir, "eval", f"file-{name}")
+    extra = {"file": os.path.abspath(path), "label_column": label_column, "label_map": label_map,
+             "truncated": truncated}
+    return write_report(run_dir, out, f"{os.path.basename(path)}", table.texts, table.labels, logits,
+                        [len(x) for x in ids], None, extra)
 
 
 def main(argv=None):
     args = parse(argv)
-    m, report, out, mistakes = evaluate_run(args.run_dir, args.agreement, args.data, args.part, args.batch_size)
+    if args.csv:
+        if args.agreement or args.data:
+            raise errors.FlagError("--csv evaluates on your file: drop --agreement/--data (they pick a PhraseBank "
+                                   "split)")
+        m, report, out, mistakes = evaluate_file(args.run_dir, args.csv, args.text_column, args.label_column,
+                                                 args.label_map, args.batch_size)
+    else:
+        m, report, out, mistakes = evaluate_run(args.run_dir, args.agreement, args.data, args.part,
+                                                args.batch_size)
     print(report)
     print(f"wrote {out}/ (report.txt, error_analysis.md, metrics.json, confusion_matrix.png, "
           f"errors.csv: {mistakes} mistakes)")

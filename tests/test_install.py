@@ -32,7 +32,16 @@ def test_requirements_resolve_for_python(version, tmp_path):
            "--only-binary=:all:", "--python-version", version, "--implementation", "cp",
            "--abi", "cp" + version.replace(".", ""), "--target", str(tmp_path / "t"),
            *[x for p in PLATFORMS for x in ("--platform", p)],
-           "-r", os.path.join(REPO_ROOT, "requirements.txt"), "tensorflow[and-cuda]==2.15.1"]
+           "-r", os.path.join(REPO_ROOT, "requirements.txt"), "tensorflow[and-cuda]==2.15.1",
+           "--report", str(tmp_path / "report.json")]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     errors = [l for l in p.stderr.splitlines() if l.startswith("ERROR")]
     assert p.returncode == 0 and not errors, "\n".join(errors)[-3000:]
+    # The Keras trap (common/env.py): with tf_keras installed, transformers builds its models in
+    # tf_keras and compile() rejects our Keras 2.15 optimizer. No requirement may pull it in
+    # (tensorflow-hub >= 0.16, a tensorflow-text dependency, does).
+    import json
+    resolved = {i["metadata"]["name"].lower().replace("_", "-")
+                for i in json.loads((tmp_path / "report.json").read_text())["install"]}
+    assert "tf-keras" not in resolved
+    assert {"tensorflow-text", "tensorflow-addons", "datasets"} <= resolved

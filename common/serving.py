@@ -1,0 +1,117 @@
+"""The serving SavedModel: raw strings in; label ids, label names and calibrated
+probabilities out. The tokenizer runs inside the graph (tensorflow-text's
+FastBertTokenizer on the run's own vocab), so TF Serving, a Dataflow job or any
+`tf.saved_model.load` needs neither Python tokenizers nor transformers.
+
+Only WordPiece (BERT-family) tokenizers are exported: another tokenizer in the graph
+would give other ids than training did, so export refuses it instead.
+"""
+import json
+import os
+
+import numpy as np
+
+from common import calibration, runs
+from common.data import LABELS
+from common.env import keras, tf
+from common.errors import ModelError
+
+SERVING = "serving"
+SIGNATURE = "serving_default"
+
+
+def wordpiece_settings(tokenizer) -> dict:
+    """What FastBertTokenizer needs to reproduce this (fast, transformers) tokenizer's ids.
+    A ModelError for anything it cannot reproduce."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    spec = json.loads(backend.to_str()) if backend is not None else {}
+    kind = spec.get("model", {}).get("type")
+    norm = spec.get("normalizer") or {}
+    if kind != "WordPiece" or norm.get("type") != "BertNormalizer":
+        raise ModelError(f"serving export supports WordPiece (BERT-family) tokenizers only; this model's is "
+                         f"{kind or type(tokenizer).__name__}. Serve it with eval/predict.py instead")
+    lower = bool(norm.get("lowercase"))
+    strip = norm.get("strip_accents")
+    if (lower if strip is None else bool(strip)) != lower:  # None: strip accents when lower-casing
+        # FastBertTokenizer lower-cases and strips accents together, or does neither
+        raise ModelError(f"serving export: lowercase={lower} with strip_accents={strip} has no tensorflow-text "
+                         f"equivalent; serve this model with eval/predict.py")
+    vocab = [None] * len(tokenizer.get_vocab())
+    for token, i in tokenizer.get_vocab().items():
+        vocab[i] = token
+    return {"vocab": vocab, "lower_case": lower, "unk": tokenizer.unk_token,
+            "suffix": spec["model"].get("continuing_subword_prefix", "##"),
+            "cls": tokenizer.cls_token_id, "sep": tokenizer.sep_token_id, "pad": tokenizer.pad_token_id}
+
+
+class SentimentServer(tf.Module):
+    """serving_default(text: string[batch]) -> {label_id, label, probabilities}."""
+
+    def __init__(self, model, tokenizer, max_length: int, temperature: float):
+        super().__init__()
+        import tensorflow_text as text
+        w = wordpiece_settings(tokenizer)
+        # The weights are tracked, the Keras model is not: saving a tracked Keras model also
+        # traces every layer's call for Keras' own loading, which doubled a small run's time.
+        self.weights = list(model.weights)
+        self._classify = lambda inputs: model(inputs, training=False)  # a plain function: not tracked
+        self.tokenizer = text.FastBertTokenizer(vocab=w["vocab"], suffix_indicator=w["suffix"],
+                                                unknown_token=w["unk"], token_out_type=tf.int32,
+                                                lower_case_nfd_strip_accents=w["lower_case"])
+        self.cls, self.sep, self.pad = w["cls"], w["sep"], w["pad"]
+        self.max_length = int(max_length)
+        self.temperature = tf.Variable(float(temperature), trainable=False, name="temperature")
+        self.labels = tf.constant(list(LABELS))
+
+    # No AutoGraph: the model code is graph-safe (see training.compile_classifier), and
+    # converting transformers' functions costs seconds per export.
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")], autograph=False)
+    def serve(self, text):
+        pieces = self.tokenizer.tokenize(text)[:, : self.max_length - 2]  # room for [CLS] and [SEP]
+        n = pieces.nrows()
+        ids = tf.concat([tf.fill([n, 1], self.cls), pieces, tf.fill([n, 1], self.sep)], axis=1)
+        input_ids = ids.to_tensor(default_value=self.pad)  # padded to this batch's longest sentence
+        mask = tf.ones_like(ids).to_tensor(default_value=0)
+        out = self._classify({"input_ids": input_ids, "attention_mask": mask})
+        logits = tf.cast(getattr(out, "logits", out), tf.float32)
+        probs = tf.nn.softmax(logits / self.temperature, axis=-1)
+        label_id = tf.argmax(probs, axis=-1, output_type=tf.int32)
+        return {"label_id": label_id, "label": tf.gather(self.labels, label_id), "probabilities": probs}
+
+
+def export_serving(run_dir: str) -> str:
+    """Write run_dir/serving/ from run_dir/model (float32, whatever the run trained in) and
+    the run's temperature; atomically (a temporary folder, then rename). Returns its path."""
+    from common import models
+    flags = runs.load_run(run_dir)["flags"]
+    model_dir = os.path.join(run_dir, runs.MODEL)
+    tokenizer = models.load_tokenizer(model_dir)
+    wordpiece_settings(tokenizer)  # refuse before loading any weights
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")  # portable: any CPU or GPU serves it
+    try:
+        model = models.build_classifier(model_dir)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    server = SentimentServer(model, tokenizer, flags["max_length"], calibration.temperature_of(run_dir))
+    final = os.path.join(run_dir, SERVING)
+    tmp = final + ".tmp"
+    if os.path.exists(tmp):
+        import shutil
+        shutil.rmtree(tmp)
+    tf.saved_model.save(server, tmp, signatures={SIGNATURE: server.serve})
+    runs.publish_dir(tmp, final)
+    return final
+
+
+def serve_batches(serving_dir: str, texts, batch_size: int = 64):
+    """(label ids, probabilities) from a loaded serving SavedModel, in input order, batched
+    by length as predict.py does. Needs only TensorFlow and tensorflow-text."""
+    import tensorflow_text  # noqa: F401  (registers the tokenizer's ops)
+    fn = tf.saved_model.load(serving_dir).signatures[SIGNATURE]
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    probs = np.zeros([len(texts), len(LABELS)], np.float32)
+    for i in range(0, len(texts), batch_size):
+        idx = order[i:i + batch_size]
+        probs[idx] = fn(text=tf.constant([texts[j] for j in idx]))["probabilities"].numpy()
+    return probs.argmax(1), probs

@@ -1,0 +1,50 @@
+#!/usr/bin/env python
+"""Fit a run's calibration temperature on its validation split (runs made before
+calibration was part of training; newer runs are calibrated when they finish).
+
+    python eval/calibrate.py runs/<run>
+
+Writes runs/<run>/calibration.json (the temperature; ECE, NLL, Brier before and after on
+validation and test), reliability.png and a TensorBoard image; then rewrites serving/ so
+it applies the new temperature (eval/export.py does that alone).
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import env  # noqa: E402,F401  (first)
+from common import calibration, config, data, errors, inference, report, runs  # noqa: E402
+from common.env import tf  # noqa: E402
+
+
+def parse(argv=None):
+    p = config.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", help="a finished run folder (runs/<name>)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse(argv)
+    flags = runs.load_run(args.run_dir)["flags"]
+    # data: the run's own validation and test splits (the temperature is fitted on validation only)
+    rows = data.load_splits(flags["data"], flags["agreement"], flags["split"])
+    # model
+    clf = inference.load(args.run_dir, args.precision)
+    split_logits, split_labels = {}, {}
+    for part in ("validation", "test"):
+        ids, _ = inference.encode(clf, [s for s, _ in rows[part]])
+        split_logits[part] = inference.logits(clf, ids, args.batch_size)
+        split_labels[part] = [l for _, l in rows[part]]
+    # calibrate, then re-export serving/ with the temperature
+    writer = tf.summary.create_file_writer(os.path.join(args.run_dir, runs.TB, "calibration"))
+    out = calibration.calibrate(args.run_dir, split_logits, split_labels, writer)
+    print(calibration.summary(out))
+    report.export_serving(args.run_dir)
+    return out
+
+
+if __name__ == "__main__":
+    errors.run(main)

@@ -1,0 +1,259 @@
+"""Using a finished run: eval/predict.py on CSV / JSONL / stdin, the serving SavedModel in a
+process without transformers, calibration, evaluate.py on a user's labelled file, and the
+inference benchmark. A tiny random DistilBERT run (the trained MiniLM run is in
+test_minilm.py). The reference for every probability is the model called on one sentence
+at a time, tokenised by transformers: no batching, sorting or padding of ours in it."""
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from common import data
+from common.env import REPO_ROOT
+from tests.conftest import run_script
+
+SERVE_ONLY = r"""
+import json, sys
+import tensorflow as tf
+import tensorflow_text  # noqa: F401  (the tokenizer's ops)
+texts = json.load(open(sys.argv[2]))
+fn = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+out = {"probabilities": [], "label": [], "label_id": []}
+for i in range(0, len(texts), 50):
+    r = fn(text=tf.constant(texts[i:i + 50]))
+    out["probabilities"] += r["probabilities"].numpy().tolist()
+    out["label"] += [x.decode() for x in r["label"].numpy()]
+    out["label_id"] += r["label_id"].numpy().tolist()
+out["imported"] = sorted(m for m in ("transformers", "tokenizers", "torch") if m in sys.modules)
+json.dump(out, open(sys.argv[3], "w"))
+"""
+
+
+def serve_in_fresh_process(serving_dir, texts, tmp_path) -> dict:
+    """The serving SavedModel in a new Python that imports TensorFlow and tensorflow-text only."""
+    src, dst = tmp_path / "texts.json", tmp_path / "served.json"
+    src.write_text(json.dumps(texts))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([sys.executable, "-c", SERVE_ONLY, str(serving_dir), str(src), str(dst)], check=True,
+                   cwd=str(tmp_path), env=env, capture_output=True, timeout=300)
+    return json.loads(dst.read_text())
+
+
+def one_at_a_time(run_dir, texts, temperature=None, logits=None):
+    """Calibrated probabilities from the run's model/ called per sentence (transformers'
+    tokenizer, no padding, float32); or from `logits` such a call returned (one_logits)."""
+    from common import calibration
+    z = one_logits(run_dir, texts) if logits is None else logits
+    z = z / (calibration.temperature_of(run_dir) if temperature is None else temperature)
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def one_logits(run_dir, texts):
+    from transformers import AutoTokenizer
+    from common import models, runs
+    from common.env import keras
+    keras.mixed_precision.set_global_policy("float32")
+    model_dir = os.path.join(run_dir, "model")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = models.build_classifier(model_dir)
+    max_length = runs.read_json(os.path.join(run_dir, "config.json"))["flags"]["max_length"]
+    out = []
+    for text in texts:
+        enc = tok([text], truncation=True, max_length=max_length, return_tensors="tf")
+        y = model({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}, training=False)
+        out.append(np.asarray(getattr(y, "logits", y), np.float64)[0])
+    return np.array(out)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_distilbert, data_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("predict") / "run"
+    run_script("train/full_finetune.py", "--model", tiny_distilbert, "--data", data_dir, "--train-examples", 96,
+               "--epochs", 1, "--run-dir", run)
+    return str(run)
+
+
+@pytest.fixture(scope="module")
+def test_sentences(data_dir):
+    return [s for s, _ in data.load_splits(data_dir, "all")["test"]]
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_predict_csv_keeps_order_and_ids_and_matches_one_at_a_time(tiny_run, test_sentences, tmp_path):
+    from eval import predict
+    # shuffled lengths, ids not in order: the batching sorts by length inside, the output must not
+    texts = test_sentences[:40][::-1]
+    ids = [f"n{(7 * i) % 41}" for i in range(len(texts))]
+    src = tmp_path / "in.csv"
+    with open(src, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["source", "id", "headline"])
+        w.writerows(("wire", i, t) for i, t in zip(ids, texts))
+    out = tmp_path / "out.csv"
+    predict.main([tiny_run, "--input", str(src), "--output", str(out), "--batch-size", "8", "--precision", "fp32"])
+    rows = read_csv(out)
+    assert [r["id"] for r in rows] == ids and [r["text"] for r in rows] == texts
+    probs = np.array([[float(r[f"p_{c}"]) for c in data.LABELS] for r in rows])
+    ref = one_at_a_time(tiny_run, texts)
+    np.testing.assert_allclose(probs, ref, atol=2e-5)
+    assert [r["label"] for r in rows] == [data.LABELS[i] for i in ref.argmax(1)]
+
+
+def test_predict_jsonl_and_min_confidence(tiny_run, test_sentences, tmp_path):
+    from eval import predict
+    texts = test_sentences[40:60]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"url": f"u/{i}", "title": t, "n": i}) + "\n" for i, t in enumerate(texts)))
+    out = tmp_path / "out.jsonl"
+    ref = one_at_a_time(tiny_run, texts)
+    cut = float(np.median(ref.max(1)))  # half the rows fall below it
+    predict.main([tiny_run, "--input", str(src), "--text-column", "title", "--id-column", "url",
+                  "--output", str(out), "--min-confidence", str(cut), "--precision", "fp32"])
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    assert [r["url"] for r in rows] == [f"u/{i}" for i in range(len(texts))]
+    expect = [data.LABELS[p.argmax()] if p.max() >= cut else "abstain" for p in ref]
+    assert [r["label"] for r in rows] == expect and "abstain" in expect and set(expect) != {"abstain"}
+
+
+def test_predict_reads_stdin_as_a_user_pipes_it(tiny_run, test_sentences):
+    texts = test_sentences[:5]
+    p = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "eval/predict.py"), tiny_run, "--input", "-",
+                        "--output-format", "jsonl", "--precision", "fp32"], input="\n".join(texts) + "\n",
+                       capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = [json.loads(l) for l in p.stdout.splitlines()]  # stdout holds the rows only
+    assert [r["text"] for r in rows] == texts
+    np.testing.assert_allclose([[r[f"p_{c}"] for c in data.LABELS] for r in rows], one_at_a_time(tiny_run, texts),
+                               atol=2e-5)
+    assert "5 texts labelled" in p.stderr
+
+
+def test_predict_truncates_long_texts_and_says_how_many(tiny_run, test_sentences, tmp_path, capsys):
+    from eval import predict
+    long = " ".join(test_sentences[:12])  # far over max_length 128 tokens
+    src = tmp_path / "in.txt"
+    src.write_text(f"{test_sentences[0]}\n{long}\n", encoding="utf-8")
+    out = tmp_path / "out.csv"
+    predict.main([tiny_run, "--input", str(src), "--output", str(out), "--precision", "fp32"])
+    assert "1 longer than 128 tokens were truncated" in capsys.readouterr().err
+    rows = read_csv(out)
+    assert len(rows) == 2
+    np.testing.assert_allclose([float(rows[1][f"p_{c}"]) for c in data.LABELS],
+                               one_at_a_time(tiny_run, [long])[0], atol=2e-5)  # the first 128 tokens
+
+
+@pytest.mark.parametrize("name,content,flags,message", [
+    ("empty-line", b"text\nProfit rose .\n\"\"\nSales fell .\n", [], "in.csv line 3: empty text"),
+    ("blank-text-line", b"Profit rose .\n   \nSales fell .\n", ["--format", "text"], "in.csv line 2: empty text"),
+    ("not-utf8", b"text\nProfit rose .\nNet sales \xe9 fell .\n", [], "in.csv line 3: not UTF-8 (byte 0xe9)"),
+    ("missing-column", b"id,headline\n1,Profit rose .\n", ["--text-column", "body"],
+     "in.csv: no column 'body' (it has: id, headline)"),
+    ("no-text-column", b"id,title,body\n1,Profit rose .,x\n", [], "pass --text-column"),
+    ("ragged-row", b"id,text\n1,Profit rose .,extra\n", [], "in.csv line 2: 3 fields, the header has 2"),
+])
+def test_predict_refuses_bad_input_with_one_line(tiny_run, tmp_path, name, content, flags, message):
+    src = tmp_path / "in.csv"
+    src.write_bytes(content)
+    p = run_script("eval/predict.py", tiny_run, "--input", src, *flags, check=False, user_env=True) \
+        if name == "empty-line" else None
+    if p is not None:  # once as a user sees it: exit 2, one line, no traceback, nothing on stdout
+        assert p.returncode == 2 and p.stdout == "", p.stderr[-2000:]
+        lines = [l for l in p.stderr.splitlines() if l.strip()]
+        assert len(lines) == 1 and message in lines[0] and "--skip-empty" in lines[0], p.stderr[-2000:]
+        return
+    from common.errors import DataError
+    from eval import predict
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        predict.main([tiny_run, "--input", str(src), *flags])
+
+
+def test_skip_empty_drops_empty_rows_and_keeps_ids(tiny_run, tmp_path):
+    from eval import predict
+    src = tmp_path / "in.csv"
+    src.write_text('id,text\na,Profit rose .\nb,""\nc,Sales fell .\n')
+    out = tmp_path / "out.csv"
+    predict.main([tiny_run, "--input", str(src), "--output", str(out), "--skip-empty"])
+    assert [r["id"] for r in read_csv(out)] == ["a", "c"]
+
+
+def test_serving_savedmodel_without_transformers_matches_python_path(tiny_run, test_sentences, tmp_path):
+    from common import inference
+    served = serve_in_fresh_process(os.path.join(tiny_run, "serving"), test_sentences, tmp_path)
+    assert served["imported"] == []  # neither transformers nor tokenizers were needed
+    clf = inference.load(tiny_run, "fp32")
+    probs, _, _ = inference.probabilities(clf, test_sentences)
+    got = np.array(served["probabilities"])
+    assert len(got) == len(test_sentences) == 226
+    np.testing.assert_array_equal(served["label_id"], probs.argmax(1))
+    assert served["label"] == [data.LABELS[i] for i in probs.argmax(1)]
+    np.testing.assert_allclose(got, probs, atol=1e-3)
+    assert np.abs(got - probs).max() < 1e-5  # in fact: same ids, same float32 model
+
+
+def test_calibrate_and_export_rebuild_an_older_run(tiny_run, tmp_path, test_sentences):
+    """A run from before calibration: no calibration.json, serving/ without a temperature.
+    eval/calibrate.py fits T on validation and re-exports serving/ with it."""
+    import shutil
+    from common import calibration, runs
+    from eval import calibrate
+    old = tmp_path / "old"
+    shutil.copytree(tiny_run, old, ignore=shutil.ignore_patterns("serving", "calibration.json", "reliability.png"))
+    assert calibration.temperature_of(str(old)) == 1.0
+    report = calibrate.main([str(old)])
+    t = runs.read_json(str(old / "calibration.json"))["temperature"]
+    assert t == report["temperature"] and t != 1.0
+    served = serve_in_fresh_process(str(old / "serving"), test_sentences[:30], tmp_path)
+    np.testing.assert_allclose(served["probabilities"], one_at_a_time(str(old), test_sentences[:30], t), atol=1e-4)
+    assert (old / "reliability.png").stat().st_size > 1000
+
+
+def test_serving_export_refuses_a_tokenizer_it_cannot_reproduce():
+    """A byte-level BPE tokenizer (RoBERTa/GPT-style) in the graph as WordPiece would give
+    other ids than training: refused, with what to use instead."""
+    from tokenizers import Tokenizer, models as tmodels, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from common import serving
+    from common.errors import ModelError
+    bpe = Tokenizer(tmodels.BPE(vocab={"a": 0, "b": 1, "ab": 2, "<unk>": 3}, merges=[("a", "b")], unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>")
+    with pytest.raises(ModelError, match="WordPiece .* only; this model's is BPE. Serve it with eval/predict.py"):
+        serving.wordpiece_settings(tok)
+
+
+def test_evaluate_on_a_users_labelled_csv_with_a_label_map(tiny_run, data_dir, tmp_path):
+    from eval import evaluate
+    rows = data.load_splits(data_dir, "all")["test"][:30]
+    theirs = {0: "bearish", 1: "flat", 2: "bullish"}
+    src = tmp_path / "desk.csv"
+    with open(src, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["headline", "tone"])
+        w.writerows((s, theirs[y]) for s, y in rows)
+    m, report, out, mistakes = evaluate.evaluate_file(tiny_run, str(src), "headline", "tone",
+                                                      "bearish=negative,flat=neutral,bullish=positive")
+    pred = one_at_a_time(tiny_run, [s for s, _ in rows]).argmax(1)
+    truth = np.array([y for _, y in rows])
+    assert m["n"] == 30 and m["accuracy"] == pytest.approx((pred == truth).mean())
+    expect = np.zeros((3, 3), int)
+    np.add.at(expect, (truth, pred), 1)
+    assert m["confusion_matrix"] == expect.tolist()
+    assert set(os.listdir(out)) >= {"report.txt", "error_analysis.md", "metrics.json", "confusion_matrix.png",
+                                    "reliability.png", "errors.csv"}
+    assert len(read_csv(os.path.join(out, "errors.csv"))) == mistakes == int((pred != truth).sum())
+    assert m["calibration"]["after"]["accuracy"] == m["accuracy"]  # a temperature never changes a label
+    # a label the map does not cover: the line and the fix
+    from common.errors import DataError
+    with pytest.raises(DataError, match=r"desk.csv line 2: tone '\w+' is not in --label-map .*add \w+="):
+        evaluate.main([tiny_run, "--csv", str(src), "--text-column", "headline", "--label-column", "tone",
+                       "--label-map", "nope=negative"])
