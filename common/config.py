@@ -18,8 +18,9 @@ class Config:
     data: str = _f("hub", "Financial PhraseBank: a release folder, the release zip, or 'hub' (download "
                    "takala/financial_phrasebank from the Hugging Face Hub, cached)")
     agreement: str = _f("all", "annotator agreement level to train on", choices=["50", "66", "75", "all"])
-    split: str = _f("hash", "'hash': leak-free, nested across levels; 'seed': the notebook's "
-                    "train_test_split 80/10/10, random_state=42", choices=["hash", "seed"])
+    split: str = _f("hash", "'hash': leak-free, nested across levels; 'notebook': the notebook's own split "
+                    "(datasets' train_test_split 0.2 then 0.5, seed 42; duplicates kept); 'seed': the same sizes by "
+                    "scikit-learn (other sentences; for older runs)", choices=["hash", "notebook", "seed"])
     max_length: int = _f(128, "truncate sentences to this many tokens (the longest has 150 with BERT's vocab)")
     padding: str = _f("buckets", "'buckets': pad each batch of similar lengths to the next of a few widths; "
                       "'fixed': pad every sentence to --max-length (the notebook's way, for comparison)",

@@ -181,12 +181,31 @@ def hash_split(levels: dict) -> dict:
 
 
 def seed_split(rows, seed: int = 42) -> dict:
-    """The notebook's split: train_test_split(test_size=0.2, random_state=seed), then the
-    held-out 20% halved into validation and test. Keeps duplicates (they may leak)."""
+    """scikit-learn's train_test_split(test_size=0.2, random_state=seed), then the held-out
+    20% halved: the notebook's sizes but not its sentences (see notebook_split). Kept so
+    runs made with --split seed are evaluated on exactly their own split. Keeps duplicates."""
     from sklearn.model_selection import train_test_split
     train, rest = train_test_split(rows, test_size=0.2, random_state=seed)
     val, test = train_test_split(rest, test_size=0.5, random_state=seed)
     return {"train": train, "validation": val, "test": test}
+
+
+def notebook_split(rows, seed: int = 42) -> dict:
+    """The notebook's own split, drawn by Hugging Face `datasets` itself (it permutes with
+    numpy's default_rng, unlike scikit-learn): Dataset.train_test_split(test_size=0.2,
+    seed=42) on the level's rows in file order (duplicates kept), then the held-out part
+    again with (0.5, 42): its "train" half is validation, its "test" half is test
+    (AllAgree: 1811 / 226 / 227, test support 30 / 142 / 55 as in every report of the
+    notebook). In memory: nothing is cached on disk."""
+    from datasets import Dataset, disable_progress_bars
+    disable_progress_bars()
+    ds = Dataset.from_dict({"sentence": [s for s, _ in rows], "label": [y for _, y in rows]})
+    first = ds.train_test_split(test_size=0.2, seed=seed)
+    second = first["test"].train_test_split(test_size=0.5, seed=seed)
+
+    def as_rows(d):
+        return list(zip(d["sentence"], d["label"]))
+    return {"train": as_rows(first["train"]), "validation": as_rows(second["train"]), "test": as_rows(second["test"])}
 
 
 def strictest_levels(source: str) -> dict:
@@ -204,6 +223,8 @@ def load_splits(source: str, agreement: str, split: str = "hash") -> dict:
         raise DataError(f"--data {source}: has no {FILES[agreement]} for --agreement {agreement}")
     if split == "seed":
         return seed_split(levels[agreement])
+    if split == "notebook":
+        return notebook_split(levels[agreement])
     assigned = hash_split(levels)
     out = {k: [] for k in SPLITS}
     for s, y in deduped_levels(levels)[agreement]:

@@ -3,7 +3,7 @@
 Why this file exists: transformers sets TF_USE_LEGACY_KERAS=1 when it is imported,
 and after that the *first* touch of `tf.keras` in TF 2.15 looks for the separate
 `tf_keras` package. Resolving `tf.keras` here, before transformers is imported,
-pins the model, keras-tuner and tensorflow-addons to the same Keras 2.15.
+pins the model and keras-tuner to the same Keras 2.15.
 """
 import os
 import sys
@@ -32,8 +32,6 @@ if _flag_value(sys.argv, "--xla") == "auto":
         if _f.split("=")[0] not in _xla_flags:
             _xla_flags = (_xla_flags + " " + _f).strip()
     os.environ["TF_XLA_FLAGS"] = _xla_flags
-warnings.filterwarnings("ignore", message=".*TensorFlow Addons.*")
-warnings.filterwarnings("ignore", category=UserWarning, module="tensorflow_addons")
 
 import tensorflow as tf  # noqa: E402
 

@@ -131,7 +131,7 @@ def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
     out = {"python": platform.python_version()}
     for pkg in ("tensorflow", "keras", "transformers", "huggingface-hub", "datasets", "tokenizers",
-                "keras-tuner", "tensorflow-addons", "scikit-learn", "numpy"):
+                "keras-tuner", "tensorflow-text", "scikit-learn", "numpy"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:

@@ -141,6 +141,27 @@ def test_seed_split_reproduces_the_notebook_sizes(data_dir):
     assert sp == data.load_splits(data_dir, "all", "seed")
 
 
+def test_notebook_split_is_the_notebooks_own(data_dir, levels):
+    """The notebook's cells, as written there: datasets' train_test_split on the level's rows
+    in file order, twice. The support of its classification reports (30/142/55) and its
+    per-level test sizes (227/346/422/485, ../shared/notebook-figures.md) confirm it."""
+    from collections import Counter
+    from datasets import Dataset
+    rows = levels["all"]
+    ds = Dataset.from_dict({"sentence": [s for s, _ in rows], "label": [y for _, y in rows]})
+    held_out = ds.train_test_split(test_size=0.2, seed=42)["test"].train_test_split(test_size=0.5, seed=42)
+    sp = data.load_splits(data_dir, "all", "notebook")
+    assert [s for s, _ in sp["test"]] == held_out["test"]["sentence"]
+    assert [s for s, _ in sp["validation"]] == held_out["train"]["sentence"]
+    assert [len(sp[k]) for k in data.SPLITS] == [1811, 226, 227]
+    assert Counter(y for _, y in sp["test"]) == {0: 30, 1: 142, 2: 55}
+    assert [len(data.load_splits(data_dir, lv, "notebook")["test"]) for lv in ("all", "75", "66", "50")] == \
+        [227, 346, 422, 485]
+    # not scikit-learn's: same sizes, other sentences
+    seed = {s for s, _ in data.load_splits(data_dir, "all", "seed")["test"]}
+    assert len(seed & {s for s, _ in sp["test"]}) == 23
+
+
 # ----------------------------------------------------------------------------- tf.data
 
 @pytest.fixture(scope="module")

@@ -127,7 +127,7 @@ def test_balanced_class_weights_match_sklearn_and_are_logged(tiny_distilbert, da
 def level_runs(tiny_distilbert, data_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("levels")
     out = {}
-    for level, split in (("all", "hash"), ("50", "hash"), ("all", "seed")):
+    for level, split in (("all", "hash"), ("50", "hash"), ("all", "seed"), ("all", "notebook")):
         run = root / f"{level}-{split}"
         _main("full_finetune", "--model", tiny_distilbert, "--data", data_dir, "--run-dir", run, "--epochs", 1,
               "--agreement", level, "--split", split, "--precision", "fp32")
@@ -167,10 +167,29 @@ def test_summarize_groups_by_configuration_with_mean_and_std(level_runs):
     from eval import summarize
     text = summarize.main([str(v) for v in level_runs.values()])
     rows = [l for l in text.splitlines() if l.startswith("| full_finetune")]
-    assert len(rows) == 3  # (all, hash), (50, hash), (all, seed) differ in flags
+    assert len(rows) == 4  # (all, hash), (50, hash), (all, seed), (all, notebook) differ in flags
     m = json.loads((level_runs[("50", "hash")] / "metrics.json").read_text())["test"]
     row50 = [r for r in rows if "agreement=50Agree" in r and "split=hash" in r][0]
     assert f"| 1 | {m['accuracy']:.4f} ± 0.0000 |" in row50
+
+
+def test_evaluate_refuses_a_notebook_split_run_on_another_level(level_runs, data_dir):
+    """The notebook splits each level on its own, so 50Agree's test split holds sentences an
+    AllAgree run trained on: refused. On its own level the split is scored as drawn (the
+    notebook's 227) and without the one test sentence that repeats a training one."""
+    from eval.evaluate import evaluate_run
+    run = str(level_runs[("all", "notebook")])
+    trained = {data.normalise(s) for part in ("train", "validation")
+               for s, _ in data.load_splits(data_dir, "all", "notebook")[part]}
+    test50 = data.load_splits(data_dir, "50", "notebook")["test"]
+    leaked = sum(data.normalise(s) in trained for s, _ in test50)
+    assert leaked > 100  # the leak is real
+    with pytest.raises(errors.RunDirError, match=rf"{leaked} sentences of 50Agree's test split were in this run's"):
+        evaluate_run(run, "50")
+    m, *_ = evaluate_run(run)
+    own = data.load_splits(data_dir, "all", "notebook")["test"]
+    assert m["n"] == 227 and m["train_overlap"] == sum(data.normalise(s) in trained for s, _ in own) == 1
+    assert m["leak_free"]["n"] == 226
 
 
 def test_error_analysis_report(level_runs):
