@@ -7,6 +7,8 @@ import argparse
 import dataclasses
 from dataclasses import dataclass, field
 
+from common.recipes import RECIPES
+
 
 def _f(default, help, **kw):
     return field(default=default, metadata=dict(help=help, **kw))
@@ -14,6 +16,10 @@ def _f(default, help, **kw):
 
 @dataclass
 class Config:
+    recipe: str = _f("project", "a named preset of the flags below (common/recipes.py): project (these defaults), "
+                     "notebook (the notebook's: pad 512, batch 8, fp32, Adam 5e-5 PolynomialDecay over 10000 steps), "
+                     "hf (the HF example's); flags given on the command line override it",
+                     choices=["project", "notebook", "hf"])
     # data
     data: str = _f("hub", "Financial PhraseBank: a release folder, the release zip, or 'hub' (download "
                    "takala/financial_phrasebank from the Hugging Face Hub, cached)")
@@ -50,6 +56,9 @@ class Config:
     lr_schedule: str = _f("linear", "'linear': warm-up, then linear decay to 0; 'constant': --lr throughout "
                           "(the notebook's Adam)", choices=["linear", "constant"])
     warmup: float = _f(0.1, "share of all steps spent warming the learning rate up from 0")
+    decay_steps: int = _f(0, "linear decay to 0 over this many steps after warm-up, then 0 (0: over the rest of the "
+                          "run); the notebook's PolynomialDecay used 10000, almost constant over its 681 steps")
+    adam_epsilon: float = _f(1e-6, "Adam's epsilon (Keras' Adam default is 1e-7; BERT's 1e-6)")
     weight_decay: float = _f(0.01, "AdamW decoupled weight decay (not on biases and LayerNorm)")
     clipnorm: float = _f(1.0, "clip gradients to this global norm; 0 disables")
     layer_lr_decay: float = _f(1.0, "layer-wise learning-rate decay: block i trains at lr * decay^(depth - i); "
@@ -90,10 +99,19 @@ class Config:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, with a bad flag reported on one line (the flag, the fix) instead of the usage block."""
+    """argparse, with a bad flag reported on one line (the flag, the fix) instead of the usage
+    block; and --recipe: its preset becomes the defaults, so flags on the command line win."""
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, rest = super().parse_known_args(args, namespace)
+        preset = RECIPES.get(getattr(ns, "recipe", None) or "", {})
+        if preset:  # parse again over the recipe's defaults (argparse's way of "given beats default")
+            self.set_defaults(**preset)
+            ns, rest = super().parse_known_args(args, namespace)
+        return ns, rest
 
 
 def build_parser(description: str, **defaults) -> argparse.ArgumentParser:

@@ -113,7 +113,9 @@ def prepare_run_dir(run_dir: str, flags: dict = None, script: str = "") -> None:
         old = read_json(path)
     except ValueError:
         raise RunDirError(f"--run-dir {run_dir}: its {CONFIG} is not valid JSON; pass a new --run-dir")
-    old_flags = old.get("flags", {})
+    from common.config import Config
+    # a flag added after that run was made counts as its default there (older run folders resume)
+    old_flags = {**Config().to_dict(), **old.get("flags", {})}
     differ = sorted(k for k in set(flags) | set(old_flags)
                     if k not in RESUMABLE_CHANGES and old_flags.get(k) != flags.get(k))
     if old.get("script") not in (None, script):

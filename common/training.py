@@ -146,7 +146,7 @@ def fit(model, cfg, run_dir: str, splits, hparams: dict, is_chief: bool = True, 
 
 def hparams_of(cfg, harness) -> dict:
     """The flags worth comparing across runs in TensorBoard's HParams dashboard."""
-    keys = ("model", "agreement", "split", "max_length", "padding", "batch_size", "epochs", "lr", "lr_schedule",
+    keys = ("recipe", "model", "agreement", "split", "max_length", "padding", "batch_size", "epochs", "lr", "lr_schedule",
             "warmup", "weight_decay", "class_weight", "loss", "freeze", "train_embeddings", "head", "pooling",
             "layer_lr_decay", "head_warmup_epochs", "unfreeze_every", "train_top_blocks", "train_examples", "seed")
     out = {k: getattr(cfg, k) for k in keys}
@@ -180,6 +180,9 @@ def check_flags(cfg) -> None:
         raise FlagError(f"--warmup {cfg.warmup}: a share of all steps, in [0, 1)")
     if cfg.lr <= 0:
         raise FlagError(f"--lr {cfg.lr}: must be positive")
+    if cfg.decay_steps < 0 or cfg.adam_epsilon <= 0:
+        raise FlagError(f"--decay-steps {cfg.decay_steps} --adam-epsilon {cfg.adam_epsilon}: need decay-steps >= 0 "
+                        f"and epsilon > 0")
 
 
 def start(cfg, script: str, run_folder="train") -> Run:
@@ -246,6 +249,8 @@ def resolved_settings(run: Run) -> dict:
            "train_size": len(run.splits.rows["train"])}
     if run.cfg.class_weight == "balanced":
         out["class_weight"] = data.class_weights(run.splits.train_labels)
+    from common import recipes
+    out["recipe"] = recipes.applied(run.cfg.recipe, run.cfg.to_dict())
     return out
 
 

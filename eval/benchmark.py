@@ -4,10 +4,11 @@
     python eval/benchmark.py --model PATH --data ../shared/data/FinancialPhraseBank-v1.0
     python eval/benchmark.py --to-accuracy --model PATH --data ../shared/data/FinancialPhraseBank-v1.0
 
-Recipes (each is a set of train/full_finetune.py flags: RECIPES in this file):
-  notebook  every sentence padded to 512, batch 8, fp32, Adam 5e-5 constant, all weights train
+Recipes: the train scripts' --recipe presets (common/recipes.py):
+  notebook  every sentence padded to 512, batch 8, fp32, Adam 5e-5 PolynomialDecay over 10000
+            steps, all weights train, no class weights
   hf        every sentence padded to 128, batch 8, fp32, AdamW 5e-5 linear decay (HF example defaults)
-  project   this project's defaults (no flags): length buckets, batch 32, --precision auto,
+  project   this project's defaults: length buckets, batch 32, --precision auto,
             AdamW 1e-4 warm-up + decay, embeddings frozen, balanced class weights
 
 Steady state (default): per recipe, in its own process (so peak RSS and compile time are
@@ -41,18 +42,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import config, errors  # noqa: E402  (no TensorFlow: the recipes run in their own processes)
 
-# The recipes as train-script flags: the benchmark measures exactly what those scripts run.
-# The notebook: tokenizer(padding="max_length", max_length=512), batch 8, Adam(5e-5), fp32.
-# Adam = AdamW with weight decay 0 (epsilon 1e-6 here, Keras' Adam 1e-7), no clipping; all
-# weights train, no class weights. The project's recipe is the train scripts' defaults.
-RECIPES = {
-    "notebook": ["--padding", "fixed", "--max-length", "512", "--batch-size", "8", "--precision", "fp32",
-                 "--lr", "5e-5", "--lr-schedule", "constant", "--warmup", "0", "--weight-decay", "0",
-                 "--clipnorm", "0", "--train-embeddings", "--class-weight", "none"],
-    "hf": ["--padding", "fixed", "--max-length", "128", "--batch-size", "8", "--precision", "fp32",
-           "--lr", "5e-5", "--warmup", "0", "--weight-decay", "0", "--train-embeddings", "--class-weight", "none"],
-    "project": [],
-}
+# The recipes: common/recipes.py (the train scripts' --recipe), so the benchmark measures
+# exactly what `train/full_finetune.py --recipe NAME` runs.
+from common.recipes import RECIPES, describe  # noqa: E402
 PREDICT_WAYS = ("predict.py", "serving", "pipeline")
 TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train", "full_finetune.py")
 
@@ -62,7 +54,7 @@ def parse(argv=None):
     p.add_argument("--model", default="distilbert-base-uncased", help="Hub id or local folder, as for the train scripts")
     p.add_argument("--data", default="hub", help="release folder, zip or 'hub', as for the train scripts")
     p.add_argument("--agreement", default="all", choices=["50", "66", "75", "all"])
-    p.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated, the first is the baseline")
+    p.add_argument("--recipes", default="notebook,hf,project", help="comma-separated, the first is the baseline")
     p.add_argument("--steps", type=int, default=20, help="steady state: timed steps per recipe")
     p.add_argument("--warmup-steps", type=int, default=3, help="steady state: untimed steps first (tracing, caches)")
     p.add_argument("--peak-tflops", type=float, default=0.0, help="the device's peak TFLOP/s, for MFU")
@@ -88,7 +80,7 @@ def parse(argv=None):
 
 def recipe_config(args, name: str):
     from common import config
-    flags = RECIPES[name] + ["--model", args.model, "--data", args.data, "--agreement", args.agreement]
+    flags = ["--recipe", name, "--model", args.model, "--data", args.data, "--agreement", args.agreement]
     return config.from_args(config.build_parser("").parse_args(flags))
 
 
@@ -118,7 +110,7 @@ def measure(args) -> dict:
     non_embedding = model.count_params() - emb
     real_tok_s = float(np.median(tok_rate))
     return {"recipe": args.one, "padding": cfg.max_length if cfg.padding == "fixed" else "buckets",
-            "batch": cfg.batch_size, "precision": harness.precision, "flags": " ".join(RECIPES[args.one]),
+            "batch": cfg.batch_size, "precision": harness.precision, "flags": describe(args.one),
             "examples_per_sec": float(np.median(ex_rate)), "real_tokens_per_sec": real_tok_s,
             "real_token_share": stats["real_token_share"], "pipeline_examples_per_sec": stats["pipeline_examples_per_sec"],
             "first_step_seconds": times[0], "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -159,7 +151,7 @@ def train_to_end(args, name: str, run_dir: str) -> dict:
     """One recipe through train/full_finetune.py in a new process; its output streams
     through with a [recipe] prefix. Wall time: process start -> metrics.json written."""
     from common import runs
-    cmd = [sys.executable, TRAIN_SCRIPT, *RECIPES[name], "--model", args.model, "--data", args.data,
+    cmd = [sys.executable, TRAIN_SCRIPT, "--recipe", name, "--model", args.model, "--data", args.data,
            "--agreement", args.agreement, "--epochs", str(args.epochs), "--seed", str(args.seed), "--run-dir", run_dir]
     print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
     t0 = time.time()
@@ -174,7 +166,7 @@ def train_to_end(args, name: str, run_dir: str) -> dict:
                                     f"{(tail or ['no output'])[-1].strip()[:300]}")
     metrics_path = os.path.join(run_dir, runs.METRICS)
     m = runs.read_json(metrics_path)
-    return {"recipe": name, "flags": " ".join(RECIPES[name]) or "(defaults)", "run_dir": run_dir,
+    return {"recipe": name, "flags": describe(name), "run_dir": run_dir,
             "wall_seconds": os.path.getmtime(metrics_path) - t0, "process_seconds": time.time() - t0,
             "train_seconds": m["train_seconds"], "examples_per_sec": m["examples_per_sec"],
             "real_token_share": m["real_token_share"], "test_accuracy": m["test"]["accuracy"],

@@ -2,7 +2,9 @@
 """Rerun the whole notebook study, at a chosen scale, with several seeds.
 
     python eval/reproduce_study.py                                  # DistilBERT, 3 seeds, AllAgree + 50Agree
+    python eval/reproduce_study.py --recipe notebook --split notebook   # the notebook's settings and test sentences
     python eval/reproduce_study.py --model PATH --data PATH --epochs 2 --seeds 3 --levels all,50
+    python eval/reproduce_study.py --models distilbert-base-uncased,bert-base-cased --experiments head  # Exp 6
 
 Experiments (--experiments, in this order; body starts from the same seed's head run):
   head      train/head_only.py            encoder frozen, Adam(W) 1e-3         (notebook Basic 1)
@@ -11,9 +13,12 @@ Experiments (--experiments, in this order; body starts from the same seed's head
   balanced  full + --class-weight balanced                                      (Exp 3)
   focal     full + --loss focal                                                 (Exp 3)
   custom    train/custom_head.py --pooling mean --head-hidden 256               (Exp 5)
-then the agreement matrix of the full runs (Exp 4) and error analysis of each full run
-(Exp 2). Finished runs are kept, so an interrupted study resumes where it stopped.
-Writes --out/study.md (and .csv) with mean +- std over seeds.
+then the agreement matrix of the full runs (Exp 4; --split hash only: the notebook's split
+draws each level on its own, so its per-level figures are the table's rows) and error
+analysis of each full run (Exp 2). Every run gets --recipe (common/recipes.py; default
+notebook: the notebook's settings) and --split; --models runs everything per encoder and
+puts them side by side (Exp 6). Finished runs are kept, so an interrupted study resumes
+where it stopped. Writes --out/study.md (and .csv) with mean +- std over seeds.
 """
 import argparse
 import os
@@ -25,11 +30,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # common.data imports Tensor
 from common import config, errors, runs, summary  # noqa: E402  (no TensorFlow in this process: each run is its own)
 from common.data import LABELS, level_name  # noqa: E402
 
+from common.recipes import RECIPES, describe  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The notebook's body-only and full fine-tuning train the embeddings too, without class
-# weights (the project's default recipe differs: README "Performance"); the study
-# reproduces the notebook, so it says so. An experiment's own flags come after these.
-STUDY_FLAGS = ["--train-embeddings", "--class-weight", "none"]
+# The recipe (the notebook's by default) comes first; an experiment's own flags after it.
 EXPERIMENTS = {  # name: (script, extra flags, notebook name)
     "head": ("train/head_only.py", [], "Basic 1: head only"),
     "body": ("train/body_finetune.py", [], "Basic 2: body only, from the head"),
@@ -40,9 +44,21 @@ EXPERIMENTS = {  # name: (script, extra flags, notebook name)
 }
 
 
+def model_slug(model: str) -> str:
+    """A folder and table name for an encoder: the Hub id's last part, or the folder's name."""
+    path = model.rstrip("/")
+    name = os.path.basename(path)
+    return os.path.basename(os.path.dirname(path)) if name == "model" else name
+
+
 def parse(argv=None):
     p = config.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="distilbert-base-uncased")
+    p.add_argument("--models", default="", help="comma-separated encoders to run every experiment on, side by side "
+                                                "(Exp 6); default: --model")
+    p.add_argument("--recipe", default="notebook", choices=list(RECIPES), help="flag preset for every run")
+    p.add_argument("--split", default="hash", choices=["hash", "notebook"],
+                   help="hash: leak-free, nested; notebook: the notebook's own split (its 227 test sentences)")
     p.add_argument("--data", default="hub")
     p.add_argument("--levels", default="all,50", help="agreement levels to train on")
     p.add_argument("--experiments", default="head,body,full,balanced,custom",
@@ -65,56 +81,64 @@ def main(argv=None):
     out = args.out or runs.default_run_dir("study")
     os.makedirs(out, exist_ok=True)
     exps = args.experiments.split(",")
-    plan = [(lv, e, s) for lv in args.levels.split(",") for s in range(1, args.seeds + 1) for e in exps]
+    models = [m for m in (args.models or args.model).split(",") if m]
+    slug = {m: model_slug(m) for m in models}
+    plan = [(m, lv, e, s) for m in models for lv in args.levels.split(",") for s in range(1, args.seeds + 1)
+            for e in exps]
     t_start = time.time()
     done = {}
-    for k, (level, exp, seed) in enumerate(plan, 1):
-        run_dir = os.path.join(out, level, exp, f"seed{seed}")
-        done[(level, exp, seed)] = run_dir
+    for k, (model, level, exp, seed) in enumerate(plan, 1):
+        run_dir = os.path.join(out, *([slug[model]] if len(models) > 1 else []), level, exp, f"seed{seed}")
+        done[(model, level, exp, seed)] = run_dir
+        what = f"{slug[model] + ' ' if len(models) > 1 else ''}{level_name(level)} {exp} seed {seed}"
         if os.path.exists(os.path.join(run_dir, runs.METRICS)):
-            print(f"[{k}/{len(plan)}] {level_name(level)} {exp} seed {seed}: done already")
+            print(f"[{k}/{len(plan)}] {what}: done already")
             continue
         script, extra, _ = EXPERIMENTS[exp]
-        source = ["--init-from", done[(level, "head", seed)]] if exp == "body" else ["--model", args.model]
+        source = ["--init-from", done[(model, level, "head", seed)]] if exp == "body" else ["--model", model]
         cmd = [sys.executable, os.path.join(REPO, script), *source, "--data", args.data, "--agreement", level,
-               "--epochs", str(args.epochs), "--seed", str(seed), "--run-dir", run_dir, *STUDY_FLAGS, *extra,
-               *args.extra]
-        print(f"[{k}/{len(plan)}] {level_name(level)} {exp} seed {seed} ({time.time() - t_start:.0f}s so far): "
-              + " ".join(cmd[1:]), flush=True)
+               "--epochs", str(args.epochs), "--seed", str(seed), "--run-dir", run_dir, "--recipe", args.recipe,
+               "--split", args.split, *extra, *args.extra]
+        print(f"[{k}/{len(plan)}] {what} ({time.time() - t_start:.0f}s so far): " + " ".join(cmd[1:]), flush=True)
         errors.run_child(cmd)
 
     # Exp 4 and Exp 2: agreement matrix and error analysis of the full runs
-    full = [d for (lv, e, s), d in done.items() if e == "full"]
+    full = [d for (m, lv, e, s), d in done.items() if e == "full"]
     matrix = ""
-    if full:
+    if full and args.split != "hash":
+        matrix = (f"(No agreement matrix: --split {args.split} draws each level's split on its own, so a model "
+                  f"would be tested on sentences it trained on; each level's row above is the notebook's Exp 4.)\n")
+    elif full:
         errors.run_child([sys.executable, os.path.join(REPO, "eval", "agreement_matrix.py"), *full,
                           "--out", os.path.join(out, "agreement_matrix")])
         with open(os.path.join(out, "agreement_matrix", "matrix.md")) as f:
             matrix = f.read().replace("# Agreement matrix", "## Agreement matrix (full fine-tuning, Exp 4)")
 
     # the table, comparable to the notebook's: experiment, split, accuracy, macro-F1, per-class F1
-    header = ("| experiment | trained on | test split | seeds | accuracy | macro-F1 | "
+    header = ("| encoder | experiment | trained on | test split | seeds | accuracy | macro-F1 | "
               + " | ".join(f"F1 {l}" for l in LABELS) + " | train s/run |")
-    lines = [header, "|---|---|---|---|---|---|" + "---|" * len(LABELS) + "---|"]
+    lines = [header, "|---|---|---|---|---|---|---|" + "---|" * len(LABELS) + "---|"]
     csv_rows = []
-    for level in args.levels.split(","):
-        for exp in exps:
-            ms = [summary.load(done[(level, exp, s)])["metrics"] for s in range(1, args.seeds + 1)]
-            t = [m["test"] for m in ms]
-            row = [EXPERIMENTS[exp][2], level_name(level), f"{level_name(level)} test (n={t[0]['n']})", len(ms),
-                   summary.mean_std([x["accuracy"] for x in t]), summary.mean_std([x["macro_f1"] for x in t]),
-                   *[summary.mean_std([x["per_class"][l]["f1"] for x in t]) for l in LABELS],
-                   f"{sum(m['train_seconds'] for m in ms) / len(ms):.0f}"]
-            lines.append("| " + " | ".join(map(str, row)) + " |")
-            csv_rows.append(row)
+    # encoders side by side, per experiment
+    for level, exp, model in ((lv, e, m) for lv in args.levels.split(",") for e in exps for m in models):
+        ms = [summary.load(done[(model, level, exp, s)])["metrics"] for s in range(1, args.seeds + 1)]
+        t = [m["test"] for m in ms]
+        row = [slug[model], EXPERIMENTS[exp][2], level_name(level), f"{level_name(level)} test (n={t[0]['n']})",
+               len(ms),
+               summary.mean_std([x["accuracy"] for x in t]), summary.mean_std([x["macro_f1"] for x in t]),
+               *[summary.mean_std([x["per_class"][l]["f1"] for x in t]) for l in LABELS],
+               f"{sum(m['train_seconds'] for m in ms) / len(ms):.0f}"]
+        lines.append("| " + " | ".join(map(str, row)) + " |")
+        csv_rows.append(row)
     wall = time.time() - t_start
     text = (f"# Study: the notebook's experiments, {args.seeds} seeds each\n\n"
-            f"Model `{args.model}`, {args.epochs} epochs, default hash split, flags: "
-            f"`{' '.join(args.extra) or '(defaults)'}`. Mean ± sample std over seeds. Wall time of this "
+            f"Encoder(s) {', '.join(f'`{m}`' for m in models)}, {args.epochs} epochs, --split {args.split}, "
+            f"--recipe {args.recipe} (`{describe(args.recipe)}`), more flags: "
+            f"`{' '.join(args.extra) or '(none)'}`. Mean ± sample std over seeds. Wall time of this "
             f"invocation: {wall / 60:.1f} min (runs already done before it are not counted).\n\n"
             + "\n".join(lines) + "\n\n" + matrix)
     runs.write_text(os.path.join(out, "study.md"), text)
-    runs.write_csv(os.path.join(out, "study.csv"), ["experiment", "trained_on", "test_split", "seeds", "accuracy",
+    runs.write_csv(os.path.join(out, "study.csv"), ["encoder", "experiment", "trained_on", "test_split", "seeds", "accuracy",
                                                    "macro_f1", *[f"f1_{l}" for l in LABELS], "train_seconds"],
                    csv_rows)
     print(text)

@@ -69,3 +69,26 @@ def test_train_top_blocks_keeps_lower_blocks_fixed(tiny_distilbert, data_dir, tm
     training.fit(model, run.cfg, str(tmp_path / "run"), run.splits, {})
     moved = {group[v.name] for v in model.trainable_weights if not np.array_equal(v.numpy(), before[v.name])}
     assert moved == {n + 1, n}  # head and top block only
+
+
+def test_notebook_recipe_builds_the_notebooks_optimizer_and_flags_override_it(tiny_distilbert, data_dir):
+    """--recipe notebook, as a user types it, with one flag overridden: the run gets the
+    notebook's Adam (epsilon 1e-7, no decay, no clipping) on PolynomialDecay(5e-5, 10000),
+    fp32, batch 8, fixed padding, embeddings training, no class weights."""
+    from common import models
+    argv = ["--recipe", "notebook", "--model", tiny_distilbert, "--data", data_dir, "--max-length", "32",
+            "--train-examples", "16"]
+    cfg = config.from_args(config.build_parser("").parse_args(argv))
+    run = training.start(cfg, "test", run_folder=None)
+    with run.harness.strategy.scope():
+        model = training.build_model(run)
+    opt = model.optimizer
+    assert run.harness.precision == "fp32" and cfg.class_weight == "none" and cfg.max_length == 32
+    assert opt.epsilon == pytest.approx(1e-7) and float(opt.weight_decay) == 0 and opt.global_clipnorm is None
+    notebook = keras.optimizers.schedules.PolynomialDecay(5e-5, decay_steps=10000, end_learning_rate=0.0, power=1.0)
+    for step in (0, 1, 681, 9999, 12000):
+        assert float(opt._learning_rate(step)) == pytest.approx(float(notebook(step)), abs=1e-12)
+    embeddings = models.encoder_of(model).embeddings
+    assert embeddings.trainable and all(any(w is v for v in model.trainable_weights) for w in embeddings.weights)
+    x, _ = next(iter(run.splits.train))
+    assert tuple(x["input_ids"].shape) == (8, 32)  # every batch padded to --max-length, batch 8

@@ -2,13 +2,14 @@
 change, --init-from, the custom head, class weights, focal loss."""
 import importlib
 import json
+import os
 
 import numpy as np
 import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
 from common import data, errors, models
-from common.env import keras
+from common.env import keras, tf
 from tests.conftest import run_script
 
 
@@ -231,3 +232,45 @@ def test_evaluate_never_scores_sentences_the_model_trained_on(level_runs, data_d
     # the hash split is nested: cross-level evaluation goes ahead, with nothing seen in training
     m50, *_ = evaluate_run(str(level_runs[("all", "hash")]), "50")
     assert m50["train_overlap"] == 0 and "leak_free" not in m50 and flags["split"] == "seed"
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    """A second tiny random encoder (BERT, 2 layers, 32 wide) for the side-by-side study."""
+    from transformers import AutoTokenizer, BertConfig, TFBertForSequenceClassification
+    from tests.conftest import minilm_dir
+    path = tmp_path_factory.mktemp("tiny-bert") / "tiny-bert"
+    tok = AutoTokenizer.from_pretrained(minilm_dir())
+    tf.keras.utils.set_random_seed(1)
+    model = TFBertForSequenceClassification(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                                       num_attention_heads=2, intermediate_size=64, num_labels=3))
+    model(model.dummy_inputs)
+    model.save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return str(path)
+
+
+def test_reproduce_study_notebook_recipe_and_split_per_encoder_and_resumes(tiny_distilbert, tiny_bert, data_dir,
+                                                                          tmp_path):
+    """The README's study command, small: two encoders side by side, the notebook's recipe
+    and split (its 227 test sentences), one seed, one epoch; a rerun resumes (trains nothing)."""
+    out = tmp_path / "study"
+    args = ["--models", f"{tiny_distilbert},{tiny_bert}", "--data", data_dir, "--levels", "all", "--experiments",
+            "head,full", "--seeds", 1, "--epochs", 1, "--recipe", "notebook", "--split", "notebook",
+            "--out", out, "--", "--max-length", 64, "--train-examples", 48]
+    p = run_script("eval/reproduce_study.py", *args, timeout=1200)
+    table = (out / "study.md").read_text()
+    rows = [l for l in table.splitlines() if l.startswith("| tiny-")]
+    assert len(rows) == 4 and all("AllAgree test (n=227)" in r for r in rows), table
+    names = [os.path.basename(tiny_distilbert), os.path.basename(tiny_bert)]
+    assert [r.split(" | ")[0][2:] for r in rows] == names * 2  # side by side, per experiment
+    assert "No agreement matrix" in table
+    cfg = json.loads((out / "tiny-bert" / "all" / "full" / "seed1" / "config.json").read_text())
+    assert cfg["flags"]["recipe"] == "notebook" and cfg["flags"]["split"] == "notebook"
+    assert cfg["flags"]["batch_size"] == 8 and cfg["flags"]["decay_steps"] == 10000
+    assert cfg["resolved"]["recipe"]["overridden"] == {"max_length": 64}
+    test = json.loads((out / "tiny-bert" / "all" / "full" / "seed1" / "metrics.json").read_text())["test"]
+    assert test["per_class"]["negative"]["support"] == 30 and test["n"] == 227  # the notebook's test split
+    again = run_script("eval/reproduce_study.py", *args, timeout=600)
+    assert again.stdout.count("done already") == 4 and "Epoch" not in again.stdout
+    assert (out / "study.md").read_text().split("Wall time")[0] == table.split("Wall time")[0]
