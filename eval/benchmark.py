@@ -118,19 +118,24 @@ def measure(args) -> dict:
             "mfu": 6 * non_embedding * real_tok_s / (args.peak_tflops * 1e12) if args.peak_tflops else None}
 
 
+def measure_in_own_process(name: str, flags) -> dict:
+    """Run this file with `flags` in a new process (its own peak RSS, its own traces) and
+    return the JSON of its RESULT line."""
+    p = subprocess.run([sys.executable, os.path.abspath(__file__), *flags], capture_output=True, text=True)
+    line = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")]
+    if p.returncode or not line:
+        raise errors.TrainingFailed(f"benchmark of {name} failed (exit {p.returncode}): "
+                                    f"{(p.stderr.strip().splitlines() or ['no output'])[-1][:300]}")
+    return json.loads(line[0][len("RESULT "):])
+
+
 def steady_state(args) -> list:
     results = []
     for name in args.recipes.split(","):
         print(f"benchmarking {name} ...", flush=True)
-        cmd = [sys.executable, os.path.abspath(__file__), "--one", name, "--model", args.model, "--data", args.data,
-               "--agreement", args.agreement, "--steps", str(args.steps), "--warmup-steps", str(args.warmup_steps),
-               "--peak-tflops", str(args.peak_tflops)]
-        p = subprocess.run(cmd, capture_output=True, text=True)
-        line = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")]
-        if p.returncode or not line:
-            raise errors.TrainingFailed(f"benchmark of {name} failed (exit {p.returncode}): "
-                                        f"{(p.stderr.strip().splitlines() or ['no output'])[-1][:300]}")
-        results.append(json.loads(line[0][len("RESULT "):]))
+        results.append(measure_in_own_process(name, [
+            "--one", name, "--model", args.model, "--data", args.data, "--agreement", args.agreement,
+            "--steps", str(args.steps), "--warmup-steps", str(args.warmup_steps), "--peak-tflops", str(args.peak_tflops)]))
     base = results[0]["examples_per_sec"]
     print(f"\n| recipe | padding | batch | precision | examples/s | real tokens/s | real-token share | tf.data ex/s "
           f"| first step s | peak RSS MB | train GFLOP/s | MFU | speed vs {results[0]['recipe']} |")
@@ -275,15 +280,9 @@ def predict_benchmark(args) -> list:
     results = []
     for way in ways:
         print(f"benchmarking {way} ...", flush=True)
-        cmd = [sys.executable, os.path.abspath(__file__), "--predict", args.predict, "--predict-one", way,
-               "--data", args.data, "--sentences", str(args.sentences), "--requests", str(args.requests),
-               "--batch-size", str(args.batch_size)]
-        p = subprocess.run(cmd, capture_output=True, text=True)
-        line = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")]
-        if p.returncode or not line:
-            raise errors.TrainingFailed(f"benchmark of {way} failed (exit {p.returncode}): "
-                                        f"{(p.stderr.strip().splitlines() or ['no output'])[-1][:300]}")
-        results.append(json.loads(line[0][len("RESULT "):]))
+        results.append(measure_in_own_process(way, [
+            "--predict", args.predict, "--predict-one", way, "--data", args.data, "--sentences", str(args.sentences),
+            "--requests", str(args.requests), "--batch-size", str(args.batch_size)]))
     base = next((r for r in results if r["way"] == "pipeline"), results[-1])
     print(f"\nInference: {args.predict}, {args.sentences} sentences, batch {args.batch_size}\n")
     print(f"| way | precision | sentences/s | x {base['way']} | 1-sentence p50 ms | p99 ms | load s | peak RSS MB |")

@@ -274,3 +274,29 @@ def test_reproduce_study_notebook_recipe_and_split_per_encoder_and_resumes(tiny_
     again = run_script("eval/reproduce_study.py", *args, timeout=600)
     assert again.stdout.count("done already") == 4 and "Epoch" not in again.stdout
     assert (out / "study.md").read_text().split("Wall time")[0] == table.split("Wall time")[0]
+
+
+def test_learning_curve_trains_each_size_on_the_same_test_split_and_resumes(tiny_distilbert, data_dir, tmp_path):
+    """Experiments 7 and 8, small: two sizes (the few-shot 90 among them), one seed."""
+    out = tmp_path / "curve"
+    args = ["--model", tiny_distilbert, "--data", data_dir, "--sizes", "0.1,90", "--seeds", 1, "--epochs", 1,
+            "--out", out, "--", "--precision", "fp32"]
+    run_script("eval/learning_curve.py", *args, timeout=900)
+    points = json.loads((out / "learning_curve.json").read_text())
+    full = len(data.load_splits(data_dir, "all")["train"])
+    assert [p["train_size"] for p in points] == [90, round(0.1 * full)]  # sorted by size
+    for p in points:  # each point's own run: that many training sentences, the whole test split
+        run = out / f"size-{'90' if p['size'] == 90 else '0.1'}" / "seed1"
+        m = json.loads((run / "metrics.json").read_text())
+        assert m["sizes"]["train"] == p["train_size"] and m["sizes"]["test"] == p["test_n"] == 226
+        assert p["accuracy"]["mean"] == m["test"]["accuracy"]
+    md = (out / "learning_curve.md").read_text()
+    assert "| 90 | 90 |" in md
+    from PIL import Image
+    assert Image.open(out / "learning_curve.png").size == (600, 400)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(out / "tb")).Reload()
+    steps = [e.step for e in acc.Tensors("learning_curve/test_accuracy_mean")]
+    assert steps == [p["train_size"] for p in points] and "learning_curve" in acc.Tags()["tensors"]
+    again = run_script("eval/learning_curve.py", *args, timeout=600)
+    assert again.stdout.count("done already") == 2
