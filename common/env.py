@@ -7,7 +7,6 @@ pins the model and keras-tuner to the same Keras 2.15.
 """
 import os
 import sys
-import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide C++ log spam (CUDA plugin notices on CPU-only machines); errors still raise in Python
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # we tokenize once, before tf.data forks threads

@@ -223,14 +223,19 @@ def test_local_cluster_stops_every_worker_on_hup_int_term(sig, tiny_distilbert, 
                           "--model", tiny_distilbert, "--data", data_dir, "--run-dir", str(run), "--epochs", "200",
                           "--precision", "fp32"], stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=REPO_ROOT,
                          env={**os.environ, "PYTHON": sys.executable})
-    deadline = time.time() + 300
-    while log.read_text().count("] Epoch 1/200") < 2:  # both workers are training
-        assert time.time() < deadline and p.poll() is None, log.read_text()[-3000:]
-        time.sleep(0.5)
-    p.send_signal(sig)
-    assert p.wait(timeout=60) == 128 + sig, log.read_text()[-2000:]
-    left = subprocess.run(["pgrep", "-f", str(run)], capture_output=True, text=True).stdout.split()
-    assert not left, left  # no worker outlives the launcher
+    try:
+        deadline = time.time() + 300
+        while log.read_text().count("] Epoch 1/200") < 2:  # both workers are training
+            assert time.time() < deadline and p.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.5)
+        p.send_signal(sig)
+        assert p.wait(timeout=60) == 128 + sig, log.read_text()[-2000:]
+        left = subprocess.run(["pgrep", "-f", str(run)], capture_output=True, text=True).stdout.split()
+        assert not left, left  # no worker outlives the launcher
+    finally:  # a failed test must not leave a 200-epoch job running (it slowed every later test)
+        if p.poll() is None:
+            p.kill()
+        subprocess.run(["pkill", "-9", "-f", str(run)], capture_output=True)
 
 
 def test_gce_startup_restore_never_overwrites_the_newer_local_run(tiny_distilbert, tmp_path):
