@@ -9,7 +9,7 @@ Runs write serving/ when they finish; this is for older runs (or after eval/cali
 Load it with TensorFlow and tensorflow-text only (README "Use the model"):
     import tensorflow as tf, tensorflow_text  # noqa: registers the tokenizer's ops
     f = tf.saved_model.load("runs/<run>/serving").signatures["serving_default"]
-    f(text=tf.constant(["Operating profit rose to EUR 13.1 mn ."]))
+    f(text=tf.constant(["Quarterly profit beat forecasts ."]))
 """
 import argparse
 import os

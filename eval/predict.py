@@ -3,7 +3,7 @@
 
     python eval/predict.py runs/<run> --input headlines.csv --output scored.csv
     python eval/predict.py runs/<run> --input news.jsonl --text-column title --id-column url
-    echo "Operating profit rose to EUR 13.1 mn ." | python eval/predict.py runs/<run> --input -
+    echo "Quarterly profit beat forecasts ." | python eval/predict.py runs/<run> --input -
     python eval/predict.py runs/<run> --input headlines.txt --min-confidence 0.9
 
 Input: CSV / TSV (header row), JSONL (one object per line) or plain text (one text per

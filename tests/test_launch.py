@@ -215,6 +215,14 @@ def test_gce_startup_script_installs_runs_syncs_and_resumes_after_reboot(tiny_di
     assert (tmp_path / "vm-deleted").exists() and "is DONE" in log.read_text()
 
 
+def _terminal_signals():
+    """The launcher as started from a terminal: HUP and INT at their defaults. Under `nohup`
+    or as a background job of a script (how CI may run pytest) they arrive ignored, and bash
+    cannot trap a signal that was ignored when it started."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGINT, signal.SIGTERM], ids=["HUP", "INT", "TERM"])
 def test_local_cluster_stops_every_worker_on_hup_int_term(sig, tiny_distilbert, data_dir, tmp_path):
     run = tmp_path / f"sig-{sig.name}"
@@ -222,7 +230,7 @@ def test_local_cluster_stops_every_worker_on_hup_int_term(sig, tiny_distilbert, 
     p = subprocess.Popen(["bash", os.path.join(LAUNCH, "local_cluster.sh"), "2", "train/full_finetune.py",
                           "--model", tiny_distilbert, "--data", data_dir, "--run-dir", str(run), "--epochs", "200",
                           "--precision", "fp32"], stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-                         env={**os.environ, "PYTHON": sys.executable})
+                         env={**os.environ, "PYTHON": sys.executable}, preexec_fn=_terminal_signals)
     try:
         deadline = time.time() + 300
         while log.read_text().count("] Epoch 1/200") < 2:  # both workers are training

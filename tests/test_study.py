@@ -284,7 +284,9 @@ def test_learning_curve_trains_each_size_on_the_same_test_split_and_resumes(tiny
     run_script("eval/learning_curve.py", *args, timeout=900)
     points = json.loads((out / "learning_curve.json").read_text())
     full = len(data.load_splits(data_dir, "all")["train"])
-    assert [p["train_size"] for p in points] == [90, round(0.1 * full)]  # sorted by size
+    tenth = json.loads((out / "size-0.1" / "seed1" / "metrics.json").read_text())["sizes"]["train"]
+    assert abs(tenth - 0.1 * full) <= 2  # class-stratified: a share per class, rounded
+    assert [p["train_size"] for p in points] == [90, tenth]  # sorted by size (given as 0.1,90)
     for p in points:  # each point's own run: that many training sentences, the whole test split
         run = out / f"size-{'90' if p['size'] == 90 else '0.1'}" / "seed1"
         m = json.loads((run / "metrics.json").read_text())
