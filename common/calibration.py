@@ -37,11 +37,17 @@ def nll(logits, labels, temperature: float = 1.0) -> float:
     return float(log_loss(labels, probabilities(logits, temperature), labels=list(range(len(LABELS)))))
 
 
+def top_label(probs, labels, bins: int = ECE_BINS):
+    """Per sentence: the top class's probability, whether that class is right, and its
+    equal-width confidence bin."""
+    conf, right = probs.max(1), probs.argmax(1) == np.asarray(labels)
+    return conf, right, np.minimum((conf * bins).astype(int), bins - 1)
+
+
 def expected_calibration_error(probs, labels, bins: int = ECE_BINS) -> float:
     """ECE over equal-width confidence bins (top-label). Written here: scikit-learn's
     calibration_curve is binary-only and has no ECE."""
-    conf, right = probs.max(1), probs.argmax(1) == np.asarray(labels)
-    which = np.minimum((conf * bins).astype(int), bins - 1)
+    conf, right, which = top_label(probs, labels, bins)
     return float(sum(abs(right[which == b].mean() - conf[which == b].mean()) * (which == b).mean()
                      for b in range(bins) if (which == b).any()))
 
@@ -58,8 +64,7 @@ def figures(logits, labels, temperature: float = 1.0) -> dict:
 def coverage(logits, labels, temperature: float, thresholds=(0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)) -> list:
     """predict.py --min-confidence p: the share of texts labelled (not abstained on) and the
     accuracy on those, per p."""
-    probs = probabilities(logits, temperature)
-    conf, right = probs.max(1), probs.argmax(1) == np.asarray(labels)
+    conf, right, _ = top_label(probabilities(logits, temperature), labels)
     out = []
     for p in thresholds:
         kept = conf >= p
@@ -75,8 +80,7 @@ def reliability_figure(logits, labels, temperature: float, title: str = ""):
     edges = np.linspace(0, 1, ECE_BINS + 1)
     for ax, t, name in zip(axes, (1.0, temperature), ("before (T=1)", f"after (T={temperature:.2f})")):
         probs = probabilities(logits, t)
-        conf, right = probs.max(1), probs.argmax(1) == np.asarray(labels)
-        which = np.minimum((conf * ECE_BINS).astype(int), ECE_BINS - 1)
+        _, right, which = top_label(probs, labels)
         acc = [right[which == b].mean() if (which == b).any() else 0 for b in range(ECE_BINS)]
         count = np.bincount(which, minlength=ECE_BINS)
         ax.bar(edges[:-1], acc, width=1 / ECE_BINS, align="edge", edgecolor="black", alpha=0.7, label="accuracy")

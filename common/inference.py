@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from common import calibration, data, models, runs
-from common.env import tf
 
 
 @dataclass
@@ -71,8 +70,7 @@ def logits(clf: Classifier, ids, batch_size: int = 64, progress: bool = False) -
         from tqdm import tqdm
         batches = tqdm(batches, total=-(-len(ids) // batch_size), unit="batch", desc="predicting", leave=False)
     for idx, x in batches:
-        y = step(x)
-        out[idx] = np.asarray(tf.cast(getattr(y, "logits", y), tf.float32))
+        out[idx] = step(x).numpy()
     return out
 
 

@@ -207,12 +207,16 @@ def parse_hidden(text: str):
 
 
 def logits_step(model):
-    """model(x) as one traced function for every batch shape, no AutoGraph (graph-safe model
-    code): tracing per eval width cost seconds per run (README "Performance")."""
+    """model(x) -> float32 logits, as one traced function for every batch shape, no AutoGraph
+    (graph-safe model code): tracing per eval width cost seconds per run (README "Performance")."""
     step = getattr(model, "_logits_step", None)
     if step is None:
         spec = {k: tf.TensorSpec([None, None], tf.int32, name=k) for k in ("input_ids", "attention_mask")}
-        step = tf.function(lambda x: model(x, training=False), input_signature=[spec], autograph=False)
+
+        def float32_logits(x):
+            y = model(x, training=False)
+            return tf.cast(getattr(y, "logits", y), tf.float32)  # library heads return an output object
+        step = tf.function(float32_logits, input_signature=[spec], autograph=False)
         model._logits_step = step
     return step
 
@@ -224,11 +228,7 @@ def dataset_logits(model, dataset) -> np.ndarray:
     every worker must join, and evaluation sets are small; a plain loop works the same
     under every strategy and keeps the order."""
     step = logits_step(model)
-    out = []
-    for x, _ in dataset:
-        y = step(x)
-        out.append(np.asarray(tf.cast(getattr(y, "logits", y), tf.float32)))
-    return np.concatenate(out)
+    return np.concatenate([step(x).numpy() for x, _ in dataset])
 
 
 def predict_logits(model, dataset, order) -> np.ndarray:

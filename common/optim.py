@@ -153,7 +153,7 @@ def learning_rate_schedule(cfg, steps_per_epoch: int, lr: float = None):
     if cfg.lr_schedule == "constant":
         schedule = keras.optimizers.schedules.PolynomialDecay(lr, total, end_learning_rate=lr)  # flat, still logged
     else:  # --decay-steps: a fixed horizon, as the notebook's PolynomialDecay(5e-5, 10000)
-        decay = getattr(cfg, "decay_steps", 0) or max(1, total - warmup)
+        decay = cfg.decay_steps or max(1, total - warmup)
         schedule = keras.optimizers.schedules.PolynomialDecay(lr, decay, end_learning_rate=0.0)
     return WarmUp(lr, schedule, warmup) if warmup else schedule
 
@@ -162,7 +162,7 @@ def make_optimizer(cfg, steps_per_epoch: int, model=None, lr: float = None):
     """AdamW on the run's schedule with global-norm clipping; with layer-wise rates or
     gradual unfreezing flags, a LayerwiseAdamW over `model`'s variable groups."""
     kwargs = dict(learning_rate=learning_rate_schedule(cfg, steps_per_epoch, lr), weight_decay=cfg.weight_decay,
-                  global_clipnorm=cfg.clipnorm or None, epsilon=getattr(cfg, "adam_epsilon", 1e-6))
+                  global_clipnorm=cfg.clipnorm or None, epsilon=cfg.adam_epsilon)
     if uses_layer_schedule(cfg):
         from common import models
         groups, n_blocks = variable_groups(model, models.encoder_of(model))

@@ -9,7 +9,6 @@ would give other ids than training did, so export refuses it instead.
 import json
 import os
 
-import numpy as np
 
 from common import calibration, runs
 from common.data import LABELS
@@ -47,10 +46,10 @@ def wordpiece_settings(tokenizer) -> dict:
 class SentimentServer(tf.Module):
     """serving_default(text: string[batch]) -> {label_id, label, probabilities}."""
 
-    def __init__(self, model, tokenizer, max_length: int, temperature: float):
+    def __init__(self, model, w: dict, max_length: int, temperature: float):
+        """w: wordpiece_settings() of the run's tokenizer."""
         super().__init__()
         import tensorflow_text as text
-        w = wordpiece_settings(tokenizer)
         # The weights are tracked, the Keras model is not: saving a tracked Keras model also
         # traces every layer's call for Keras' own loading, which doubled a small run's time.
         self.weights = list(model.weights)
@@ -86,14 +85,14 @@ def export_serving(run_dir: str) -> str:
     flags = runs.load_run(run_dir)["flags"]
     model_dir = os.path.join(run_dir, runs.MODEL)
     tokenizer = models.load_tokenizer(model_dir)
-    wordpiece_settings(tokenizer)  # refuse before loading any weights
+    settings = wordpiece_settings(tokenizer)  # refuse before loading any weights
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")  # portable: any CPU or GPU serves it
     try:
         model = models.build_classifier(model_dir)
     finally:
         keras.mixed_precision.set_global_policy(policy)
-    server = SentimentServer(model, tokenizer, flags["max_length"], calibration.temperature_of(run_dir))
+    server = SentimentServer(model, settings, flags["max_length"], calibration.temperature_of(run_dir))
     final = os.path.join(run_dir, SERVING)
     tmp = final + ".tmp"
     if os.path.exists(tmp):
@@ -103,15 +102,3 @@ def export_serving(run_dir: str) -> str:
     runs.publish_dir(tmp, final)
     return final
 
-
-def serve_batches(serving_dir: str, texts, batch_size: int = 64):
-    """(label ids, probabilities) from a loaded serving SavedModel, in input order, batched
-    by length as predict.py does. Needs only TensorFlow and tensorflow-text."""
-    import tensorflow_text  # noqa: F401  (registers the tokenizer's ops)
-    fn = tf.saved_model.load(serving_dir).signatures[SIGNATURE]
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    probs = np.zeros([len(texts), len(LABELS)], np.float32)
-    for i in range(0, len(texts), batch_size):
-        idx = order[i:i + batch_size]
-        probs[idx] = fn(text=tf.constant([texts[j] for j in idx]))["probabilities"].numpy()
-    return probs.argmax(1), probs
