@@ -68,6 +68,15 @@ class Config:
                              "(ULMFiT); 0 = all at once")
     train_examples: float = _f(0, "train on a class-stratified, seeded subset of the training split: N >= 1 "
                                "sentences or a share < 1 (validation and test stay whole); 0 = all")
+    extra_agreement: str = _f("none", "agreement-aware training: also train on the sentences this looser level adds "
+                              "to --agreement's training split (hash split: they are in no level's validation or test "
+                              "split); validation and test stay --agreement's", choices=["none", "75", "66", "50"])
+    extra_weight: float = _f(0.5, "--extra-agreement: loss weight of the added sentences (1 = as much as "
+                             "--agreement's own; fewer annotators agreed on them)")
+    label_smoothing: float = _f(0.0, "move this share of each target's probability to the other classes "
+                                "(Keras' label_smoothing); 0 = off")
+    ema: float = _f(0.0, "keep an exponential moving average of the weights with this momentum (Keras optimizers' "
+                    "use_ema, e.g. 0.98) and evaluate and export it at the end instead of the best epoch; 0 = off")
     train_top_blocks: int = _f(-1, "only the top N transformer blocks (and the head) ever train; -1 = all")
     class_weight: str = _f("balanced", "weight the loss by class: 'balanced' = sklearn's compute_class_weight. "
                            "The default: without it, 1 seed in 3 never learned the 13%% negatives in 3 epochs "

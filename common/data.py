@@ -288,15 +288,19 @@ def widths_for(max_length: int):
     return tuple(w for w in WIDTHS if w < max_length) + (max_length,)
 
 
-def _examples(ids, labels):
-    """Dataset of (1-D token ids, label): slices of one flat tensor (tf.data cannot
-    padded_batch ragged elements)."""
+def _examples(ids, labels, weights=None):
+    """Dataset of (1-D token ids, label[, loss weight]): slices of one flat tensor (tf.data
+    cannot padded_batch ragged elements)."""
     flat = tf.constant(np.concatenate([np.asarray(x, np.int32) for x in ids]) if ids else
                        np.zeros([0], np.int32))
     ends = np.cumsum([len(x) for x in ids]).astype(np.int64)
     starts = ends - np.array([len(x) for x in ids], np.int64)
-    ds = tf.data.Dataset.from_tensor_slices((starts, ends, np.asarray(labels, np.int32)))
-    return ds.map(lambda a, b, y: (flat[a:b], y))
+    if weights is None:
+        ds = tf.data.Dataset.from_tensor_slices((starts, ends, np.asarray(labels, np.int32)))
+        return ds.map(lambda a, b, y: (flat[a:b], y))
+    ds = tf.data.Dataset.from_tensor_slices((starts, ends, np.asarray(labels, np.int32),
+                                             np.asarray(weights, np.float32)))
+    return ds.map(lambda a, b, y, w: (flat[a:b], y, w))
 
 
 def _features(ids, pad_id):
@@ -311,30 +315,35 @@ def _distributable(ds):
 
 
 def bucketed_dataset(ids, labels, batch_size: int, max_length: int, pad_id: int = 0,
-                     shuffle: bool = True, seed: int = 0):
-    """Training batches padded only to the next fixed width (see WIDTHS)."""
+                     shuffle: bool = True, seed: int = 0, weights=None):
+    """Training batches padded only to the next fixed width (see WIDTHS); with `weights`,
+    (features, label, loss weight) batches (Keras multiplies them by the class weights)."""
     widths = widths_for(max_length)
-    ds = _examples(ids, labels).cache()
+    extra = () if weights is None else ([],)
+    ds = _examples(ids, labels, weights).cache()
     if shuffle:
         ds = ds.shuffle(len(ids), seed=seed, reshuffle_each_iteration=True)
     ds = ds.bucket_by_sequence_length(
-        element_length_func=lambda x, y: tf.shape(x)[0],
+        element_length_func=lambda x, *_: tf.shape(x)[0],
         bucket_boundaries=[w + 1 for w in widths],  # bucket i holds lengths <= widths[i]
         bucket_batch_sizes=[batch_size] * (len(widths) + 1),
-        padded_shapes=([None], []), padding_values=(pad_id, 0),
+        padded_shapes=([None], [], *extra), padding_values=(pad_id, 0, *(0.0 for _ in extra)),
         pad_to_bucket_boundary=True)
-    ds = ds.map(lambda x, y: (_features(x, pad_id), y), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(lambda x, *rest: (_features(x, pad_id), *rest), num_parallel_calls=tf.data.AUTOTUNE)
     return _distributable(ds.prefetch(tf.data.AUTOTUNE))
 
 
-def fixed_dataset(ids, labels, batch_size: int, width: int, pad_id: int = 0, shuffle: bool = True, seed: int = 0):
+def fixed_dataset(ids, labels, batch_size: int, width: int, pad_id: int = 0, shuffle: bool = True, seed: int = 0,
+                  weights=None):
     """Every example truncated/padded to `width` (--padding fixed: the notebook's and HF
     examples' way), kept as the baseline that eval/benchmark.py measures bucketing against."""
-    ds = _examples([x[:width] for x in ids], labels).cache()
+    extra = () if weights is None else ([],)
+    ds = _examples([x[:width] for x in ids], labels, weights).cache()
     if shuffle:
         ds = ds.shuffle(len(ids), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.padded_batch(batch_size, padded_shapes=([width], []), padding_values=(pad_id, 0))
-    ds = ds.map(lambda x, y: (_features(x, pad_id), y))
+    ds = ds.padded_batch(batch_size, padded_shapes=([width], [], *extra),
+                         padding_values=(pad_id, 0, *(0.0 for _ in extra)))
+    ds = ds.map(lambda x, *rest: (_features(x, pad_id), *rest))
     return _distributable(ds.prefetch(tf.data.AUTOTUNE))
 
 
@@ -362,7 +371,7 @@ def batch_stats(ds) -> dict:
     steps = examples = real = padded = 0
     widths = set()
     t0 = time.perf_counter()
-    for x, _ in ds:
+    for x, *_ in ds:
         mask = x["attention_mask"].numpy()
         steps += 1
         examples += mask.shape[0]
@@ -418,6 +427,27 @@ def subset(rows, ids, n: float, seed: int):
     return [rows[i] for i in keep], [ids[i] for i in keep]
 
 
+def looser_training_sentences(cfg, tokenizer, strict_train):
+    """(rows, ids) of the training sentences --extra-agreement's level adds to --agreement's:
+    agreement-aware training. With the hash split they are leak-free by construction: a
+    sentence keeps the split its strictest level gave it, so the added sentences are in no
+    level's validation or test split. Labels are the looser level's (conflicts resolve to the
+    stricter label, see dedupe)."""
+    if cfg.extra_agreement == "none":
+        return [], []
+    if cfg.split != "hash":
+        raise FlagError(f"--extra-agreement {cfg.extra_agreement} --split {cfg.split}: only the hash split keeps a "
+                        f"looser level's training sentences out of --agreement {cfg.agreement}'s validation and test "
+                        f"splits; pass --split hash")
+    if LEVELS.index(cfg.extra_agreement) <= LEVELS.index(cfg.agreement):
+        raise FlagError(f"--extra-agreement {cfg.extra_agreement}: must be a looser level than --agreement "
+                        f"{cfg.agreement} (one of {', '.join(LEVELS[LEVELS.index(cfg.agreement) + 1:]) or 'none'})")
+    rows, ids = encoded_splits(cfg.data, cfg.extra_agreement, "hash", tokenizer, cfg.max_length)
+    have = {normalise(s) for s, _ in strict_train}
+    keep = [i for i, (s, _) in enumerate(rows["train"]) if normalise(s) not in have]
+    return [rows["train"][i] for i in keep], [ids["train"][i] for i in keep]
+
+
 def class_weights(labels) -> dict:
     """scikit-learn's 'balanced' weights: n_samples / (n_classes * count(class))."""
     from sklearn.utils.class_weight import compute_class_weight
@@ -433,7 +463,15 @@ def load_data(cfg, tokenizer, replicas: int) -> Splits:
                         f"(it is the global batch; each replica gets batch-size / {replicas})")
     rows, ids = encoded_splits(cfg.data, cfg.agreement, cfg.split, tokenizer, cfg.max_length)
     rows, ids = dict(rows), dict(ids)
+    extra_rows, extra_ids = looser_training_sentences(cfg, tokenizer, rows["train"])
     rows["train"], ids["train"] = subset(rows["train"], ids["train"], cfg.train_examples, cfg.seed)
+    weights = None
+    if extra_rows:  # --extra-agreement: the looser level's added sentences, at --extra-weight
+        weights = [1.0] * len(rows["train"]) + [cfg.extra_weight] * len(extra_rows)
+        rows["train"], ids["train"] = rows["train"] + extra_rows, ids["train"] + extra_ids
+        if cfg.class_weight == "balanced":  # folded in here: Keras 2.15's class_weight fails on datasets that
+            cw = class_weights([y for _, y in rows["train"]])  # carry sample weights (reshape to (None,))
+            weights = [w * cw[y] for w, (_, y) in zip(weights, rows["train"])]
     counts = Counter(y for _, y in rows["train"])
     missing = [LABELS[c] for c in range(len(LABELS)) if not counts[c]]
     if missing:
@@ -443,19 +481,21 @@ def load_data(cfg, tokenizer, replicas: int) -> Splits:
     y = {k: [l for _, l in v] for k, v in rows.items()}
     global_batch, pad = cfg.batch_size, tokenizer.pad_token_id
     if cfg.padding == "fixed":
-        train = fixed_dataset(ids["train"], y["train"], global_batch, cfg.max_length, pad, seed=cfg.seed)
+        train = fixed_dataset(ids["train"], y["train"], global_batch, cfg.max_length, pad, seed=cfg.seed,
+                              weights=weights)
         val, test = (fixed_dataset(ids[k], y[k], global_batch, cfg.max_length, pad, shuffle=False)
                      for k in ("validation", "test"))
         val_order, test_order = np.arange(len(ids["validation"])), np.arange(len(ids["test"]))
     else:
         train = bucketed_dataset(ids["train"], y["train"], global_batch, cfg.max_length, pad,
-                                 shuffle=True, seed=cfg.seed)
+                                 shuffle=True, seed=cfg.seed, weights=weights)
         val, val_order = sorted_dataset(ids["validation"], y["validation"], 2 * global_batch, cfg.max_length, pad)
         test, test_order = sorted_dataset(ids["test"], y["test"], 2 * global_batch, cfg.max_length, pad)
     stats = batch_stats(train)
     # Bucketing hides the epoch length from Keras; it is fixed (bucket membership does not
     # depend on the shuffle), and Keras needs it to resume mid-epoch from BackupAndRestore.
     train = train.apply(tf.data.experimental.assert_cardinality(stats["steps"]))
+    stats["extra_examples"] = len(extra_rows)
     return Splits(train, val, test, val_order, test_order, rows, stats)
 
 

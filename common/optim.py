@@ -163,6 +163,8 @@ def make_optimizer(cfg, steps_per_epoch: int, model=None, lr: float = None):
     gradual unfreezing flags, a LayerwiseAdamW over `model`'s variable groups."""
     kwargs = dict(learning_rate=learning_rate_schedule(cfg, steps_per_epoch, lr), weight_decay=cfg.weight_decay,
                   global_clipnorm=cfg.clipnorm or None, epsilon=cfg.adam_epsilon)
+    if cfg.ema:
+        kwargs.update(use_ema=True, ema_momentum=cfg.ema)
     if uses_layer_schedule(cfg):
         from common import models
         groups, n_blocks = variable_groups(model, models.encoder_of(model))

@@ -159,3 +159,19 @@ def write_config(run_dir: str, flags: dict, script: str, resolved: dict, devices
         "script": script, "argv": sys.argv[1:], "flags": flags, "resolved": resolved,
         "devices": devices, "versions": versions(), "git_commit": git_commit(),
     })
+
+
+def run_plan(plan) -> None:
+    """Run each (description, run folder, command) of a study in order, skipping those whose
+    folder already has metrics.json: rerunning a study resumes it. The commands are project
+    scripts; one that fails stops the study with its exit status (errors.run_child)."""
+    import time
+    from common import errors
+    t_start = time.time()
+    for k, (what, run_dir, cmd) in enumerate(plan, 1):
+        if os.path.exists(os.path.join(run_dir, METRICS)):
+            print(f"[{k}/{len(plan)}] {what}: done already")
+            continue
+        print(f"[{k}/{len(plan)}] {what} ({time.time() - t_start:.0f}s so far): " + " ".join(map(str, cmd[1:])),
+              flush=True)
+        errors.run_child(cmd)

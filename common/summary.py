@@ -46,14 +46,25 @@ def mean_std(values) -> str:
     return f"{v.mean():.4f} ± {v.std(ddof=1) if len(v) > 1 else 0:.4f}"
 
 
+def worst(runs_: list, part: str, key: str) -> str:
+    """The lowest seed's figure and its seed: one user runs one seed."""
+    r = min(runs_, key=lambda r: r["metrics"][part][key])
+    return f"{r['metrics'][part][key]:.4f} (seed {r['flags'].get('seed')})"
+
+
 def table(groups: dict, part: str = "test") -> str:
-    """Markdown: one row per configuration."""
-    lines = [f"| configuration | n | {part} accuracy | {part} macro-F1 | " + " | ".join(f"F1 {l}" for l in LABELS) + " |",
-             "|---|---|---|---|" + "---|" * len(LABELS)]
+    """Markdown: one row per configuration; mean ± sample std over its runs, the worst seed,
+    and the longest run's wall time (start to metrics.json)."""
+    lines = [f"| configuration | n | {part} accuracy | worst | {part} macro-F1 | worst | "
+             + " | ".join(f"F1 {l}" for l in LABELS) + " | s/run (max) |",
+             "|---|---|---|---|---|---|" + "---|" * len(LABELS) + "---|"]
     for (script, flags), rs in groups.items():
-        name = script + "".join(f" {k}={level_name(v) if k == 'agreement' else v}" for k, v in flags)
+        name = script + "".join(f" {k}={level_name(v) if k in ('agreement', 'extra_agreement') and v != 'none' else v}"
+                                for k, v in flags)
         ms = [r["metrics"][part] for r in rs]
-        lines.append(f"| {name} | {len(rs)} | {mean_std([m['accuracy'] for m in ms])} | "
-                     f"{mean_std([m['macro_f1'] for m in ms])} | "
-                     + " | ".join(mean_std([m["per_class"][l]["f1"] for m in ms]) for l in LABELS) + " |")
+        wall = max(r["metrics"].get("wall_seconds", float("nan")) for r in rs)
+        lines.append(f"| {name} | {len(rs)} | {mean_std([m['accuracy'] for m in ms])} | {worst(rs, part, 'accuracy')} | "
+                     f"{mean_std([m['macro_f1'] for m in ms])} | {worst(rs, part, 'macro_f1')} | "
+                     + " | ".join(mean_std([m["per_class"][l]["f1"] for m in ms]) for l in LABELS)
+                     + f" | {wall:.0f} |")
     return "\n".join(lines) + "\n"

@@ -23,12 +23,19 @@ from common.errors import FlagError, ModelError, TrainingFailed
 def make_loss(cfg):
     """Per-example loss on integer labels and logits, in float32 under mixed precision.
     A plain function: compile() wraps it with the reduction that is right under any strategy."""
-    n = len(data.LABELS)
+    n, smoothing = len(data.LABELS), cfg.label_smoothing
     if cfg.loss == "focal":
         def focal_loss(y, logits):
             y = tf.one_hot(tf.reshape(tf.cast(y, tf.int32), [-1]), n)
-            return keras.losses.categorical_focal_crossentropy(y, tf.cast(logits, tf.float32), from_logits=True)
+            return keras.losses.categorical_focal_crossentropy(y, tf.cast(logits, tf.float32), from_logits=True,
+                                                               label_smoothing=smoothing)
         return focal_loss
+    if smoothing:  # Keras' sparse cross-entropy has no label_smoothing: one-hot targets
+        def smoothed_cross_entropy(y, logits):
+            y = tf.one_hot(tf.reshape(tf.cast(y, tf.int32), [-1]), n)
+            return keras.losses.categorical_crossentropy(y, tf.cast(logits, tf.float32), from_logits=True,
+                                                         label_smoothing=smoothing)
+        return smoothed_cross_entropy
 
     def cross_entropy(y, logits):
         return keras.losses.sparse_categorical_crossentropy(y, tf.cast(logits, tf.float32), from_logits=True)
@@ -96,7 +103,9 @@ def fit_model(model, cfg, splits, callbacks=(), epochs: int = None, initial_epoc
     ours = [nan_guard, throughput, validation, cb.LearningRate()]  # before the caller's: they add keys others read
     if optim.uses_layer_schedule(cfg):
         ours.insert(0, optim.UnfreezeSchedule(**optim.layer_schedule(cfg)))
-    cw = data.class_weights(splits.train_labels) if cfg.class_weight == "balanced" else None
+    # with --extra-agreement the dataset's per-example weights already hold the class weights (common/data.py)
+    balanced = cfg.class_weight == "balanced" and not splits.train_stats.get("extra_examples")
+    cw = data.class_weights(splits.train_labels) if balanced else None
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     history = model.fit(splits.train, epochs=cfg.epochs if epochs is None else epochs, initial_epoch=initial_epoch,
@@ -117,8 +126,10 @@ def fit(model, cfg, run_dir: str, splits, hparams: dict, is_chief: bool = True, 
     callbacks = [
         keras.callbacks.BackupAndRestore(os.path.join(run_dir, runs.BACKUP),
                                          save_freq=cfg.backup_every_steps or "epoch"),
-        keras.callbacks.ModelCheckpoint(best_path, monitor="val_macro_f1", mode="max", save_best_only=True,
-                                        save_weights_only=True),
+        # --ema: the run ends with the weights' moving average (Keras puts it in place at the end of
+        # fit), not the best epoch's weights
+        *([] if cfg.ema else [keras.callbacks.ModelCheckpoint(best_path, monitor="val_macro_f1", mode="max",
+                                                              save_best_only=True, save_weights_only=True)]),
         keras.callbacks.TensorBoard(tb_dir, update_freq=cfg.log_every_steps or "epoch", write_graph=False,
                                     profile_batch=0),
         *([hp.KerasCallback(os.path.join(tb_dir, "hparams"), hparams, trial_id=os.path.basename(run_dir))]
@@ -139,7 +150,7 @@ def fit(model, cfg, run_dir: str, splits, hparams: dict, is_chief: bool = True, 
     if nan_guard.fired:
         raise TrainingFailed(f"loss became NaN; stopped. The best weights so far are in {best_path}* "
                              f"(try a lower --lr or --precision fp32)")
-    if os.path.exists(best_path + ".index"):
+    if os.path.exists(best_path + ".index") and not cfg.ema:
         model.load_weights(best_path)
     return history, throughput, steps_done
 
@@ -148,7 +159,8 @@ def hparams_of(cfg, harness) -> dict:
     """The flags worth comparing across runs in TensorBoard's HParams dashboard."""
     keys = ("recipe", "model", "agreement", "split", "max_length", "padding", "batch_size", "epochs", "lr", "lr_schedule",
             "warmup", "weight_decay", "class_weight", "loss", "freeze", "train_embeddings", "head", "pooling",
-            "layer_lr_decay", "head_warmup_epochs", "unfreeze_every", "train_top_blocks", "train_examples", "seed")
+            "layer_lr_decay", "head_warmup_epochs", "unfreeze_every", "train_top_blocks", "train_examples",
+            "extra_agreement", "extra_weight", "label_smoothing", "ema", "seed")
     out = {k: getattr(cfg, k) for k in keys}
     out.update(precision=harness.precision, replicas=harness.replicas, xla=harness.xla)
     return out
@@ -180,6 +192,11 @@ def check_flags(cfg) -> None:
         raise FlagError(f"--warmup {cfg.warmup}: a share of all steps, in [0, 1)")
     if cfg.lr <= 0:
         raise FlagError(f"--lr {cfg.lr}: must be positive")
+    for name, value in (("label_smoothing", cfg.label_smoothing), ("ema", cfg.ema)):
+        if not 0 <= value < 1:
+            raise FlagError(f"--{name.replace('_', '-')} {value}: must be in [0, 1) (0 = off)")
+    if cfg.extra_weight <= 0:
+        raise FlagError(f"--extra-weight {cfg.extra_weight}: must be positive")
     if cfg.decay_steps < 0 or cfg.adam_epsilon <= 0:
         raise FlagError(f"--decay-steps {cfg.decay_steps} --adam-epsilon {cfg.adam_epsilon}: need decay-steps >= 0 "
                         f"and epsilon > 0")
@@ -215,6 +232,8 @@ def start(cfg, script: str, run_folder="train") -> Run:
     st = splits.train_stats
     print(f"data: {data.level_name(cfg.agreement)}, split={cfg.split}: "
           + ", ".join(f"{k} {len(v)}" for k, v in splits.rows.items())
+          + (f" (train includes {st['extra_examples']} sentences {data.level_name(cfg.extra_agreement)} adds, at "
+             f"weight {cfg.extra_weight:g})" if st["extra_examples"] else "")
           + f" | {st['steps']} steps/epoch, widths {st['widths']}, real-token share {st['real_token_share']:.3f}")
     return Run(cfg, harness, run_dir, source, tokenizer, splits, script, wall_start)
 
@@ -246,7 +265,7 @@ def resolved_settings(run: Run) -> dict:
     harness = run.harness
     out = {"precision": harness.precision, "xla": harness.xla != "off", "xla_mode": harness.xla,
            "replicas": harness.replicas, "strategy": harness.strategy_name, "notes": harness.notes,
-           "train_size": len(run.splits.rows["train"])}
+           "train_size": len(run.splits.rows["train"]), "extra_examples": run.splits.train_stats["extra_examples"]}
     if run.cfg.class_weight == "balanced":
         out["class_weight"] = data.class_weights(run.splits.train_labels)
     from common import recipes

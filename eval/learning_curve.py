@@ -16,7 +16,6 @@ learning_curve.md / .csv (mean ± std and the worst seed per size), learning_cur
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -80,21 +79,16 @@ def main(argv=None):
     args = parse(argv)
     out = args.out or runs.default_run_dir("learning_curve")
     os.makedirs(out, exist_ok=True)
-    plan = [(size, seed) for size in args.size_list for seed in range(1, args.seeds + 1)]
-    t_start = time.time()
-    done = {}
-    for k, (size, seed) in enumerate(plan, 1):
-        run_dir = os.path.join(out, f"size-{size_flag(size) if size != 1 else 'all'}", f"seed{seed}")
-        done[(size, seed)] = run_dir
-        if os.path.exists(os.path.join(run_dir, runs.METRICS)):
-            print(f"[{k}/{len(plan)}] size {size:g} seed {seed}: done already")
-            continue
-        cmd = [sys.executable, os.path.join(REPO, args.script), "--model", args.model, "--data", args.data,
-               "--agreement", args.agreement, "--split", args.split, "--epochs", str(args.epochs), "--seed", str(seed),
-               "--train-examples", size_flag(size), "--run-dir", run_dir, *args.extra]
-        print(f"[{k}/{len(plan)}] size {size:g} seed {seed} ({time.time() - t_start:.0f}s so far): "
-              + " ".join(cmd[1:]), flush=True)
-        errors.run_child(cmd)
+    plan, done = [], {}
+    for size in args.size_list:
+        for seed in range(1, args.seeds + 1):
+            run_dir = done[(size, seed)] = os.path.join(out, f"size-{size_flag(size) if size != 1 else 'all'}",
+                                                        f"seed{seed}")
+            cmd = [sys.executable, os.path.join(REPO, args.script), "--model", args.model, "--data", args.data,
+                   "--agreement", args.agreement, "--split", args.split, "--epochs", str(args.epochs),
+                   "--seed", str(seed), "--train-examples", size_flag(size), "--run-dir", run_dir, *args.extra]
+            plan.append((f"size {size:g} seed {seed}", run_dir, cmd))
+    runs.run_plan(plan)
 
     # table: per size, the real number of training sentences, mean ± std, worst seed
     import numpy as np

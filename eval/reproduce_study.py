@@ -86,21 +86,18 @@ def main(argv=None):
     plan = [(m, lv, e, s) for m in models for lv in args.levels.split(",") for s in range(1, args.seeds + 1)
             for e in exps]
     t_start = time.time()
-    done = {}
-    for k, (model, level, exp, seed) in enumerate(plan, 1):
-        run_dir = os.path.join(out, *([slug[model]] if len(models) > 1 else []), level, exp, f"seed{seed}")
-        done[(model, level, exp, seed)] = run_dir
-        what = f"{slug[model] + ' ' if len(models) > 1 else ''}{level_name(level)} {exp} seed {seed}"
-        if os.path.exists(os.path.join(run_dir, runs.METRICS)):
-            print(f"[{k}/{len(plan)}] {what}: done already")
-            continue
+    done, steps = {}, []
+    for model, level, exp, seed in plan:
+        run_dir = done[(model, level, exp, seed)] = os.path.join(
+            out, *([slug[model]] if len(models) > 1 else []), level, exp, f"seed{seed}")
         script, extra, _ = EXPERIMENTS[exp]
         source = ["--init-from", done[(model, level, "head", seed)]] if exp == "body" else ["--model", model]
         cmd = [sys.executable, os.path.join(REPO, script), *source, "--data", args.data, "--agreement", level,
                "--epochs", str(args.epochs), "--seed", str(seed), "--run-dir", run_dir, "--recipe", args.recipe,
                "--split", args.split, *extra, *args.extra]
-        print(f"[{k}/{len(plan)}] {what} ({time.time() - t_start:.0f}s so far): " + " ".join(cmd[1:]), flush=True)
-        errors.run_child(cmd)
+        steps.append((f"{slug[model] + ' ' if len(models) > 1 else ''}{level_name(level)} {exp} seed {seed}",
+                      run_dir, cmd))
+    runs.run_plan(steps)
 
     # Exp 4 and Exp 2: agreement matrix and error analysis of the full runs
     full = [d for (m, lv, e, s), d in done.items() if e == "full"]
