@@ -19,7 +19,9 @@ def add_search_flags(parser):
     g = parser.add_argument_group("search")
     g.add_argument("--tuner", choices=["bayesian", "hyperband"], default="bayesian")
     g.add_argument("--max-trials", type=int, default=8, help="bayesian: trials to run")
-    g.add_argument("--executions-per-trial", type=int, default=1, help="fits per trial (averaged)")
+    g.add_argument("--executions-per-trial", type=int, default=1,
+                   help="fits per trial; fit k trains with --seed + k (initial head, dropout, shuffle order) "
+                        "and the trial scores the mean over them")
     g.add_argument("--train-best", action="store_true", help="then train the best configuration as a normal run")
     return g
 
@@ -31,30 +33,36 @@ class ConfigHyperModel(kt.HyperModel):
     def __init__(self, run, space):
         super().__init__()
         self.run, self.space = run, space
-        self._splits = {run.cfg.batch_size: run.splits}  # data per batch size, built once
+        self._splits = {(run.cfg.batch_size, run.cfg.seed): run.splits}  # data per batch size and seed
         self._builds = {}  # builds so far per trial (its executions)
+        self._execution = {}  # the execution being trained, per trial
 
-    def trial(self, hp):
+    def trial(self, hp, execution: int = 0):
+        """The run as trial `hp`'s flags make it; execution k trains with --seed + k."""
         cfg = self.space(hp, self.run.cfg)
-        if cfg.batch_size not in self._splits:
-            self._splits[cfg.batch_size] = data.load_data(cfg, self.run.tokenizer, self.run.harness.replicas)
-        return dataclasses.replace(self.run, cfg=cfg, splits=self._splits[cfg.batch_size])
+        cfg = dataclasses.replace(cfg, seed=cfg.seed + execution)
+        key = (cfg.batch_size, cfg.seed)
+        if key not in self._splits:
+            self._splits[key] = data.load_data(cfg, self.run.tokenizer, self.run.harness.replicas)
+        return dataclasses.replace(self.run, cfg=cfg, splits=self._splits[key])
 
     def build(self, hp):
         # Each trial starts from the seed, as its train script would: a new head's initial
-        # weights and the dropout masks then match what --train-best trains. A trial's
-        # further executions (--executions-per-trial) take the next seeds, so they differ.
+        # weights, the dropout masks and the shuffle order then match what --train-best trains.
+        # A trial's further executions (--executions-per-trial) take the next seeds for all
+        # three, as `--seed 43`, `--seed 44` would: the trial's score is a mean over seeds.
         from common.env import set_seed
-        trial = self.trial(hp)
         execution = self._builds.get(id(hp), 0)
         self._builds[id(hp)] = execution + 1
-        set_seed(trial.cfg.seed + execution, trial.cfg.deterministic)
+        self._execution[id(hp)] = execution
+        trial = self.trial(hp, execution)
+        set_seed(trial.cfg.seed, trial.cfg.deterministic)
         return training.build_model(trial)
 
     def fit(self, hp, model, *args, callbacks=None, **kwargs):
         """The train scripts' fit path (class weights, unfreezing schedule, validation);
         Hyperband's initial_epoch continues a promoted trial's schedules where they were."""
-        trial = self.trial(hp)
+        trial = self.trial(hp, self._execution.get(id(hp), 0))
         history, _, _ = training.fit_model(
             model, trial.cfg, trial.splits, callbacks or [], epochs=kwargs.get("epochs", trial.cfg.epochs),
             initial_epoch=kwargs.get("initial_epoch", 0), verbose=kwargs.get("verbose", 2))

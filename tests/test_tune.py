@@ -154,3 +154,32 @@ def test_search_runs_in_fp16(script, tuner, tiny_distilbert, data_dir, tmp_path)
     for t, cfg in trials.values():
         assert cfg["resolved"]["precision"] == "fp16" and np.isfinite(t["score"])
         assert _scalars(run / "tb" / t["trial_id"] / "execution0" / "train", "epoch_learning_rate")
+
+
+def test_a_trials_executions_train_with_successive_seeds(tiny_distilbert, data_dir):
+    """--executions-per-trial N: keras-tuner builds and fits the trial N times; fit k must be
+    the train script's --seed 42+k (head, dropout, shuffle order), so the mean is over seeds."""
+    import keras_tuner as kt
+    from common import tuning, training
+    from common.env import keras
+    keras.backend.clear_session()
+    cfg = config.Config(model=tiny_distilbert, data=data_dir, precision="fp32", epochs=1, train_examples=64,
+                        head="custom")  # a head of new layers: initialised from the seed (the tiny model's own is saved)
+    run = training.start(cfg, "test", run_folder=None)
+    hypermodel = tuning.ConfigHyperModel(run, lambda hp, c: c)
+    hp = kt.HyperParameters()
+    heads, batches = [], []
+    for execution in range(2):  # what keras-tuner's run_trial does per execution
+        model = hypermodel.build(hp)
+        heads.append([w.numpy() for w in model.weights])
+        hypermodel.fit(hp, model)
+        trial = hypermodel.trial(hp, execution)
+        x, y = next(iter(trial.splits.train))
+        batches.append((trial.cfg.seed, x["input_ids"].numpy().tolist()))
+    assert [b[0] for b in batches] == [42, 43]
+    assert batches[0][1] != batches[1][1]  # another shuffle order
+    assert not all(a.shape == b.shape and np.allclose(a, b) for a, b in zip(*heads))  # another initial head
+    # the second fit trained on seed 43's data, as `--seed 43` would
+    fresh = config.Config(**{**cfg.to_dict(), "seed": 43})
+    ref = data.load_data(fresh, run.tokenizer, 1)
+    assert hypermodel.trial(hp, 1).splits.rows["train"] == ref.rows["train"]
