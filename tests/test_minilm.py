@@ -31,6 +31,17 @@ def test_minilm_learns_allagree_well_above_majority_rate(minilm_run):
 
 
 @pytest.mark.slow
+def test_default_recipe_learns_every_class_in_one_epoch(minilm_run):
+    """The default recipe's failure mode before balanced class weights: a seed that never
+    predicted the 13% negatives (recall 0; README "Performance"). One epoch, the shortest run,
+    already recalls at least half of each class; a model that skips a class (or keeps to the
+    majority) fails this."""
+    m = json.loads(open(os.path.join(minilm_run, "metrics.json")).read())
+    recall = {label: m["test"]["per_class"][label]["recall"] for label in data.LABELS}
+    assert min(recall.values()) >= 0.5, recall
+
+
+@pytest.mark.slow
 def test_serving_savedmodel_matches_python_path_on_a_trained_run(minilm_run, data_dir, tmp_path):
     """The whole AllAgree test split through the serving SavedModel in a process with
     TensorFlow and tensorflow-text only, against eval/predict.py's path (fp32, as serving)."""
