@@ -62,6 +62,8 @@ def parse(argv=None):
                    "notebook recipe takes ~40 min on a 2-core CPU with MiniLM)")
     p.add_argument("--epochs", type=int, default=3, help="--to-accuracy: epochs for every recipe")
     p.add_argument("--seed", type=int, default=42, help="--to-accuracy: seed for every recipe")
+    p.add_argument("--train-examples", type=float, default=0, help="--to-accuracy: train every recipe on this "
+                   "class-stratified subset of the training split (N sentences or a share; a quick check); 0 = all")
     p.add_argument("--out", default="", help="--to-accuracy: folder for the runs (default runs/benchmark-<time>)")
     p.add_argument("--predict", metavar="RUN", help="benchmark inference on this finished run instead")
     p.add_argument("--sentences", type=int, default=5000, help="--predict: texts to label")
@@ -158,6 +160,8 @@ def train_to_end(args, name: str, run_dir: str) -> dict:
     from common import runs
     cmd = [sys.executable, TRAIN_SCRIPT, "--recipe", name, "--model", args.model, "--data", args.data,
            "--agreement", args.agreement, "--epochs", str(args.epochs), "--seed", str(args.seed), "--run-dir", run_dir]
+    if args.train_examples:
+        cmd += ["--train-examples", f"{args.train_examples:g}"]
     print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
     t0 = time.time()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -186,7 +190,8 @@ def to_accuracy(args) -> list:
     base = results[0]
     for r in results:
         r["speedup_vs_" + base["recipe"]] = base["wall_seconds"] / r["wall_seconds"]
-    lines = [f"Time to accuracy: {args.model}, {args.agreement} agreement, {args.epochs} epochs, seed {args.seed}",
+    subset = f", {args.train_examples:g} training sentences" if args.train_examples else ""
+    lines = [f"Time to accuracy: {args.model}, {args.agreement} agreement, {args.epochs} epochs, seed {args.seed}{subset}",
              "", f"| recipe | flags | wall s (start -> metrics.json) | train s | examples/s | real-token share "
              f"| test accuracy | test macro-F1 | sooner than {base['recipe']} |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:

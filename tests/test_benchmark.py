@@ -22,7 +22,7 @@ def test_benchmark_measures_three_recipes(tiny_distilbert, data_dir):
 def test_time_to_accuracy_trains_each_recipe_to_the_end_with_its_flags(tiny_distilbert, data_dir, tmp_path):
     out = tmp_path / "bench"
     p = run_script("eval/benchmark.py", "--to-accuracy", "--model", tiny_distilbert, "--data", data_dir,
-                   "--recipes", "notebook,project", "--epochs", 1, "--out", out, timeout=900)
+                   "--recipes", "notebook,project", "--epochs", 1, "--train-examples", 160, "--out", out, timeout=900)
     results = json.loads(p.stdout.strip().splitlines()[-1])["to_accuracy"]
     assert [r["recipe"] for r in results] == ["notebook", "project"]
     for r in results:
@@ -30,6 +30,7 @@ def test_time_to_accuracy_trains_each_recipe_to_the_end_with_its_flags(tiny_dist
         metrics = json.loads((run / "metrics.json").read_text())
         assert r["test_accuracy"] == metrics["test"]["accuracy"] and metrics["test"]["n"] == 226
         assert metrics["optimizer_steps"] == metrics["planned_steps"]  # trained to the end
+        assert metrics["sizes"]["train"] == 160
         assert 0 < r["train_seconds"] < r["wall_seconds"] <= r["process_seconds"]
     flags = {r: json.loads((out / r / "config.json").read_text())["flags"] for r in ("notebook", "project")}
     nb = flags["notebook"]

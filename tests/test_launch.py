@@ -233,7 +233,7 @@ def test_local_cluster_stops_every_worker_on_hup_int_term(sig, tiny_distilbert, 
                          env={**os.environ, "PYTHON": sys.executable}, preexec_fn=_terminal_signals)
     try:
         deadline = time.time() + 300
-        while log.read_text().count("] Epoch 1/200") < 2:  # both workers are training
+        while log.read_text().count("] data: ") < 2:  # both workers joined the cluster and loaded the data
             assert time.time() < deadline and p.poll() is None, log.read_text()[-3000:]
             time.sleep(0.5)
         p.send_signal(sig)
