@@ -302,3 +302,23 @@ def test_learning_curve_trains_each_size_on_the_same_test_split_and_resumes(tiny
     assert steps == [p["train_size"] for p in points] and "learning_curve" in acc.Tags()["tensors"]
     again = run_script("eval/learning_curve.py", *args, timeout=600)
     assert again.stdout.count("done already") == 2
+
+
+def test_probe_features_batches_like_one_sentence_at_a_time_and_reads_labels(tiny_distilbert, data_dir):
+    """eval/probe_features.py: the batched, padded features equal each sentence's own
+    (mean pooling counts real tokens only); the probe table covers the three features."""
+    from common import models
+    from common.env import tf
+    from eval import probe_features
+    model = models.build_classifier(tiny_distilbert)
+    tok = models.load_tokenizer(tiny_distilbert)
+    sentences = [s for s, _ in data.load_splits(data_dir, "all")["test"][:40]]
+    batched = probe_features.features(model, tok, sentences, batch_size=16)
+    for i in (0, 7, 39):
+        ids = tf.constant([tok(sentences[i])["input_ids"]])
+        h = models.encoder_of(model)(input_ids=ids, training=False).last_hidden_state.numpy()[0]
+        np.testing.assert_allclose(batched["mean"][i], h.mean(0), atol=1e-5)
+        np.testing.assert_allclose(batched["cls"][i], h[0], atol=1e-5)
+    results = probe_features.main(["--model", tiny_distilbert, "--data", data_dir])
+    assert set(results) == {"pooler", "cls", "mean"}
+    assert all(0 <= r["probe_accuracy"] <= 1 and -1 <= r["mean_cosine"] <= 1 for r in results.values())

@@ -1,0 +1,105 @@
+#!/usr/bin/env python
+"""What a head-only run can learn from a frozen encoder: each sentence feature a head could
+read, measured before any training (the notebook's Basic 1, explained).
+
+    python eval/probe_features.py --model PATH --data ../shared/data/FinancialPhraseBank-v1.0
+
+For three features of the frozen pretrained encoder:
+  pooler  - what the library head (TF*ForSequenceClassification) reads: BERT's pooler,
+            tanh(W h_[CLS] + b), for models that have one; else h_[CLS]
+  cls     - the last hidden state of the first token
+  mean    - the mean of the last hidden states over real tokens (what sentence-transformers
+            models such as all-MiniLM-L6-v2 were trained to make useful; --pooling mean)
+it prints how much the feature varies between sentences (mean cosine similarity of two
+sentences' features; per-dimension std across sentences relative to its mean magnitude; for
+the pooler the share of saturated tanh units) and how well a linear classifier can read the
+label from it: scikit-learn's logistic regression (balanced class weights, standardised
+features) fitted on the training split and scored on the test split. A feature a linear
+probe reads well but a head-only run does not learn points at the optimisation (rate, epochs,
+class weights); a feature no probe reads points at the feature. Writes nothing.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import env  # noqa: E402,F401  (first)
+from common import config, data, errors  # noqa: E402
+
+
+def features(model, tokenizer, sentences, max_length=128, batch_size=64):
+    """{name: [n, dim] float32} of the frozen encoder, in sentence order."""
+    import numpy as np
+    from common import models
+    from common.env import tf
+    encoder = models.encoder_of(model)
+    ids = data.encode(tokenizer, sentences, max_length)
+    out = {"pooler": [], "cls": [], "mean": []}
+    for start in range(0, len(ids), batch_size):
+        chunk = ids[start:start + batch_size]
+        width = max(len(x) for x in chunk)
+        x = np.full([len(chunk), width], tokenizer.pad_token_id, np.int32)
+        for i, row in enumerate(chunk):
+            x[i, :len(row)] = row
+        mask = (x != tokenizer.pad_token_id).astype(np.int32)
+        o = encoder(input_ids=tf.constant(x), attention_mask=tf.constant(mask), training=False)
+        h = o.last_hidden_state.numpy().astype(np.float32)
+        pooled = getattr(o, "pooler_output", None)
+        out["cls"].append(h[:, 0])
+        out["pooler"].append(h[:, 0] if pooled is None else pooled.numpy().astype(np.float32))
+        out["mean"].append((h * mask[..., None]).sum(1) / mask.sum(1, keepdims=True))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def describe(train_x, y_train, test_x, y_test) -> dict:
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    unit = test_x / np.linalg.norm(test_x, axis=1, keepdims=True)
+    cos = unit @ unit.T
+    n = len(unit)
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, class_weight="balanced"))
+    probe.fit(train_x, y_train)
+    pred = probe.predict(test_x)
+    return {"mean_cosine": float((cos.sum() - n) / (n * (n - 1))),
+            "relative_std": float(train_x.std(0).mean() / np.abs(train_x).mean()),
+            "saturated": float((np.abs(train_x) > 0.99).mean()),
+            "probe_accuracy": float(accuracy_score(y_test, pred)),
+            "probe_macro_f1": float(f1_score(y_test, pred, average="macro")),
+            "predicted_classes": int(len(set(pred.tolist())))}
+
+
+def main(argv=None):
+    p = config.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="distilbert-base-uncased", help="Hub id or local folder, as for the train scripts")
+    p.add_argument("--data", default="hub")
+    p.add_argument("--agreement", default="all", choices=["50", "66", "75", "all"])
+    p.add_argument("--split", default="hash", choices=["hash", "notebook", "seed"])
+    args = p.parse_args(argv)
+    import numpy as np
+    from common import models
+    splits = data.load_splits(args.data, args.agreement, args.split)
+    tokenizer = models.load_tokenizer(args.model)
+    model = models.build_classifier(args.model)
+    feats = {part: features(model, tokenizer, [s for s, _ in splits[part]]) for part in ("train", "test")}
+    y = {part: np.array([l for _, l in splits[part]]) for part in ("train", "test")}
+    majority = max(np.bincount(y["test"])) / len(y["test"])
+    lines = [f"# Frozen-encoder features: `{args.model}`, {data.level_name(args.agreement)}, --split {args.split} "
+             f"(probe fitted on {len(y['train'])} training sentences, scored on {len(y['test'])} test sentences; "
+             f"predicting the majority class scores accuracy {majority:.4f})", "",
+             "| feature | dims | mean cosine of two sentences | per-dim std / mean abs | saturated (abs > 0.99) "
+             "| linear probe test accuracy | macro-F1 | classes predicted |", "|---|---|---|---|---|---|---|---|"]
+    results = {}
+    for name in ("pooler", "cls", "mean"):
+        r = results[name] = describe(feats["train"][name], y["train"], feats["test"][name], y["test"])
+        lines.append(f"| {name} | {feats['train'][name].shape[1]} | {r['mean_cosine']:.4f} | {r['relative_std']:.3f} | "
+                     f"{r['saturated']:.3f} | {r['probe_accuracy']:.4f} | {r['probe_macro_f1']:.4f} | "
+                     f"{r['predicted_classes']} |")
+    print("\n".join(lines))
+    return results
+
+
+if __name__ == "__main__":
+    errors.run(main)
