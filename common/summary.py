@@ -1,6 +1,8 @@
 """Group finished runs by configuration and report mean +- std over seeds."""
+import csv
 import glob
 import os
+from collections import Counter
 
 import numpy as np
 
@@ -68,3 +70,29 @@ def table(groups: dict, part: str = "test") -> str:
                      + " | ".join(mean_std([m["per_class"][l]["f1"] for m in ms]) for l in LABELS)
                      + f" | {wall:.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def shared_errors(runs_: list, min_share: float = 0.5) -> str:
+    """Markdown: the test sentences at least `min_share` of the runs got wrong, most often
+    first, from each run's eval/<level>-test/errors.csv (written by eval/evaluate.py)."""
+    counts, labels = Counter(), {}
+    for r in runs_:
+        path = os.path.join(r["dir"], "eval", f"{level_name(r['flags']['agreement'])}-test", runs.ERRORS)
+        if not os.path.exists(path):
+            raise RunDirError(f"{r['dir']}: no {os.path.relpath(path, r['dir'])}; run python eval/evaluate.py {r['dir']} "
+                              f"first")
+        with open(path, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                counts[row["sentence"]] += 1
+                labels.setdefault(row["sentence"], Counter())[row["predicted"]] += 1
+                labels[row["sentence"]]["true:" + row["true"]] = 1
+    lines = [f"| wrong in | true | predicted | sentence |", "|---|---|---|---|"]
+    for sentence, n in counts.most_common():
+        if n < min_share * len(runs_):
+            break
+        true = next(k[5:] for k in labels[sentence] if k.startswith("true:"))
+        predicted = ", ".join(f"{k} ({v})" for k, v in labels[sentence].most_common() if not k.startswith("true:"))
+        lines.append(f"| {n}/{len(runs_)} | {true} | {predicted} | {sentence.replace('|', '/')} |")
+    total = sum(counts.values())
+    return (f"{len(counts)} distinct test sentences wrong in any run ({total / len(runs_):.1f} per run); "
+            f"those wrong in at least {min_share:.0%} of the runs:\n\n" + "\n".join(lines) + "\n")

@@ -3,6 +3,7 @@
 
     python eval/summarize.py runs/                 # every finished run below runs/
     python eval/summarize.py runs/study-*/all --part validation
+    python eval/summarize.py runs/seeds/default --errors   # test sentences most seeds get wrong
 
 Runs are grouped by every flag that differs between them except the seed (and paths);
 single runs on ~226 test sentences differ by about +-1.5 points from seed alone, so
@@ -21,9 +22,16 @@ def main(argv=None):
     p = config.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", help="run folders, or folders holding runs")
     p.add_argument("--part", choices=["test", "validation"], default="test")
+    p.add_argument("--errors", action="store_true", help="also list, per configuration, the test sentences at least "
+                   "half of its seeds got wrong (needs eval/evaluate.py RUN on each run first)")
     args = p.parse_args(argv)
     loaded = [summary.load(d) for d in summary.find_runs(args.paths)]
-    text = summary.table(summary.group(loaded), args.part)
+    groups = summary.group(loaded)
+    text = summary.table(groups, args.part)
+    if args.errors:
+        for (script, flags), rs in groups.items():
+            name = script + "".join(f" {k}={v}" for k, v in flags)
+            text += f"\n## {name}\n\n" + summary.shared_errors(rs)
     print(text)
     return text
 

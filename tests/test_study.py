@@ -322,3 +322,22 @@ def test_probe_features_batches_like_one_sentence_at_a_time_and_reads_labels(tin
     results = probe_features.main(["--model", tiny_distilbert, "--data", data_dir])
     assert set(results) == {"pooler", "cls", "mean"}
     assert all(0 <= r["probe_accuracy"] <= 1 and -1 <= r["mean_cosine"] <= 1 for r in results.values())
+
+
+def test_summarize_errors_lists_each_seeds_mistakes(level_runs):
+    """--errors on one-run configurations: every mistake of the run's own test split, once."""
+    from eval import summarize
+    from eval.evaluate import evaluate_run
+    runs_ = [level_runs[("all", "hash")], level_runs[("50", "hash")]]
+    for run in runs_:
+        evaluate_run(str(run))
+    text = summarize.main([str(r) for r in runs_] + ["--errors"])
+    sections = text.split("\n## ")[1:]
+    assert len(sections) == 2
+    for section in sections:
+        level = "50" if "agreement=50" in section.splitlines()[0] else "all"
+        m = json.loads((level_runs[(level, "hash")] / "metrics.json").read_text())["test"]
+        rows = [l for l in section.splitlines() if l.startswith("| 1/1 |")]
+        assert len(rows) == round((1 - m["accuracy"]) * m["n"]) > 0
+    with pytest.raises(errors.RunDirError, match="run python eval/evaluate.py"):
+        summarize.main([str(level_runs[("all", "seed")]), "--errors"])
