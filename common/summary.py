@@ -56,15 +56,16 @@ def worst(runs_: list, part: str, key: str) -> str:
 
 def table(groups: dict, part: str = "test") -> str:
     """Markdown: one row per configuration; mean ± sample std over its runs, the worst seed,
-    and the longest run's wall time (start to metrics.json)."""
+    and the median run's wall time (start to metrics.json; the median, as one run slowed by
+    other work on the machine would otherwise decide it)."""
     lines = [f"| configuration | n | {part} accuracy | worst | {part} macro-F1 | worst | "
-             + " | ".join(f"F1 {l}" for l in LABELS) + " | s/run (max) |",
+             + " | ".join(f"F1 {l}" for l in LABELS) + " | wall s/run (median) |",
              "|---|---|---|---|---|---|" + "---|" * len(LABELS) + "---|"]
     for (script, flags), rs in groups.items():
         name = script + "".join(f" {k}={level_name(v) if k in ('agreement', 'extra_agreement') and v != 'none' else v}"
                                 for k, v in flags)
         ms = [r["metrics"][part] for r in rs]
-        wall = max(r["metrics"].get("wall_seconds", float("nan")) for r in rs)
+        wall = float(np.median([r["metrics"].get("wall_seconds", float("nan")) for r in rs]))
         lines.append(f"| {name} | {len(rs)} | {mean_std([m['accuracy'] for m in ms])} | {worst(rs, part, 'accuracy')} | "
                      f"{mean_std([m['macro_f1'] for m in ms])} | {worst(rs, part, 'macro_f1')} | "
                      + " | ".join(mean_std([m["per_class"][l]["f1"] for m in ms]) for l in LABELS)

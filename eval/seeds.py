@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """One configuration over seeds: run a train script once per seed, then the table a user
-should read before trusting one run (mean ± std, the worst seed, the longest run).
+should read before trusting one run (mean ± std, the worst seed, the median run's wall time).
 
     python eval/seeds.py --out runs/seeds/default -- train/full_finetune.py --model PATH --data DIR
     python eval/seeds.py --seeds 5 --out runs/seeds/lr -- train/full_finetune.py --lr 2.2e-4 ...
