@@ -341,3 +341,22 @@ def test_summarize_errors_lists_each_seeds_mistakes(level_runs):
         assert len(rows) == round((1 - m["accuracy"]) * m["n"]) > 0
     with pytest.raises(errors.RunDirError, match="run python eval/evaluate.py"):
         summarize.main([str(level_runs[("all", "seed")]), "--errors"])
+
+
+def test_seeds_runs_one_configuration_per_seed_reports_the_worst_and_resumes(tiny_distilbert, data_dir, tmp_path):
+    out = tmp_path / "seeds"
+    cmd = ["--seeds", 2, "--out", out, "--", "train/full_finetune.py", "--model", tiny_distilbert, "--data", data_dir,
+           "--epochs", 1, "--train-examples", 48, "--precision", "fp32", "--custom-flag-check"]
+    bad = run_script("eval/seeds.py", *cmd, check=False)
+    assert bad.returncode == 2 and "seed 1" in bad.stdout  # the train script's own flag error stops the study
+    cmd = cmd[:-1]
+    run_script("eval/seeds.py", *cmd)
+    metrics = {k: json.loads((out / f"seed{k}" / "metrics.json").read_text())["test"] for k in (1, 2)}
+    assert [json.loads((out / f"seed{k}" / "config.json").read_text())["flags"]["seed"] for k in (1, 2)] == [1, 2]
+    worst = min((1, 2), key=lambda k: metrics[k]["accuracy"])
+    table = (out / "seeds.md").read_text()
+    assert f"| 2 | " in table and f"{metrics[worst]['accuracy']:.4f} (seed {worst})" in table
+    again = run_script("eval/seeds.py", *cmd)
+    assert again.stdout.count("done already") == 2
+    refused = run_script("eval/seeds.py", "--out", out, "--", "train/full_finetune.py", "--seed", 3, check=False)
+    assert refused.returncode == 2 and "--seed is set per seed" in refused.stderr
