@@ -27,8 +27,10 @@ def find_runs(paths) -> list:
 
 
 def load(run_dir: str) -> dict:
+    from common.config import Config
     cfg = runs.read_json(os.path.join(run_dir, runs.CONFIG))
-    return {"dir": run_dir, "script": os.path.basename(cfg["script"]).removesuffix(".py"), "flags": cfg["flags"],
+    flags = {**Config().to_dict(), **cfg["flags"]}  # a flag added after the run was made: it ran with its default
+    return {"dir": run_dir, "script": os.path.basename(cfg["script"]).removesuffix(".py"), "flags": flags,
             "metrics": runs.read_json(os.path.join(run_dir, runs.METRICS))}
 
 

@@ -360,3 +360,18 @@ def test_seeds_runs_one_configuration_per_seed_reports_the_worst_and_resumes(tin
     assert again.stdout.count("done already") == 2
     refused = run_script("eval/seeds.py", "--out", out, "--", "train/full_finetune.py", "--seed", 3, check=False)
     assert refused.returncode == 2 and "--seed is set per seed" in refused.stderr
+
+
+def test_summarize_counts_a_flag_an_older_run_lacks_as_its_default(level_runs, tmp_path):
+    """A run made before a flag existed ran with its default: it groups with today's runs."""
+    import shutil
+    from eval import summarize
+    src = level_runs[("all", "hash")]
+    for name, drop in (("old", ("ema", "label_smoothing", "extra_agreement")), ("new", ())):
+        (tmp_path / name).mkdir()
+        shutil.copy(src / "metrics.json", tmp_path / name / "metrics.json")
+        cfg = json.loads((src / "config.json").read_text())
+        cfg["flags"] = {k: v for k, v in cfg["flags"].items() if k not in drop}
+        (tmp_path / name / "config.json").write_text(json.dumps(cfg))
+    rows = [l for l in summarize.main([str(tmp_path)]).splitlines() if l.startswith("| full_finetune")]
+    assert len(rows) == 1 and "| full_finetune | 2 |" in rows[0]
