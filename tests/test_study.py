@@ -324,7 +324,7 @@ def test_probe_features_batches_like_one_sentence_at_a_time_and_reads_labels(tin
     assert all(0 <= r["probe_accuracy"] <= 1 and -1 <= r["mean_cosine"] <= 1 for r in results.values())
 
 
-def test_summarize_errors_lists_each_seeds_mistakes(level_runs):
+def test_summarize_errors_lists_each_seeds_mistakes(level_runs, tmp_path):
     """--errors on one-run configurations: every mistake of the run's own test split, once."""
     from eval import summarize
     from eval.evaluate import evaluate_run
@@ -339,8 +339,13 @@ def test_summarize_errors_lists_each_seeds_mistakes(level_runs):
         m = json.loads((level_runs[(level, "hash")] / "metrics.json").read_text())["test"]
         rows = [l for l in section.splitlines() if l.startswith("| 1/1 |")]
         assert len(rows) == round((1 - m["accuracy"]) * m["n"]) > 0
+    import shutil
+    unevaluated = tmp_path / "unevaluated"  # a finished run that eval/evaluate.py has not seen
+    unevaluated.mkdir()
+    for name in ("config.json", "metrics.json"):
+        shutil.copy(level_runs[("all", "hash")] / name, unevaluated / name)
     with pytest.raises(errors.RunDirError, match="run python eval/evaluate.py"):
-        summarize.main([str(level_runs[("all", "seed")]), "--errors"])
+        summarize.main([str(unevaluated), "--errors"])
 
 
 def test_seeds_runs_one_configuration_per_seed_reports_the_worst_and_resumes(tiny_distilbert, data_dir, tmp_path):
