@@ -94,6 +94,13 @@ def load_run(run_dir: str, flag: str = "run folder") -> dict:
 RESUMABLE_CHANGES = ("run_dir", "log_every_steps")
 
 
+def run_flags(config: dict) -> dict:
+    """A run's flags from its config.json; a flag added after the run was made counts as its
+    default (the run ran with it)."""
+    from common.config import Config
+    return {**Config().to_dict(), **config.get("flags", {})}
+
+
 def prepare_run_dir(run_dir: str, flags: dict = None, script: str = "") -> None:
     """Refuse a run folder that cannot be written, or that holds a run made with other flags
     (rerunning the same command resumes it; other flags would silently resume it under them)."""
@@ -113,9 +120,7 @@ def prepare_run_dir(run_dir: str, flags: dict = None, script: str = "") -> None:
         old = read_json(path)
     except ValueError:
         raise RunDirError(f"--run-dir {run_dir}: its {CONFIG} is not valid JSON; pass a new --run-dir")
-    from common.config import Config
-    # a flag added after that run was made counts as its default there (older run folders resume)
-    old_flags = {**Config().to_dict(), **old.get("flags", {})}
+    old_flags = run_flags(old)  # older run folders resume
     differ = sorted(k for k in set(flags) | set(old_flags)
                     if k not in RESUMABLE_CHANGES and old_flags.get(k) != flags.get(k))
     if old.get("script") not in (None, script):

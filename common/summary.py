@@ -27,10 +27,8 @@ def find_runs(paths) -> list:
 
 
 def load(run_dir: str) -> dict:
-    from common.config import Config
     cfg = runs.read_json(os.path.join(run_dir, runs.CONFIG))
-    flags = {**Config().to_dict(), **cfg["flags"]}  # a flag added after the run was made: it ran with its default
-    return {"dir": run_dir, "script": os.path.basename(cfg["script"]).removesuffix(".py"), "flags": flags,
+    return {"dir": run_dir, "script": os.path.basename(cfg["script"]).removesuffix(".py"), "flags": runs.run_flags(cfg),
             "metrics": runs.read_json(os.path.join(run_dir, runs.METRICS))}
 
 
@@ -78,7 +76,7 @@ def table(groups: dict, part: str = "test") -> str:
 def shared_errors(runs_: list, min_share: float = 0.5) -> str:
     """Markdown: the test sentences at least `min_share` of the runs got wrong, most often
     first, from each run's eval/<level>-test/errors.csv (written by eval/evaluate.py)."""
-    counts, labels = Counter(), {}
+    counts, true, predicted = Counter(), {}, {}
     for r in runs_:
         path = os.path.join(r["dir"], "eval", f"{level_name(r['flags']['agreement'])}-test", runs.ERRORS)
         if not os.path.exists(path):
@@ -87,15 +85,14 @@ def shared_errors(runs_: list, min_share: float = 0.5) -> str:
         with open(path, newline="", encoding="utf-8") as f:
             for row in csv.DictReader(f):
                 counts[row["sentence"]] += 1
-                labels.setdefault(row["sentence"], Counter())[row["predicted"]] += 1
-                labels[row["sentence"]]["true:" + row["true"]] = 1
-    lines = [f"| wrong in | true | predicted | sentence |", "|---|---|---|---|"]
+                true[row["sentence"]] = row["true"]
+                predicted.setdefault(row["sentence"], Counter())[row["predicted"]] += 1
+    lines = ["| wrong in | true | predicted | sentence |", "|---|---|---|---|"]
     for sentence, n in counts.most_common():
         if n < min_share * len(runs_):
             break
-        true = next(k[5:] for k in labels[sentence] if k.startswith("true:"))
-        predicted = ", ".join(f"{k} ({v})" for k, v in labels[sentence].most_common() if not k.startswith("true:"))
-        lines.append(f"| {n}/{len(runs_)} | {true} | {predicted} | {sentence.replace('|', '/')} |")
+        shown = ", ".join(f"{k} ({v})" for k, v in predicted[sentence].most_common())
+        lines.append(f"| {n}/{len(runs_)} | {true[sentence]} | {shown} | {sentence.replace('|', '/')} |")
     total = sum(counts.values())
     return (f"{len(counts)} distinct test sentences wrong in any run ({total / len(runs_):.1f} per run); "
             f"those wrong in at least {min_share:.0%} of the runs:\n\n" + "\n".join(lines) + "\n")

@@ -34,8 +34,7 @@ class ConfigHyperModel(kt.HyperModel):
         super().__init__()
         self.run, self.space = run, space
         self._splits = {(run.cfg.batch_size, run.cfg.seed): run.splits}  # data per batch size and seed
-        self._builds = {}  # builds so far per trial (its executions)
-        self._execution = {}  # the execution being trained, per trial
+        self._builds = {}  # builds so far per trial: its executions; the last build is the one being fitted
 
     def trial(self, hp, execution: int = 0):
         """The run as trial `hp`'s flags make it; execution k trains with --seed + k."""
@@ -54,7 +53,6 @@ class ConfigHyperModel(kt.HyperModel):
         from common.env import set_seed
         execution = self._builds.get(id(hp), 0)
         self._builds[id(hp)] = execution + 1
-        self._execution[id(hp)] = execution
         trial = self.trial(hp, execution)
         set_seed(trial.cfg.seed, trial.cfg.deterministic)
         return training.build_model(trial)
@@ -62,7 +60,7 @@ class ConfigHyperModel(kt.HyperModel):
     def fit(self, hp, model, *args, callbacks=None, **kwargs):
         """The train scripts' fit path (class weights, unfreezing schedule, validation);
         Hyperband's initial_epoch continues a promoted trial's schedules where they were."""
-        trial = self.trial(hp, self._execution.get(id(hp), 0))
+        trial = self.trial(hp, self._builds.get(id(hp), 1) - 1)
         history, _, _ = training.fit_model(
             model, trial.cfg, trial.splits, callbacks or [], epochs=kwargs.get("epochs", trial.cfg.epochs),
             initial_epoch=kwargs.get("initial_epoch", 0), verbose=kwargs.get("verbose", 2))

@@ -30,25 +30,21 @@ from common import config, data, errors  # noqa: E402
 def features(model, tokenizer, sentences, max_length=128, batch_size=64):
     """{name: [n, dim] float32} of the frozen encoder, in sentence order."""
     import numpy as np
-    from common import models
+    from common import inference, models
     from common.env import tf
     encoder = models.encoder_of(model)
     ids = data.encode(tokenizer, sentences, max_length)
-    out = {"pooler": [], "cls": [], "mean": []}
-    for start in range(0, len(ids), batch_size):
-        chunk = ids[start:start + batch_size]
-        width = max(len(x) for x in chunk)
-        x = np.full([len(chunk), width], tokenizer.pad_token_id, np.int32)
-        for i, row in enumerate(chunk):
-            x[i, :len(row)] = row
-        mask = (x != tokenizer.pad_token_id).astype(np.int32)
-        o = encoder(input_ids=tf.constant(x), attention_mask=tf.constant(mask), training=False)
+    out = {}
+    for idx, x in inference.length_batches(ids, batch_size, max_length, tokenizer.pad_token_id):
+        o = encoder(**{k: tf.constant(v) for k, v in x.items()}, training=False)
         h = o.last_hidden_state.numpy().astype(np.float32)
+        mask = x["attention_mask"][..., None]
         pooled = getattr(o, "pooler_output", None)
-        out["cls"].append(h[:, 0])
-        out["pooler"].append(h[:, 0] if pooled is None else pooled.numpy().astype(np.float32))
-        out["mean"].append((h * mask[..., None]).sum(1) / mask.sum(1, keepdims=True))
-    return {k: np.concatenate(v) for k, v in out.items()}
+        batch = {"pooler": h[:, 0] if pooled is None else pooled.numpy().astype(np.float32), "cls": h[:, 0],
+                 "mean": (h * mask).sum(1) / mask.sum(1)}
+        for name, value in batch.items():  # back into sentence order
+            out.setdefault(name, np.zeros([len(ids), value.shape[1]], np.float32))[idx] = value
+    return out
 
 
 def describe(train_x, y_train, test_x, y_test) -> dict:
