@@ -312,9 +312,9 @@ def _distributable(ds):
     # In-memory data: shard by element under MultiWorkerMirroredStrategy (no files to shard).
     opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     # No autotuning: on TF 2.15 deleting an iterator waits for the autotune thread's sleep
-    # to end, and Keras deletes the training iterator at every epoch's end: 14 s of a 3-epoch
-    # MiniLM run's ~30 s of pauses between epochs (README "Performance"). These pipelines
-    # run 100x faster than training, so there is nothing for it to tune.
+    # to end, and Keras deletes the training iterator at every epoch's end (up to 14 s each;
+    # 33 s of pauses in a 3-epoch MiniLM run, README "Performance"). These pipelines run
+    # 100x faster than training, so there is nothing for it to tune.
     opts.autotune.enabled = False
     return ds.with_options(opts)
 
