@@ -29,8 +29,10 @@ class Config:
                     "scikit-learn (other sentences; for older runs)", choices=["hash", "notebook", "seed"])
     max_length: int = _f(128, "truncate sentences to this many tokens (the longest has 150 with BERT's vocab)")
     padding: str = _f("buckets", "'buckets': pad each batch of similar lengths to the next of a few widths; "
-                      "'fixed': pad every sentence to --max-length (the notebook's way, for comparison)",
-                      choices=["buckets", "fixed"])
+                      "'fixed': pad every sentence to --max-length (the notebook's way, for comparison); "
+                      "'longest': fixed's batches, each padded only to its longest sentence's width (trains "
+                      "as 'fixed' does, the mask hides padding; e.g. --recipe notebook --padding longest)",
+                      choices=["buckets", "fixed", "longest"])
     # model
     model: str = _f("distilbert-base-uncased", "Hub id or local folder of a TF-loadable (or PyTorch "
                     "safetensors) encoder")
@@ -79,9 +81,14 @@ class Config:
     ema: float = _f(0.0, "keep an exponential moving average of the weights with this momentum (Keras optimizers' "
                     "use_ema, e.g. 0.98) and evaluate and export it at the end instead of the best epoch; 0 = off")
     train_top_blocks: int = _f(-1, "only the top N transformer blocks (and the head) ever train; -1 = all")
-    class_weight: str = _f("balanced", "weight the loss by class: 'balanced' = sklearn's compute_class_weight. "
-                           "The default: without it, 1 seed in 3 never learned the 13%% negatives in 3 epochs "
-                           "(README \"Performance\")", choices=["none", "balanced"])
+    class_weight: str = _f("balanced", "weight the loss by class: 'balanced' = sklearn's compute_class_weight; "
+                           "'sqrt' = their square roots (mean weight per example 1). The default: without it, "
+                           "1 seed in 3 never learned the 13%% negatives in 3 epochs (README \"Performance\")",
+                           choices=["none", "sqrt", "balanced"])
+    restore_prior: bool = _f(True, "after training with class weights, subtract log(class weight) from the "
+                             "logits' bias, so predictions follow the training data's class frequencies again "
+                             "(post-hoc logit adjustment; README \"Performance\"); --no-restore-prior keeps "
+                             "the weighted model")
     loss: str = _f("ce", "'ce' cross-entropy, 'focal' Keras' categorical focal cross-entropy",
                    choices=["ce", "focal"])
     # hardware

@@ -93,10 +93,35 @@ def float32_logits(model) -> None:
     Keras' mixed-precision guide asks: fp16 logits lose the small differences softmax and
     the loss see (the custom head does the same through its layer dtype). Its weights are
     float32 already; only the compute dtype changes, so checkpoints are unaffected."""
-    head = getattr(model, "classifier", None)
-    head = getattr(head, "out_proj", head)  # RoBERTa-style heads end in out_proj
+    head = _library_logits_layer(model)
     if isinstance(head, keras.layers.Dense):
         head._set_dtype_policy(keras.mixed_precision.Policy("float32"))
+
+
+def _library_logits_layer(model):
+    head = getattr(model, "classifier", None)
+    return getattr(head, "out_proj", head)  # RoBERTa-style heads end in out_proj
+
+
+def logits_layer(model):
+    """The Dense layer that outputs the logits (library heads and the custom head)."""
+    if isinstance(model, CustomHeadClassifier):
+        return model.out
+    head = _library_logits_layer(model)
+    if not isinstance(head, keras.layers.Dense):
+        raise ModelError(f"{type(model).__name__}: no Dense logits layer found (looked for .classifier)")
+    return head
+
+
+def restore_class_prior(model, class_weights: dict) -> None:
+    """Subtract log(class weight) from the logits' bias. Training with class weights w_c
+    fits p(c|x) * w_c (renormalised) instead of p(c|x); this puts the training data's class
+    frequencies back into the model's predictions (post-hoc logit adjustment: Menon et al.,
+    "Long-tail learning via logit adjustment", 2021), while keeping what the weights did for
+    learning the rare classes. Folded into the bias, so every later path (metrics,
+    calibration, model/, serving/) sees the same model. Neither Keras nor transformers has it."""
+    bias = logits_layer(model).bias
+    bias.assign(bias - tf.constant(np.log([class_weights[c] for c in range(len(LABELS))]), bias.dtype))
 
 
 def logits_dtype(model) -> str:

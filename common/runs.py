@@ -94,11 +94,15 @@ def load_run(run_dir: str, flag: str = "run folder") -> dict:
 RESUMABLE_CHANGES = ("run_dir", "log_every_steps")
 
 
+# Flags added with a default that changed what runs do: runs made before them ran with this value.
+BEFORE_FLAG = {"restore_prior": False}
+
+
 def run_flags(config: dict) -> dict:
     """A run's flags from its config.json; a flag added after the run was made counts as its
-    default (the run ran with it)."""
+    default (the run ran with it), or as BEFORE_FLAG says where the default changed behaviour."""
     from common.config import Config
-    return {**Config().to_dict(), **config.get("flags", {})}
+    return {**Config().to_dict(), **BEFORE_FLAG, **config.get("flags", {})}
 
 
 def prepare_run_dir(run_dir: str, flags: dict = None, script: str = "") -> None:

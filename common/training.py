@@ -104,8 +104,7 @@ def fit_model(model, cfg, splits, callbacks=(), epochs: int = None, initial_epoc
     if optim.uses_layer_schedule(cfg):
         ours.insert(0, optim.UnfreezeSchedule(**optim.layer_schedule(cfg)))
     # with --extra-agreement the dataset's per-example weights already hold the class weights (common/data.py)
-    balanced = cfg.class_weight == "balanced" and not splits.train_stats.get("extra_examples")
-    cw = data.class_weights(splits.train_labels) if balanced else None
+    cw = None if splits.train_stats.get("extra_examples") else data.class_weights(splits.train_labels, cfg.class_weight)
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     history = model.fit(splits.train, epochs=cfg.epochs if epochs is None else epochs, initial_epoch=initial_epoch,
@@ -115,7 +114,8 @@ def fit_model(model, cfg, splits, callbacks=(), epochs: int = None, initial_epoc
 
 def fit(model, cfg, run_dir: str, splits, hparams: dict, is_chief: bool = True, extra_callbacks=()):
     """A train script's fit: fit_model with the run folder's callbacks (backup, best
-    checkpoint, TensorBoard, HParams), then the best epoch's weights.
+    checkpoint, TensorBoard, HParams), then the best epoch's weights, with the training data's
+    class prior put back if the loss was class-weighted (--restore-prior).
     Returns (history, throughput, optimizer steps taken in all)."""
     from tensorboard.plugins.hparams import api as hp
     tb_dir = os.path.join(run_dir, runs.TB)
@@ -152,14 +152,18 @@ def fit(model, cfg, run_dir: str, splits, hparams: dict, is_chief: bool = True, 
                              f"(try a lower --lr or --precision fp32)")
     if os.path.exists(best_path + ".index") and not cfg.ema:
         model.load_weights(best_path)
+    cw = data.class_weights(splits.train_labels, cfg.class_weight)  # what the loss was weighted by
+    if cw and cfg.restore_prior:
+        from common import models
+        models.restore_class_prior(model, cw)
     return history, throughput, steps_done
 
 
 def hparams_of(cfg, harness) -> dict:
     """The flags worth comparing across runs in TensorBoard's HParams dashboard."""
     keys = ("recipe", "model", "agreement", "split", "max_length", "padding", "batch_size", "epochs", "lr", "lr_schedule",
-            "warmup", "weight_decay", "class_weight", "loss", "freeze", "train_embeddings", "head", "pooling",
-            "layer_lr_decay", "head_warmup_epochs", "unfreeze_every", "train_top_blocks", "train_examples",
+            "warmup", "weight_decay", "class_weight", "restore_prior", "loss", "freeze", "train_embeddings", "head",
+            "pooling", "layer_lr_decay", "head_warmup_epochs", "unfreeze_every", "train_top_blocks", "train_examples",
             "extra_agreement", "extra_weight", "label_smoothing", "ema", "seed")
     out = {k: getattr(cfg, k) for k in keys}
     out.update(precision=harness.precision, replicas=harness.replicas, xla=harness.xla)
@@ -266,8 +270,8 @@ def resolved_settings(run: Run) -> dict:
     out = {"precision": harness.precision, "xla": harness.xla != "off", "xla_mode": harness.xla,
            "replicas": harness.replicas, "strategy": harness.strategy_name, "notes": harness.notes,
            "train_size": len(run.splits.rows["train"]), "extra_examples": run.splits.train_stats["extra_examples"]}
-    if run.cfg.class_weight == "balanced":
-        out["class_weight"] = data.class_weights(run.splits.train_labels)
+    if run.cfg.class_weight != "none":
+        out["class_weight"] = data.class_weights(run.splits.train_labels, run.cfg.class_weight)
     from common import recipes
     out["recipe"] = recipes.applied(run.cfg.recipe, run.cfg.to_dict())
     return out

@@ -111,7 +111,7 @@ def measure(args) -> dict:
     emb = sum(int(np.prod(w.shape)) for w in enc.weights if "embeddings" in w.name)
     non_embedding = model.count_params() - emb
     real_tok_s = float(np.median(tok_rate))
-    return {"recipe": args.one, "padding": cfg.max_length if cfg.padding == "fixed" else "buckets",
+    return {"recipe": args.one, "padding": cfg.max_length if cfg.padding == "fixed" else cfg.padding,
             "batch": cfg.batch_size, "precision": harness.precision, "flags": describe(args.one),
             "examples_per_sec": float(np.median(ex_rate)), "real_tokens_per_sec": real_tok_s,
             "real_token_share": stats["real_token_share"], "pipeline_examples_per_sec": stats["pipeline_examples_per_sec"],

