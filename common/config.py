@@ -88,7 +88,7 @@ class Config:
     restore_prior: bool = _f(True, "after training with class weights, subtract log(class weight) from the "
                              "logits' bias, so predictions follow the training data's class frequencies again "
                              "(post-hoc logit adjustment; README \"Performance\"); --no-restore-prior keeps "
-                             "the weighted model")
+                             "the weighted model. Not with --freeze head: a frozen head stays as it was")
     loss: str = _f("ce", "'ce' cross-entropy, 'focal' Keras' categorical focal cross-entropy",
                    choices=["ce", "focal"])
     # hardware

@@ -153,7 +153,7 @@ def fit(model, cfg, run_dir: str, splits, hparams: dict, is_chief: bool = True, 
     if os.path.exists(best_path + ".index") and not cfg.ema:
         model.load_weights(best_path)
     cw = data.class_weights(splits.train_labels, cfg.class_weight)  # what the loss was weighted by
-    if cw and cfg.restore_prior:
+    if cw and cfg.restore_prior and cfg.freeze != "head":  # --freeze head: the head stays as it was given
         from common import models
         models.restore_class_prior(model, cw)
     return history, throughput, steps_done
