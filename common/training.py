@@ -152,9 +152,9 @@ def fit(model, cfg, run_dir: str, splits, hparams: dict, is_chief: bool = True, 
                              f"(try a lower --lr or --precision fp32)")
     if os.path.exists(best_path + ".index") and not cfg.ema:
         model.load_weights(best_path)
+    from common import models
     cw = data.class_weights(splits.train_labels, cfg.class_weight)  # what the loss was weighted by
-    if cw and cfg.restore_prior and cfg.freeze != "head":  # --freeze head: the head stays as it was given
-        from common import models
+    if cw and cfg.restore_prior and models.logits_layer(model).trainable:  # a frozen head stays as it was given
         models.restore_class_prior(model, cw)
     return history, throughput, steps_done
 
