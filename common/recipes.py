@@ -10,18 +10,23 @@ records the recipe, its flags and which of them the command line overrode.
 - notebook: the notebook's settings (../shared/notebook-figures.md): every sentence padded
             to 512, batch 8, fp32, Adam (AdamW with weight decay 0, Keras' epsilon 1e-7, no
             clipping), PolynomialDecay(5e-5, decay_steps=10000, end 0) with no warm-up, one
-            rate for all layers, all weights train (embeddings too), no class weights.
+            rate for all layers, all weights train (embeddings too), no class weights, no
+            restored prior (so an experiment that adds class weights keeps the weighted model,
+            as the notebook's did).
 - hf:       the Hugging Face TF text-classification example's defaults: padded to 128,
             batch 8, fp32, AdamW 5e-5 with linear decay to 0 over the run, no warm-up, no
-            weight decay, one rate for all layers, embeddings train, no class weights.
+            weight decay, one rate for all layers, embeddings train, no class weights, no
+            restored prior.
 """
 RECIPES = {
     "project": {},
     "notebook": dict(padding="fixed", max_length=512, batch_size=8, precision="fp32", lr=5e-5,
                      lr_schedule="linear", warmup=0.0, decay_steps=10000, weight_decay=0.0, adam_epsilon=1e-7,
-                     clipnorm=0.0, layer_lr_decay=1.0, train_embeddings=True, class_weight="none"),
+                     clipnorm=0.0, layer_lr_decay=1.0, train_embeddings=True, class_weight="none",
+                     restore_prior=False),
     "hf": dict(padding="fixed", max_length=128, batch_size=8, precision="fp32", lr=5e-5, lr_schedule="linear",
-               warmup=0.0, weight_decay=0.0, layer_lr_decay=1.0, train_embeddings=True, class_weight="none"),
+               warmup=0.0, weight_decay=0.0, layer_lr_decay=1.0, train_embeddings=True, class_weight="none",
+               restore_prior=False),
 }
 
 

@@ -7,15 +7,20 @@
     python eval/reproduce_study.py --models distilbert-base-uncased,bert-base-cased --experiments head  # Exp 6
 
 Experiments (--experiments, in this order; body starts from the same seed's head run):
-  head      train/head_only.py            encoder frozen, Adam(W) 1e-3         (notebook Basic 1)
-  body      train/body_finetune.py        from the head run, head frozen        (Basic 2)
-  full      train/full_finetune.py        everything trains                    (Basic 3)
-  balanced  full + --class-weight balanced                                      (Exp 3)
-  focal     full + --loss focal                                                 (Exp 3)
-  custom    train/custom_head.py --pooling mean --head-hidden 256               (Exp 5)
+  head           train/head_only.py        encoder frozen                       (notebook Basic 1)
+  body           train/body_finetune.py    from the head run, head frozen       (Basic 2)
+  full           train/full_finetune.py    everything trains                    (Basic 3)
+  head-balanced  head + --class-weight balanced                                 (Exp 3, as the notebook ran it)
+  balanced       full + --class-weight balanced                                 (Exp 3)
+  focal          full + --loss focal                                            (Exp 3)
+  custom-head    train/custom_head.py --freeze encoder, the notebook's head     (Exp 5a)
+  custom         train/custom_head.py, the notebook's head, everything trains   (Exp 5b)
+(the notebook's head: [CLS] -> Dense 512 relu -> Dense 3, dropout 0.1; under --recipe
+notebook at a constant 3e-5, as the notebook trained it)
 then the agreement matrix of the full runs (Exp 4; --split hash only: the notebook's split
-draws each level on its own, so its per-level figures are the table's rows) and error
-analysis of each full run (Exp 2). Every run gets --recipe (common/recipes.py; default
+draws each level on its own, so its per-level figures are the table's rows). Error analysis
+(Exp 2): the table's per-class F1 and confusion matrix (summed over seeds); eval/evaluate.py
+on a run lists its wrong sentences. Every run gets --recipe (common/recipes.py; default
 notebook: the notebook's settings) and --split; --models runs everything per encoder and
 puts them side by side (Exp 6). Finished runs are kept, so an interrupted study resumes
 where it stopped. Writes --out/study.md (and .csv) with mean +- std over seeds.
@@ -24,6 +29,8 @@ import argparse
 import os
 import sys
 import time
+
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # common.data imports TensorFlow: keep its C++ notices quiet
@@ -34,14 +41,29 @@ from common.recipes import RECIPES, describe  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The recipe (the notebook's by default) comes first; an experiment's own flags after it.
+# The notebook's custom head (Exp 5): [CLS] -> Dense 512 relu -> Dense 3, dropout 0.1; it trained
+# that head at a constant 3e-5 instead of its usual schedule, so the notebook recipe does too.
+NOTEBOOK_HEAD = ["--head", "custom", "--pooling", "cls", "--head-hidden", "512", "--head-activation", "relu",
+                 "--head-dropout", "0.1"]
 EXPERIMENTS = {  # name: (script, extra flags, notebook name)
     "head": ("train/head_only.py", [], "Basic 1: head only"),
     "body": ("train/body_finetune.py", [], "Basic 2: body only, from the head"),
     "full": ("train/full_finetune.py", [], "Basic 3: full fine-tuning"),
+    "head-balanced": ("train/head_only.py", ["--class-weight", "balanced"], "Exp 3: head only + class weights"),
     "balanced": ("train/full_finetune.py", ["--class-weight", "balanced"], "Exp 3: full + balanced class weights"),
     "focal": ("train/full_finetune.py", ["--loss", "focal"], "Exp 3: full + focal loss"),
-    "custom": ("train/custom_head.py", ["--pooling", "mean", "--head-hidden", "256"], "Exp 5: custom head (mean pool, 256)"),
+    "custom-head": ("train/custom_head.py", [*NOTEBOOK_HEAD, "--freeze", "encoder"], "Exp 5a: custom head only"),
+    "custom": ("train/custom_head.py", NOTEBOOK_HEAD, "Exp 5b: full + custom head"),
 }
+# The notebook's own figures (../shared/notebook-figures.md: DistilBERT, one run each, a Colab GPU, its split
+# of each level), test accuracy and macro-F1 where it printed one. Shown beside ours only under
+# --split notebook, where the test sentences are the same.
+NOTEBOOK_FIGURES = {("all", "head"): "0.802", ("all", "body"): "0.952", ("all", "full"): "0.952",
+                    ("all", "head-balanced"): "0.767 (F1 0.67)", ("all", "custom-head"): "0.802",
+                    ("all", "custom"): "0.938", ("75", "head"): "0.740 (F1 0.52)", ("66", "head"): "0.763 (F1 0.65)",
+                    ("50", "head"): "0.695 (F1 0.54)"}
+RECIPE_EXTRA = {("notebook", "custom-head"): ["--lr", "3e-5", "--lr-schedule", "constant"],
+                ("notebook", "custom"): ["--lr", "3e-5", "--lr-schedule", "constant"]}
 
 
 def model_slug(model: str) -> str:
@@ -94,7 +116,7 @@ def main(argv=None):
         source = ["--init-from", done[(model, level, "head", seed)]] if exp == "body" else ["--model", model]
         cmd = [sys.executable, os.path.join(REPO, script), *source, "--data", args.data, "--agreement", level,
                "--epochs", str(args.epochs), "--seed", str(seed), "--run-dir", run_dir, "--recipe", args.recipe,
-               "--split", args.split, *extra, *args.extra]
+               "--split", args.split, *extra, *RECIPE_EXTRA.get((args.recipe, exp), []), *args.extra]
         steps.append((f"{slug[model] + ' ' if len(models) > 1 else ''}{level_name(level)} {exp} seed {seed}",
                       run_dir, cmd))
     runs.run_plan(steps)
@@ -112,18 +134,22 @@ def main(argv=None):
             matrix = f.read().replace("# Agreement matrix", "## Agreement matrix (full fine-tuning, Exp 4)")
 
     # the table, comparable to the notebook's: experiment, split, accuracy, macro-F1, per-class F1
-    header = ("| encoder | experiment | trained on | test split | seeds | accuracy | macro-F1 | "
-              + " | ".join(f"F1 {l}" for l in LABELS) + " | train s/run |")
-    lines = [header, "|---|---|---|---|---|---|---|" + "---|" * len(LABELS) + "---|"]
+    # (Exp 2's error analysis: per-class F1 and the confusion matrix, summed over seeds; eval/evaluate.py
+    # lists a run's wrong sentences)
+    header = ("| encoder | experiment | trained on | test split | notebook: accuracy | seeds | accuracy | macro-F1 | "
+              + " | ".join(f"F1 {l}" for l in LABELS) + " | confusion, all seeds (rows: true "
+              + "/".join(l[:3] for l in LABELS) + ") | train s/run |")
+    lines = [header, "|---|---|---|---|---|---|---|---|" + "---|" * len(LABELS) + "---|---|"]
     csv_rows = []
     # encoders side by side, per experiment
     for level, exp, model in ((lv, e, m) for lv in args.levels.split(",") for e in exps for m in models):
         ms = [summary.load(done[(model, level, exp, s)])["metrics"] for s in range(1, args.seeds + 1)]
         t = [m["test"] for m in ms]
         row = [slug[model], EXPERIMENTS[exp][2], level_name(level), f"{level_name(level)} test (n={t[0]['n']})",
-               len(ms),
+               NOTEBOOK_FIGURES.get((level, exp), "-") if args.split == "notebook" else "-", len(ms),
                summary.mean_std([x["accuracy"] for x in t]), summary.mean_std([x["macro_f1"] for x in t]),
                *[summary.mean_std([x["per_class"][l]["f1"] for x in t]) for l in LABELS],
+               str(np.sum([x["confusion_matrix"] for x in t], axis=0).tolist()).replace(" ", ""),
                f"{sum(m['train_seconds'] for m in ms) / len(ms):.0f}"]
         lines.append("| " + " | ".join(map(str, row)) + " |")
         csv_rows.append(row)
@@ -131,12 +157,16 @@ def main(argv=None):
     text = (f"# Study: the notebook's experiments, {args.seeds} seeds each\n\n"
             f"Encoder(s) {', '.join(f'`{m}`' for m in models)}, {args.epochs} epochs, --split {args.split}, "
             f"--recipe {args.recipe} (`{describe(args.recipe)}`), more flags: "
-            f"`{' '.join(args.extra) or '(none)'}`. Mean ± sample std over seeds. Wall time of this "
+            f"`{' '.join(args.extra) or '(none)'}`. Mean ± sample std over seeds. \"notebook\": the notebook's "
+            f"own figure (DistilBERT, one run, a Colab GPU; ../shared/notebook-figures.md), shown only under "
+            f"--split notebook, where its test sentences are ours. Wall time of this "
             f"invocation: {wall / 60:.1f} min (runs already done before it are not counted).\n\n"
             + "\n".join(lines) + "\n\n" + matrix)
     runs.write_text(os.path.join(out, "study.md"), text)
-    runs.write_csv(os.path.join(out, "study.csv"), ["encoder", "experiment", "trained_on", "test_split", "seeds", "accuracy",
-                                                   "macro_f1", *[f"f1_{l}" for l in LABELS], "train_seconds"],
+    runs.write_csv(os.path.join(out, "study.csv"), ["encoder", "experiment", "trained_on", "test_split", "notebook_accuracy",
+                                                   "seeds", "accuracy",
+                                                   "macro_f1", *[f"f1_{l}" for l in LABELS], "confusion",
+                                                   "train_seconds"],
                    csv_rows)
     print(text)
     print(f"wrote {out}/study.md")

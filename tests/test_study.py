@@ -271,6 +271,9 @@ def test_reproduce_study_notebook_recipe_and_split_per_encoder_and_resumes(tiny_
     assert cfg["resolved"]["recipe"]["overridden"] == {"max_length": 64}
     test = json.loads((out / "tiny-bert" / "all" / "full" / "seed1" / "metrics.json").read_text())["test"]
     assert test["per_class"]["negative"]["support"] == 30 and test["n"] == 227  # the notebook's test split
+    full_row = next(r for r in rows if r.startswith("| tiny-bert |") and "Basic 3" in r)
+    assert f"| {test['confusion_matrix']} |".replace(" ", "") in full_row.replace(" ", "")  # Exp 2, one seed
+    assert "| AllAgree test (n=227) | 0.952 | 1 |" in full_row  # the notebook's own figure beside ours
     again = run_script("eval/reproduce_study.py", *args, timeout=600)
     assert again.stdout.count("done already") == 4 and "Epoch" not in again.stdout
     assert (out / "study.md").read_text().split("Wall time")[0] == table.split("Wall time")[0]
