@@ -154,7 +154,7 @@ def main(argv=None):
         lines.append("| " + " | ".join(map(str, row)) + " |")
         csv_rows.append(row)
     wall = time.time() - t_start
-    text = (f"# Study: the notebook's experiments, {args.seeds} seeds each\n\n"
+    text = (f"# Study: the notebook's experiments, {args.seeds} seed{'s' if args.seeds > 1 else ''} each\n\n"
             f"Encoder(s) {', '.join(f'`{m}`' for m in models)}, {args.epochs} epochs, --split {args.split}, "
             f"--recipe {args.recipe} (`{describe(args.recipe)}`), more flags: "
             f"`{' '.join(args.extra) or '(none)'}`. Mean ± sample std over seeds. \"notebook\": the notebook's "
