@@ -40,11 +40,10 @@ from common.data import LABELS, level_name  # noqa: E402
 from common.recipes import RECIPES, describe  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The recipe (the notebook's by default) comes first; an experiment's own flags after it.
-# The notebook's custom head (Exp 5): [CLS] -> Dense 512 relu -> Dense 3, dropout 0.1; it trained
-# that head at a constant 3e-5 instead of its usual schedule, so the notebook recipe does too.
+# The notebook's custom head (Exp 5): [CLS] -> Dense 512 relu -> Dense 3, dropout 0.1.
 NOTEBOOK_HEAD = ["--head", "custom", "--pooling", "cls", "--head-hidden", "512", "--head-activation", "relu",
                  "--head-dropout", "0.1"]
+# The recipe (the notebook's by default) comes first; an experiment's own flags after it.
 EXPERIMENTS = {  # name: (script, extra flags, notebook name)
     "head": ("train/head_only.py", [], "Basic 1: head only"),
     "body": ("train/body_finetune.py", [], "Basic 2: body only, from the head"),
@@ -62,8 +61,9 @@ NOTEBOOK_FIGURES = {("all", "head"): "0.802", ("all", "body"): "0.952", ("all", 
                     ("all", "head-balanced"): "0.767 (F1 0.67)", ("all", "custom-head"): "0.802",
                     ("all", "custom"): "0.938", ("75", "head"): "0.740 (F1 0.52)", ("66", "head"): "0.763 (F1 0.65)",
                     ("50", "head"): "0.695 (F1 0.54)"}
-RECIPE_EXTRA = {("notebook", "custom-head"): ["--lr", "3e-5", "--lr-schedule", "constant"],
-                ("notebook", "custom"): ["--lr", "3e-5", "--lr-schedule", "constant"]}
+# The notebook trained its custom head at a constant 3e-5 instead of its usual schedule, so under its
+# recipe the custom-head experiments do too (flags after -- still override it).
+RECIPE_EXTRA = {("notebook", exp): ["--lr", "3e-5", "--lr-schedule", "constant"] for exp in ("custom-head", "custom")}
 
 
 def model_slug(model: str) -> str:
