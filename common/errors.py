@@ -36,16 +36,20 @@ class TrainingFailed(FinsentError):
     exit_code = 1
 
 
-def run_child(cmd) -> None:
+def run_child(cmd, env=None):
     """Run another project script (its output streams through); if it fails, fail with its
-    exit status and one line naming it (its own error line is just above)."""
+    exit status and one line naming it (its own error line is just above). Returns the
+    child's own resource usage (os.wait4: its peak RSS, not the largest of all children's)."""
     import subprocess
-    code = subprocess.run(cmd).returncode
+    child = subprocess.Popen(cmd, env=env)
+    _, status, usage = os.wait4(child.pid, 0)
+    code = child.returncode = os.waitstatus_to_exitcode(status)
     if code:
         err = TrainingFailed(f"{' '.join(os.path.basename(str(c)) for c in cmd[1:3])} ... failed with exit "
                              f"status {code} (its error is above)")
         err.exit_code = code if code in (1, 2) else 1
         raise err
+    return usage
 
 
 def run(main) -> None:

@@ -124,6 +124,29 @@ def restore_class_prior(model, class_weights: dict) -> None:
     bias.assign(bias - tf.constant(np.log([class_weights[c] for c in range(len(LABELS))]), bias.dtype))
 
 
+def float32_copy(model):
+    """The same classifier computing in float32: a new instance built under the float32
+    policy with `model`'s weights (the weights are float32 under every policy). A run's
+    figures come from it: they then do not depend on the device that trained it, and equal
+    what serving/ (float32) computes (docs/precision.md, "Evaluation")."""
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        if isinstance(model, CustomHeadClassifier):
+            backbone = TFAutoModel.from_config(model.backbone.config)
+            copy = CustomHeadClassifier(backbone, **model.head_config)
+        else:
+            copy = type(model)(model.config)
+        copy(copy.dummy_inputs, training=False)
+        # the same trainable flags, so that `weights` (trainable first) lists both in one order
+        for mine, theirs in zip(copy._flatten_layers(), model._flatten_layers()):
+            mine.trainable = theirs.trainable
+        copy.set_weights(model.get_weights())
+        return copy
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+
 def logits_dtype(model) -> str:
     out = model(model.dummy_inputs, training=False)
     return getattr(out, "logits", out).dtype.name

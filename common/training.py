@@ -294,7 +294,8 @@ def finish(run: Run, model) -> dict:
         print(f"resuming from {os.path.join(run.run_dir, runs.BACKUP)} (model, optimizer, epoch and step)")
     history, throughput, steps_done = fit(model, cfg, run.run_dir, run.splits, hparams_of(cfg, harness),
                                           harness.is_chief)
-    results = report.evaluate_splits(model, run.splits)
+    # the figures in float32 whatever the training precision (docs/precision.md, "Evaluation")
+    results = report.evaluate_splits(model if harness.precision == "fp32" else models.float32_copy(model), run.splits)
     print(f"weights digest {report.weights_digest(model)}")
     extra = {"precision": report.precision_audit(model),
              "train_loss_per_epoch": [float(x) for x in history.history.get("loss", [])]}

@@ -22,7 +22,8 @@ def parse(argv=None):
     p = config.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a finished run folder (runs/<name>)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="fp32",
+                   help="fp32, as every run's own figures and serving/ (docs/precision.md, \"Evaluation\")")
     return p.parse_args(argv)
 
 

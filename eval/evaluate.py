@@ -132,7 +132,7 @@ def evaluate_file(run_dir, path, text_column=None, label_column="label", label_m
     from common import inference
     runs.load_run(run_dir)
     table = texts.read_texts(path, None, text_column, None, label_column, texts.parse_label_map(label_map))
-    clf = inference.load(run_dir)
+    clf = inference.load(run_dir, "fp32")  # figures in float32, as the run's own (docs/precision.md)
     ids, truncated = inference.encode(clf, table.texts)
     logits = inference.logits(clf, ids, batch_size)
     if truncated:

@@ -62,6 +62,23 @@ def tiny_distilbert(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    """A tiny random BERT (2 layers, 32 wide): MiniLM's architecture, beside the tiny
+    DistilBERT where what is checked could differ by architecture (tests/test_precision.py)."""
+    from transformers import AutoTokenizer, BertConfig, TFBertForSequenceClassification
+    path = str(tmp_path_factory.mktemp("tiny-bert"))
+    tok = AutoTokenizer.from_pretrained(minilm_dir())
+    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, num_labels=3)
+    tf.keras.utils.set_random_seed(0)
+    model = TFBertForSequenceClassification(config)
+    model(model.dummy_inputs)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 def planned_steps(data_dir, epochs=3, batch=32, max_length=128) -> int:
     """Optimizer steps a default AllAgree run plans: batches per bucket width, counted here
     from token lengths (not through common.data's pipeline)."""

@@ -44,3 +44,28 @@ def test_time_to_accuracy_trains_each_recipe_to_the_end_with_its_flags(tiny_dist
     assert results[1]["speedup_vs_notebook"] == results[0]["wall_seconds"] / results[1]["wall_seconds"]
     table = (out / "benchmark.md").read_text()
     assert "| notebook |" in table and "| project |" in table and os.path.exists(out / "benchmark.json")
+
+
+def test_gpu_check_on_a_cpu_trains_fp32_and_bf16_into_one_table(tiny_distilbert, data_dir, tmp_path):
+    """eval/gpu_check.py's CPU path: one full_finetune.py process per precision, each row
+    the figures of its own run (precision as asked, float32 evaluation), peak memory from the
+    process; a rerun reuses the finished runs."""
+    out = tmp_path / "check"
+    p = run_script("eval/gpu_check.py", "--model", tiny_distilbert, "--data", data_dir, "--out", out,
+                   "--", "--train-examples", 64, "--epochs", 2, timeout=900)
+    rows = [line for line in p.stdout.splitlines() if line.startswith("| fp32 |") or line.startswith("| bf16 |")]
+    assert [r.split("|")[1:3] for r in rows] == [[" fp32 ", " off "], [" bf16 ", " off "]], p.stdout
+    for row, precision in zip(rows, ("fp32", "bf16")):
+        run = out / f"{precision}-xla-off"
+        m = json.loads((run / "metrics.json").read_text())
+        c = json.loads((run / "config.json").read_text())
+        assert c["resolved"]["precision"] == precision and c["flags"]["agreement"] == "all"
+        assert m["precision"]["policy"] == {"fp32": "float32", "bf16": "mixed_bfloat16"}[precision]
+        cells = [x.strip() for x in row.split("|")[1:-1]]
+        assert cells[2:6] == [f"{m['examples_per_sec']:.1f}", f"{m['wall_seconds']:.0f}",
+                              f"{m['test']['accuracy']:.4f}", f"{m['test']['macro_f1']:.4f}"]
+        assert float(cells[6]) > 100  # MB: a process that imported TensorFlow and trained
+    assert (out / "gpu_check.md").read_text().splitlines()[0] == "device: CPU"
+    again = run_script("eval/gpu_check.py", "--model", tiny_distilbert, "--data", data_dir, "--out", out,
+                       "--", "--train-examples", 64, "--epochs", 2)
+    assert again.stdout.count("reused run") == 2

@@ -60,8 +60,9 @@ def test_one_device_and_two_replicas_take_the_same_steps(tiny_no_dropout, data_d
     ("fp32", 0, {}, 1e-4),
     ("fp32", 2, {}, 1e-4),
     ("fp16", 2, {}, 1e-2),
+    ("bf16", 0, {}, 1e-2),
     ("fp32", 2, {"layer_lr_decay": 0.5}, 1e-4),
-], ids=["one-device", "two-replicas", "fp16-two-replicas", "layer-lr-decay-two-replicas"])
+], ids=["one-device", "two-replicas", "fp16-two-replicas", "bf16-one-device", "layer-lr-decay-two-replicas"])
 def test_xla_step_matches_the_keras_step(tiny_no_dropout, data_dir, precision, replicas, flags, rtol):
     sgd = 0 if flags else 0.5  # layer-wise rates: the project's own LayerwiseAdamW
     ref, _ = losses_after_steps(tiny_no_dropout, data_dir, precision, "off", replicas, sgd, **flags)
