@@ -134,6 +134,7 @@ def float32_copy(model):
     try:
         if isinstance(model, CustomHeadClassifier):
             backbone = TFAutoModel.from_config(model.backbone.config)
+            backbone(backbone.dummy_inputs, training=False)  # built, as create() builds it
             copy = CustomHeadClassifier(backbone, **model.head_config)
         else:
             copy = type(model)(model.config)

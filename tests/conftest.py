@@ -45,38 +45,34 @@ def minilm():
     return minilm_dir()
 
 
+def saved_tiny_model(folder, model_class, config_class, **config) -> str:
+    """A tiny random classifier (seed 0) with the real uncased BERT tokenizer, saved as a
+    TF checkpoint folder like a Hub model's; returns the folder."""
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(minilm_dir())
+    tf.keras.utils.set_random_seed(0)
+    model = model_class(config_class(vocab_size=tok.vocab_size, num_labels=3, **config))
+    model(model.dummy_inputs)
+    model.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return str(folder)
+
+
 @pytest.fixture(scope="session")
 def tiny_distilbert(tmp_path_factory):
-    """A tiny random DistilBERT (2 layers, 32 wide) with the real uncased BERT tokenizer,
-    saved as a TF checkpoint folder like the Hub's distilbert-base-uncased."""
-    from transformers import AutoTokenizer, DistilBertConfig, TFDistilBertForSequenceClassification
-    path = str(tmp_path_factory.mktemp("tiny-distilbert"))
-    tok = AutoTokenizer.from_pretrained(minilm_dir())
-    config = DistilBertConfig(vocab_size=tok.vocab_size, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
-                              num_labels=3)
-    tf.keras.utils.set_random_seed(0)
-    model = TFDistilBertForSequenceClassification(config)
-    model(model.dummy_inputs)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    """A tiny random DistilBERT (2 layers, 32 wide), like the Hub's distilbert-base-uncased."""
+    from transformers import DistilBertConfig, TFDistilBertForSequenceClassification
+    return saved_tiny_model(tmp_path_factory.mktemp("tiny-distilbert"), TFDistilBertForSequenceClassification,
+                            DistilBertConfig, dim=32, n_layers=2, n_heads=2, hidden_dim=64)
 
 
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory):
     """A tiny random BERT (2 layers, 32 wide): MiniLM's architecture, beside the tiny
     DistilBERT where what is checked could differ by architecture (tests/test_precision.py)."""
-    from transformers import AutoTokenizer, BertConfig, TFBertForSequenceClassification
-    path = str(tmp_path_factory.mktemp("tiny-bert"))
-    tok = AutoTokenizer.from_pretrained(minilm_dir())
-    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, num_labels=3)
-    tf.keras.utils.set_random_seed(0)
-    model = TFBertForSequenceClassification(config)
-    model(model.dummy_inputs)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    from transformers import BertConfig, TFBertForSequenceClassification
+    return saved_tiny_model(tmp_path_factory.mktemp("tiny-bert"), TFBertForSequenceClassification, BertConfig,
+                            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 
 
 def planned_steps(data_dir, epochs=3, batch=32, max_length=128) -> int:
