@@ -12,7 +12,7 @@ import numpy as np
 from sklearn.metrics import brier_score_loss, log_loss
 
 from common import metrics, runs
-from common.data import LABELS
+from common.phrasebank import LABELS
 
 CALIBRATION = "calibration.json"
 RELIABILITY = "reliability.png"
@@ -108,7 +108,7 @@ def calibrate(run_dir: str, split_logits: dict, split_labels: dict, tb_writer=No
     runs.write_json(os.path.join(run_dir, CALIBRATION), report)
     shown = "test" if "test" in split_logits else "validation"
     png = metrics.figure_png(reliability_figure(split_logits[shown], split_labels[shown], t, shown))
-    metrics.save_png(png, os.path.join(run_dir, RELIABILITY))
+    runs.write_bytes(os.path.join(run_dir, RELIABILITY), png)
     if tb_writer is not None:
         metrics.log_png(tb_writer, f"calibration/reliability_{shown}", png, 0)
     return report

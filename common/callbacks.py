@@ -54,7 +54,7 @@ class Validation(keras.callbacks.Callback):
     keras-tuner read them; with `tb_dir`, also puts the confusion matrix in TensorBoard.
 
     Used instead of fit(validation_data=...): Keras' pass and a second one for the
-    confusion matrix cost 12.6 s of a 115 s MiniLM run (README "Performance"). Runs on every
+    confusion matrix cost ~10% of a MiniLM run (docs/performance.md#the-default-recipe-choice-by-choice). Runs on every
     worker: dataset_logits is local, and the weights are the same on all of them."""
 
     def __init__(self, dataset, labels_in_dataset_order, tb_dir: str = None):

@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 from dataclasses import dataclass, field
 
+from common.phrasebank import LEVEL_CHOICES, LEVELS
 from common.recipes import RECIPES
 
 
@@ -23,7 +24,7 @@ class Config:
     # data
     data: str = _f("hub", "Financial PhraseBank: a release folder, the release zip, or 'hub' (download "
                    "takala/financial_phrasebank from the Hugging Face Hub, cached)")
-    agreement: str = _f("all", "annotator agreement level to train on", choices=["50", "66", "75", "all"])
+    agreement: str = _f("all", "annotator agreement level to train on", choices=list(LEVEL_CHOICES))
     split: str = _f("hash", "'hash': leak-free, nested across levels; 'notebook': the notebook's own split "
                     "(datasets' train_test_split 0.2 then 0.5, seed 42; duplicates kept); 'seed': the same sizes by "
                     "scikit-learn (other sentences; for older runs)", choices=["hash", "notebook", "seed"])
@@ -41,8 +42,8 @@ class Config:
     freeze: str = _f("none", "which part does not train: none, encoder (head only), head (encoder only)",
                      choices=["none", "encoder", "head"])
     train_embeddings: bool = _f(False, "train the embedding layer too. Off by default: on MiniLM it is half of "
-                                "the weights, and skipping its optimizer update cut 31%% off each training step "
-                                "at the same test accuracy (README \"Performance\")")
+                                "the weights, and skipping its optimizer update cuts each training step by about a third "
+                                "at the same test accuracy (docs/performance.md)")
     head: str = _f("library", "'library': the model's own head; 'custom': --pooling/--head-* below",
                    choices=["library", "custom"])
     pooling: str = _f("cls", "custom head: pool the first token or the mean of real tokens",
@@ -64,8 +65,7 @@ class Config:
     weight_decay: float = _f(0.01, "AdamW decoupled weight decay (not on biases and LayerNorm)")
     clipnorm: float = _f(1.0, "clip gradients to this global norm; 0 disables")
     layer_lr_decay: float = _f(0.9, "layer-wise learning-rate decay: block i trains at lr * decay^(depth - i); "
-                               "1 = one rate for all (0.9: as accurate or more on each of 5 seeds, README "
-                               "'Performance')")
+                               "1 = one rate for all (0.9: as accurate or more on each of 5 seeds, docs/results.md)")
     head_warmup_epochs: int = _f(0, "gradual unfreezing: train only the head for this many epochs")
     unfreeze_every: int = _f(0, "gradual unfreezing: then one more block from the top every N epochs "
                              "(ULMFiT); 0 = all at once")
@@ -73,7 +73,7 @@ class Config:
                                "sentences or a share < 1 (validation and test stay whole); 0 = all")
     extra_agreement: str = _f("none", "agreement-aware training: also train on the sentences this looser level adds "
                               "to --agreement's training split (hash split: they are in no level's validation or test "
-                              "split); validation and test stay --agreement's", choices=["none", "75", "66", "50"])
+                              "split); validation and test stay --agreement's", choices=["none", *LEVELS[1:]])
     extra_weight: float = _f(0.5, "--extra-agreement: loss weight of the added sentences (1 = as much as "
                              "--agreement's own; fewer annotators agreed on them)")
     label_smoothing: float = _f(0.0, "move this share of each target's probability to the other classes "
@@ -83,11 +83,11 @@ class Config:
     train_top_blocks: int = _f(-1, "only the top N transformer blocks (and the head) ever train; -1 = all")
     class_weight: str = _f("balanced", "weight the loss by class: 'balanced' = sklearn's compute_class_weight; "
                            "'sqrt' = their square roots (mean weight per example 1). The default: without it, "
-                           "1 seed in 3 never learned the 13%% negatives in 3 epochs (README \"Performance\")",
+                           "some seeds never learned the rare negatives in 3 epochs (docs/performance.md)",
                            choices=["none", "sqrt", "balanced"])
     restore_prior: bool = _f(True, "after training with class weights, subtract log(class weight) from the "
                              "logits' bias, so predictions follow the training data's class frequencies again "
-                             "(post-hoc logit adjustment; README \"Performance\"); --no-restore-prior keeps "
+                             "(post-hoc logit adjustment; docs/results.md); --no-restore-prior keeps "
                              "the weighted model. Not with --freeze head: a frozen head stays as it was")
     loss: str = _f("ce", "'ce' cross-entropy, 'focal' Keras' categorical focal cross-entropy",
                    choices=["ce", "focal"])
@@ -95,7 +95,7 @@ class Config:
     precision: str = _f("auto", "auto = fp16 on GPU, bf16 on CPUs with bf16 units, else fp32",
                         choices=["auto", "fp32", "fp16", "bf16"])
     xla: str = _f("off", "XLA: 'on' (or bare --xla) compiles each replica's forward pass, loss and gradients; "
-                  "'auto' turns on TensorFlow's auto-clustering; works on every strategy (README \"XLA\")",
+                  "'auto' turns on TensorFlow's auto-clustering; works on every strategy (docs/scaling.md)",
                   choices=["off", "on", "auto"], nargs="?", const="on")
     gpus: int = _f(0, "MirroredStrategy over the first N GPUs (0: no GPU strategy)")
     cpu_replicas: int = _f(0, "split the CPU into N logical devices and mirror over them (tests, laptops)")
@@ -113,6 +113,10 @@ class Config:
     def from_dict(cls, d: dict) -> "Config":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown beside each flag, and the description's examples kept line by line."""
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -133,7 +137,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def build_parser(description: str, **defaults) -> argparse.ArgumentParser:
     """argparse parser with every Config field as --flag-name; `defaults` override per script."""
-    p = ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=description, formatter_class=HelpFormatter)
     for f in dataclasses.fields(Config):
         default = defaults.pop(f.name, f.default)
         flag = "--" + f.name.replace("_", "-")

@@ -1,235 +1,25 @@
-"""Financial PhraseBank: parse the original release, split it without leaks, feed tf.data.
-
-Source formats (one parser for all): the release folder, the release zip, or the same
-zip from the Hugging Face Hub (`datasets.load_dataset("financial_phrasebank")` is
-broken on datasets >= 4, so we read the release itself).
+"""The tf.data side of a run's data: tokenising (cached across runs), length-bucketed
+training batches, length-ordered evaluation and inference batches, and `load_data`, which
+decides a run's splits, subsets and loss weights once for every user. The PhraseBank
+itself (labels, parsing, splits) is common/phrasebank.py.
 """
 import hashlib
 import json
 import os
-import re
-import unicodedata
-import zipfile
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 
-LABELS = ("negative", "neutral", "positive")
-LEVELS = ("all", "75", "66", "50")  # strictest first; each file is a subset of the next
-FILES = {"50": "Sentences_50Agree.txt", "66": "Sentences_66Agree.txt",
-         "75": "Sentences_75Agree.txt", "all": "Sentences_AllAgree.txt"}
-HUB_REPO = "takala/financial_phrasebank"
-HUB_FILE = "data/FinancialPhraseBank-v1.0.zip"
-SPLITS = ("train", "validation", "test")
-SPLIT_SHARES = (0.8, 0.1, 0.1)
+from common import phrasebank
+from common.errors import DataError, FlagError
+from common.phrasebank import LABELS, LEVELS
+
 # Padded widths a batch may have. Steps of 4 where sentences are (mean 30, p95 58 tokens):
-# real-token share 0.951 on AllAgree vs 0.893 with steps of 8 (README "Performance");
+# more real tokens per batch than steps of 8 (docs/performance.md#the-default-recipe-choice-by-choice);
 # a bounded set of shapes keeps oneDNN primitive builds (and XLA compiles on GPU) few.
 WIDTHS = tuple(range(8, 65, 4)) + (72, 80, 96, 112, 128, 160, 192, 256, 320, 384, 448, 512)
-
-
-def level_name(agreement: str) -> str:
-    return "AllAgree" if agreement == "all" else f"{agreement}Agree"
-
-
-from common.errors import DataError, FlagError  # noqa: E402,F401  (DataError is raised here, re-exported)
-
-
-# ----------------------------------------------------------------------------- parsing
-
-def parse_release(raw: bytes, name: str):
-    """Rows (sentence, label index) of one `sentence@label` file (latin-1, CRLF)."""
-    if b"\x00" in raw:  # latin-1 decodes any byte, so catch binary files (a UTF-16 export, an archive) here
-        at = raw.index(b"\x00")
-        raise DataError(f"{name}: binary data (a NUL byte at byte {at}); expected latin-1 text lines "
-                        f"'sentence@label' as in the release's Sentences_*Agree.txt")
-    text = raw.decode("latin-1")  # the release's encoding
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        sentence, at, label = line.rpartition("@")  # sentences may contain '@': split on the LAST one
-        sentence, label = sentence.strip(), label.strip()
-        if not at or not sentence:
-            raise DataError(f"{name}:{lineno}: expected 'sentence@label', got {line[:60]!r}")
-        if label not in LABELS:
-            raise DataError(f"{name}:{lineno}: unknown label {label!r}; expected one of {', '.join(LABELS)}")
-        rows.append((sentence, LABELS.index(label)))
-    if not rows:
-        raise DataError(f"{name}: no sentences found; expected lines of 'sentence@label'")
-    return rows
-
-
-def _release_files(source: str) -> dict:
-    """{level: (display name, raw bytes)} for every agreement file found in `source`."""
-    if source == "hub":
-        source = download_release()
-    if os.path.isdir(source):
-        folder = source
-        if not os.path.exists(os.path.join(folder, FILES["50"])):
-            nested = os.path.join(folder, "FinancialPhraseBank-v1.0")
-            folder = nested if os.path.isdir(nested) else folder
-        found = {}
-        for level, fname in FILES.items():
-            path = os.path.join(folder, fname)
-            if os.path.exists(path):
-                with open(path, "rb") as f:
-                    found[level] = (path, f.read())
-    elif zipfile.is_zipfile(source):
-        found = {}
-        with zipfile.ZipFile(source) as z:
-            for member in z.namelist():
-                base = os.path.basename(member)
-                if "__MACOSX" in member or base.startswith("._"):
-                    continue  # macOS resource forks that sit beside the real members
-                for level, fname in FILES.items():
-                    if base == fname:
-                        found[level] = (f"{source}:{member}", z.read(member))
-    elif os.path.exists(source):
-        raise DataError(f"--data {source}: neither a folder nor a zip archive; pass the release "
-                        f"folder FinancialPhraseBank-v1.0/, its zip, or 'hub'")
-    else:
-        raise DataError(f"--data {source}: no such file or folder; pass the release folder, its zip, or 'hub'")
-    if not found:
-        raise DataError(f"--data {source}: no Sentences_*Agree.txt files in it; pass the "
-                        f"FinancialPhraseBank-v1.0 folder or zip")
-    return found
-
-
-def download_release() -> str:
-    """The release zip from the Hub (cached; honours HF_ENDPOINT, HF_HUB_OFFLINE, HF_HOME)."""
-    from huggingface_hub import hf_hub_download
-    try:
-        return hf_hub_download(HUB_REPO, HUB_FILE, repo_type="dataset")
-    except Exception as e:  # offline, no cache, proxy...: one sentence with the fix
-        raise DataError(f"could not get {HUB_FILE} of dataset {HUB_REPO} from the Hub ({type(e).__name__}); "
-                        f"pass --data PATH to a local FinancialPhraseBank-v1.0 folder or zip") from e
-
-
-def load_levels(source: str) -> dict:
-    """{level: rows} for each agreement level present in the source."""
-    return {level: parse_release(raw, name) for level, (name, raw) in _release_files(source).items()}
-
-
-# ----------------------------------------------------------------------------- splitting
-
-def normalise(sentence: str) -> str:
-    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", sentence).lower()).strip()
-
-
-def _stable_key(norm: str) -> str:
-    return hashlib.sha256(norm.encode("utf-8")).hexdigest()
-
-
-def dedupe(rows, known: dict = None):
-    """One row per normalised sentence. A sentence given conflicting labels (50Agree has
-    two such pairs) takes the label a stricter level gave it (`known`: normalised ->
-    label), and is dropped if there is none: then no label is right for it."""
-    labels = defaultdict(set)
-    first = {}
-    for s, y in rows:
-        n = normalise(s)
-        labels[n].add(y)
-        first.setdefault(n, (s, y))
-    known = known or {}
-    out = []
-    for n, (s, y) in first.items():
-        if len(labels[n]) == 1:
-            out.append((s, y))
-        elif known.get(n) in labels[n]:
-            out.append((s, known[n]))
-    return out
-
-
-def deduped_levels(levels: dict) -> dict:
-    """dedupe() each level, strictest first, so conflicts resolve to the stricter label."""
-    known, out = {}, {}
-    for level in LEVELS:
-        if level in levels:
-            out[level] = dedupe(levels[level], known)
-            known.update((normalise(s), y) for s, y in out[level])
-    return out
-
-
-def hash_split(levels: dict) -> dict:
-    """{normalised sentence: split} for every sentence of every level.
-
-    Levels are split strictest first. A sentence keeps the split it got at a stricter
-    level; the sentences a looser level adds fill, class by class and in stable-hash
-    order, whatever each split lacks of its 80/10/10 share. So: duplicates share one
-    split; the test split of a stricter level is inside every looser level's test
-    split; each level's class ratios hold in each split; nothing depends on a seed.
-    """
-    assigned = {}
-    for level, rows in deduped_levels(levels).items():
-        by_class = defaultdict(list)
-        for s, y in rows:
-            by_class[y].append(normalise(s))
-        for y, norms in by_class.items():
-            n = len(norms)
-            target = {"test": round(n * SPLIT_SHARES[2]), "validation": round(n * SPLIT_SHARES[1])}
-            have = Counter(assigned[x] for x in norms if x in assigned)
-            need = {k: max(0, target[k] - have[k]) for k in target}
-            for x in sorted((x for x in norms if x not in assigned), key=_stable_key):
-                split = next((k for k in ("test", "validation") if need[k] > 0), "train")
-                if split != "train":
-                    need[split] -= 1
-                assigned[x] = split
-    return assigned
-
-
-def seed_split(rows, seed: int = 42) -> dict:
-    """scikit-learn's train_test_split(test_size=0.2, random_state=seed), then the held-out
-    20% halved: the notebook's sizes but not its sentences (see notebook_split). Kept so
-    runs made with --split seed are evaluated on exactly their own split. Keeps duplicates."""
-    from sklearn.model_selection import train_test_split
-    train, rest = train_test_split(rows, test_size=0.2, random_state=seed)
-    val, test = train_test_split(rest, test_size=0.5, random_state=seed)
-    return {"train": train, "validation": val, "test": test}
-
-
-def notebook_split(rows, seed: int = 42) -> dict:
-    """The notebook's own split, drawn by Hugging Face `datasets` itself (it permutes with
-    numpy's default_rng, unlike scikit-learn): Dataset.train_test_split(test_size=0.2,
-    seed=42) on the level's rows in file order (duplicates kept), then the held-out part
-    again with (0.5, 42): its "train" half is validation, its "test" half is test
-    (AllAgree: 1811 / 226 / 227, test support 30 / 142 / 55 as in every report of the
-    notebook). In memory: nothing is cached on disk."""
-    from datasets import Dataset, disable_progress_bars
-    disable_progress_bars()
-    ds = Dataset.from_dict({"sentence": [s for s, _ in rows], "label": [y for _, y in rows]})
-    first = ds.train_test_split(test_size=0.2, seed=seed)
-    second = first["test"].train_test_split(test_size=0.5, seed=seed)
-
-    def as_rows(d):
-        return list(zip(d["sentence"], d["label"]))
-    return {"train": as_rows(first["train"]), "validation": as_rows(second["train"]), "test": as_rows(second["test"])}
-
-
-def strictest_levels(source: str) -> dict:
-    """{normalised sentence: name of the strictest level whose file holds it}."""
-    out = {}
-    for level, rows in sorted(load_levels(source).items(), key=lambda kv: -LEVELS.index(kv[0])):
-        out.update((normalise(s), level_name(level)) for s, _ in rows)  # stricter levels overwrite
-    return out
-
-
-def load_splits(source: str, agreement: str, split: str = "hash") -> dict:
-    """{"train"|"validation"|"test": [(sentence, label), ...]} for one agreement level."""
-    levels = load_levels(source)
-    if agreement not in levels:
-        raise DataError(f"--data {source}: has no {FILES[agreement]} for --agreement {agreement}")
-    if split == "seed":
-        return seed_split(levels[agreement])
-    if split == "notebook":
-        return notebook_split(levels[agreement])
-    assigned = hash_split(levels)
-    out = {k: [] for k in SPLITS}
-    for s, y in deduped_levels(levels)[agreement]:
-        out[assigned[normalise(s)]].append((s, y))
-    return out
 
 
 # ----------------------------------------------------------------------------- tf.data
@@ -239,8 +29,13 @@ def encode(tokenizer, sentences, max_length: int):
     return tokenizer(list(sentences), truncation=True, max_length=max_length)["input_ids"]
 
 
-CACHE_DIR = os.path.join("runs", ".cache", "encoded")
 CACHE_VERSION = 1
+
+
+def cache_dir_for(run_dir: str) -> str:
+    """The token cache sits beside the run folder (runs/<run> -> runs/.cache/encoded), so a
+    --run-dir elsewhere writes nothing into the working directory."""
+    return os.path.join(os.path.dirname(os.path.abspath(run_dir)), ".cache", "encoded")
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -254,19 +49,18 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(f"{type(tokenizer).__name__}\n{text}".encode("utf-8")).hexdigest()
 
 
-def encoded_splits(source: str, agreement: str, split: str, tokenizer, max_length: int,
-                   cache_dir: str = CACHE_DIR):
+def encoded_splits(source: str, agreement: str, split: str, tokenizer, max_length: int, cache_dir: str = None):
     """(rows, ids): {split: [(sentence, label)]} and {split: [token ids]}, cached across runs.
 
-    Reading, de-duplicating, splitting and tokenising cost 0.9 s on AllAgree and 1.6 s on
-    50Agree per run (README "Performance"); a cache hit costs a hash of the release bytes
+    Reading, de-duplicating, splitting and tokenising cost about a second per run
+    (docs/performance.md#the-default-recipe-choice-by-choice); a cache hit costs a hash of the release bytes
     and one JSON read. The key covers every release file (the split depends on all levels),
     the level, the split rule, the tokenizer's definition and max_length. cache_dir=None: no cache."""
     key = None
     if cache_dir:
         h = hashlib.sha256(f"v{CACHE_VERSION} {agreement} {split} {max_length} "
                            f"{tokenizer_fingerprint(tokenizer)}".encode())
-        for level, (_, raw) in sorted(_release_files(source).items()):
+        for level, (_, raw) in sorted(phrasebank.release_files(source).items()):
             h.update(level.encode() + hashlib.sha256(raw).digest())
         key = os.path.join(cache_dir, h.hexdigest()[:32] + ".json")
         try:
@@ -276,7 +70,7 @@ def encoded_splits(source: str, agreement: str, split: str, tokenizer, max_lengt
             return rows, cached["ids"]
         except (OSError, ValueError, KeyError):
             pass  # a miss (or an unreadable entry): rebuild and rewrite it
-    rows = load_splits(source, agreement, split)
+    rows = phrasebank.load_splits(source, agreement, split)
     ids = {k: encode(tokenizer, [s for s, _ in v], max_length) for k, v in rows.items()}
     if key:
         from common import runs
@@ -312,9 +106,9 @@ def _distributable(ds):
     # In-memory data: shard by element under MultiWorkerMirroredStrategy (no files to shard).
     opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     # No autotuning: on TF 2.15 deleting an iterator waits for the autotune thread's sleep
-    # to end, and Keras deletes the training iterator at every epoch's end (up to 14 s each;
-    # 33 s of pauses in a 3-epoch MiniLM run, README "Performance"). These pipelines run
-    # 100x faster than training, so there is nothing for it to tune.
+    # to end, and Keras deletes the training iterator at every epoch's end: seconds of pause
+    # per epoch (docs/results.md#what-stands-in-the-way-of-time). These pipelines run far
+    # faster than training, so there is nothing for it to tune.
     opts.autotune.enabled = False
     return ds.with_options(opts)
 
@@ -367,15 +161,40 @@ def fixed_dataset(ids, labels, batch_size: int, width: int, pad_id: int = 0, shu
     return _distributable(ds.prefetch(tf.data.AUTOTUNE))
 
 
+def length_order(lengths) -> np.ndarray:
+    """Indices that sort examples by length (stable: equal lengths keep input order)."""
+    return np.argsort(np.asarray(lengths), kind="stable")
+
+
+def length_batches(ids, batch_size: int, max_length: int, pad_id: int):
+    """(indices, features) batches in NumPy: sorted by length, each padded to the next of
+    the fixed widths (little padding, few shapes). The one length-ordered batching that
+    evaluation (sorted_dataset), inference (common/finished_run.py) and the benchmarks share.
+    NumPy, not tf.data: a 1-sentence request through a new tf.data pipeline cost far more
+    set-up than model (docs/performance.md#inference-speed)."""
+    order = length_order([len(x) for x in ids])
+    widths = widths_for(max_length)
+    for i in range(0, len(ids), batch_size):
+        idx = order[i:i + batch_size]
+        width = next(w for w in widths if w >= max(len(ids[j]) for j in idx))
+        x = np.full((len(idx), width), pad_id, np.int32)
+        mask = np.zeros((len(idx), width), np.int32)
+        for row, j in enumerate(idx):
+            x[row, :len(ids[j])] = ids[j]
+            mask[row, :len(ids[j])] = 1
+        yield idx, {"input_ids": x, "attention_mask": mask}
+
+
 def sorted_dataset(ids, labels, batch_size: int, max_length: int, pad_id: int = 0):
-    """Evaluation batches: sorted by length (little padding), each padded to a fixed width.
+    """Evaluation batches (features, labels): length_batches as a tf.data.Dataset.
     Returns (dataset, order): row i of the dataset's output is example order[i]."""
-    order = np.argsort([len(x) for x in ids], kind="stable")
-    pad = _to_next_width(widths_for(max_length))
-    ds = _examples([ids[i] for i in order], np.asarray(labels, np.int32)[order])
-    ds = ds.padded_batch(batch_size, padded_shapes=([None], []), padding_values=(pad_id, 0))
-    ds = ds.map(lambda x, y: (_features(pad(x, pad_id), pad_id), y)).cache()
-    return _distributable(ds.prefetch(tf.data.AUTOTUNE)), order
+    labels = np.asarray(labels, np.int32)
+    batches = list(length_batches(ids, batch_size, max_length, pad_id))
+    order = np.concatenate([idx for idx, _ in batches]) if batches else np.zeros([0], np.int64)
+    spec = ({k: tf.TensorSpec([None, None], tf.int32) for k in ("input_ids", "attention_mask")},
+            tf.TensorSpec([None], tf.int32))
+    ds = tf.data.Dataset.from_generator(lambda: ((x, labels[idx]) for idx, x in batches), output_signature=spec)
+    return _distributable(ds.cache().prefetch(tf.data.AUTOTUNE)), order
 
 
 def batch_stats(ds) -> dict:
@@ -409,6 +228,13 @@ class Splits:
     test_order: np.ndarray
     rows: dict                 # split -> [(sentence, label)]
     train_stats: dict          # steps, examples, real tokens, real-token share, pipeline rate
+    class_weights: dict = None  # what the training loss is weighted by, per class (--class-weight)
+    weights_in_dataset: bool = False  # the training batches carry them as per-example weights
+
+    @property
+    def fit_class_weight(self) -> dict:
+        """Keras fit()'s class_weight: None where the dataset's per-example weights hold them."""
+        return None if self.weights_in_dataset else self.class_weights
 
     @property
     def val_labels(self) -> np.ndarray:
@@ -441,7 +267,7 @@ def subset(rows, ids, n: float, seed: int):
     return [rows[i] for i in keep], [ids[i] for i in keep]
 
 
-def looser_training_sentences(cfg, tokenizer, strict_train):
+def looser_training_sentences(cfg, tokenizer, strict_train, cache_dir: str = None):
     """(rows, ids) of the training sentences --extra-agreement's level adds to --agreement's:
     agreement-aware training. With the hash split they are leak-free by construction: a
     sentence keeps the split its strictest level gave it, so the added sentences are in no
@@ -456,9 +282,9 @@ def looser_training_sentences(cfg, tokenizer, strict_train):
     if LEVELS.index(cfg.extra_agreement) <= LEVELS.index(cfg.agreement):
         raise FlagError(f"--extra-agreement {cfg.extra_agreement}: must be a looser level than --agreement "
                         f"{cfg.agreement} (one of {', '.join(LEVELS[LEVELS.index(cfg.agreement) + 1:]) or 'none'})")
-    rows, ids = encoded_splits(cfg.data, cfg.extra_agreement, "hash", tokenizer, cfg.max_length)
-    have = {normalise(s) for s, _ in strict_train}
-    keep = [i for i, (s, _) in enumerate(rows["train"]) if normalise(s) not in have]
+    rows, ids = encoded_splits(cfg.data, cfg.extra_agreement, "hash", tokenizer, cfg.max_length, cache_dir)
+    have = {phrasebank.normalise(s) for s, _ in strict_train}
+    keep = [i for i, (s, _) in enumerate(rows["train"]) if phrasebank.normalise(s) not in have]
     return [rows["train"][i] for i in keep], [ids["train"][i] for i in keep]
 
 
@@ -478,29 +304,40 @@ def class_weights(labels, kind: str = "balanced") -> dict | None:
     return dict(zip(classes.tolist(), w.tolist()))
 
 
-def load_data(cfg, tokenizer, replicas: int) -> Splits:
-    """The run's splits as tf.data pipelines: bucketed (or fixed-width) training batches of
-    the global --batch-size, length-sorted evaluation batches, and the pipeline's figures."""
-    if cfg.batch_size < 1 or cfg.batch_size % replicas:
-        raise FlagError(f"--batch-size {cfg.batch_size}: must be a positive multiple of the {replicas} replicas "
-                        f"(it is the global batch; each replica gets batch-size / {replicas})")
-    rows, ids = encoded_splits(cfg.data, cfg.agreement, cfg.split, tokenizer, cfg.max_length)
-    rows, ids = dict(rows), dict(ids)
-    extra_rows, extra_ids = looser_training_sentences(cfg, tokenizer, rows["train"])
-    rows["train"], ids["train"] = subset(rows["train"], ids["train"], cfg.train_examples, cfg.seed)
-    weights = None
-    if extra_rows:  # --extra-agreement: the looser level's added sentences, at --extra-weight
-        weights = [1.0] * len(rows["train"]) + [cfg.extra_weight] * len(extra_rows)
-        rows["train"], ids["train"] = rows["train"] + extra_rows, ids["train"] + extra_ids
-        cw = class_weights([y for _, y in rows["train"]], cfg.class_weight)  # folded in here: Keras 2.15's
-        if cw:  # class_weight fails on datasets that carry sample weights (reshape to (None,))
-            weights = [w * cw[y] for w, (_, y) in zip(weights, rows["train"])]
-    counts = Counter(y for _, y in rows["train"])
+def training_rows(cfg, tokenizer, rows, ids, cache_dir: str = None):
+    """The training split as the flags shape it: --train-examples' subset, then
+    --extra-agreement's added sentences. Returns (rows, ids, per-example loss weights or
+    None, class weights, number of added sentences); class weights are decided here, once."""
+    extra_rows, extra_ids = looser_training_sentences(cfg, tokenizer, rows, cache_dir)
+    rows, ids = subset(rows, ids, cfg.train_examples, cfg.seed)
+    rows, ids = rows + extra_rows, ids + extra_ids
+    counts = Counter(y for _, y in rows)
     missing = [LABELS[c] for c in range(len(LABELS)) if not counts[c]]
     if missing:
         raise DataError(f"--data {cfg.data} --agreement {cfg.agreement}: the training split has no "
-                        f"{' or '.join(missing)} sentences ({len(rows['train'])} in all); the classifier and its class "
+                        f"{' or '.join(missing)} sentences ({len(rows)} in all); the classifier and its class "
                         f"weights need all of {', '.join(LABELS)}: check the file's labels")
+    cw = class_weights([y for _, y in rows], cfg.class_weight)
+    weights = None
+    if extra_rows:  # --extra-agreement: the looser level's added sentences, at --extra-weight; the class
+        # weights folded in here: Keras 2.15's class_weight fails on datasets that carry sample weights
+        weights = [1.0] * (len(rows) - len(extra_rows)) + [cfg.extra_weight] * len(extra_rows)
+        if cw:
+            weights = [w * cw[y] for w, (_, y) in zip(weights, rows)]
+    return rows, ids, weights, cw, len(extra_rows)
+
+
+def load_data(cfg, tokenizer, replicas: int, cache_dir: str = None) -> Splits:
+    """The run's splits as tf.data pipelines: bucketed (or fixed-width) training batches of
+    the global --batch-size, length-sorted evaluation batches, and the pipeline's figures.
+    cache_dir: the token cache (cache_dir_for(run folder)); None: no cache."""
+    if cfg.batch_size < 1 or cfg.batch_size % replicas:
+        raise FlagError(f"--batch-size {cfg.batch_size}: must be a positive multiple of the {replicas} replicas "
+                        f"(it is the global batch; each replica gets batch-size / {replicas})")
+    rows, ids = encoded_splits(cfg.data, cfg.agreement, cfg.split, tokenizer, cfg.max_length, cache_dir)
+    rows, ids = dict(rows), dict(ids)
+    rows["train"], ids["train"], weights, cw, extra = training_rows(cfg, tokenizer, rows["train"], ids["train"],
+                                                                    cache_dir)
     y = {k: [l for _, l in v] for k, v in rows.items()}
     global_batch, pad = cfg.batch_size, tokenizer.pad_token_id
     if cfg.padding == "buckets":
@@ -520,13 +357,7 @@ def load_data(cfg, tokenizer, replicas: int) -> Splits:
     # Bucketing hides the epoch length from Keras; it is fixed (bucket membership does not
     # depend on the shuffle), and Keras needs it to resume mid-epoch from BackupAndRestore.
     train = train.apply(tf.data.experimental.assert_cardinality(stats["steps"]))
-    stats["extra_examples"] = len(extra_rows)
-    return Splits(train, val, test, val_order, test_order, rows, stats)
+    stats["extra_examples"] = extra
+    return Splits(train, val, test, val_order, test_order, rows, stats, cw, weights is not None)
 
-
-def seen_sentences(run_flags: dict, part: str = "test") -> set:
-    """Normalised sentences a run (its config.json flags) trained on, and validated on
-    when `part` is the test split."""
-    mine = load_splits(run_flags["data"], run_flags["agreement"], run_flags["split"])
-    return {normalise(s) for p in (("train", "validation") if part == "test" else ("train",)) for s, _ in mine[p]}
 

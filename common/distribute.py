@@ -70,7 +70,7 @@ def _bias_add_grad_accumulated_in_float32(op, grad):
     """BiasAdd's gradient with the bias part summed in float32 for bfloat16 tensors.
 
     Why: TF 2.15's CPU BiasAddGrad kernel sums bfloat16 in bfloat16 (float16 it sums in
-    float32), so every Dense bias of a mixed_bfloat16 model got a gradient 5-50% off on
+    float32), so every Dense bias of a mixed_bfloat16 model got a gradient far off on
     batch x sequence rows (docs/precision.md has the figures). A cast, a float32 Sum and a
     cast back cost little and give the sum the float16 path already has. TF has no public
     way to replace a built-in op's gradient, hence the registry entry below."""
@@ -104,9 +104,9 @@ def _dropout_drawn_in_float32(self, inputs, training=None):
 
     Why: under a mixed policy Keras draws the dropout's uniform numbers in the compute dtype.
     In bfloat16 (8 bits) rate 0.1 then drops 10.2% and scales by 1.109375, so every dropout
-    lowers its activations' mean by 0.4% in training, and the masks are not float32's: bf16
-    training lost 1.2 points of test accuracy over 12 seeds, and with masks drawn in float32
-    it gives float32's figures (docs/precision.md). Keras has no setting for it."""
+    lowers its activations' mean in training, and the masks are not float32's: bf16 training
+    lost test accuracy over seeds, and with masks drawn in float32 it gives float32's figures
+    (docs/precision.md has the figures). Keras has no setting for it."""
     if inputs.dtype in (tf.float16, tf.bfloat16):
         return tf.cast(KERAS_DROPOUT_CALL(self, tf.cast(inputs, tf.float32), training), inputs.dtype)
     return KERAS_DROPOUT_CALL(self, inputs, training)

@@ -37,7 +37,7 @@ import tensorflow as tf  # noqa: E402
 keras = tf.keras  # the touch that resolves Keras 2.15 (see module docstring)
 _ = keras.layers.Layer
 if not keras.__name__.startswith("keras"):
-    raise RuntimeError(f"tf.keras resolved to {keras.__name__}; uninstall tf_keras (see README)")
+    raise RuntimeError(f"tf.keras resolved to {keras.__name__}; uninstall tf_keras (docs/install.md)")
 
 tf.get_logger().setLevel("ERROR")
 
@@ -45,11 +45,6 @@ import transformers  # noqa: E402  (after the Keras touch, on purpose)
 
 transformers.logging.set_verbosity_error()
 
-# Repo root, and the shared data folder that sits beside it (override: FPB_SHARED_DIR).
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_DIR = os.environ.get("FPB_SHARED_DIR", os.path.join(os.path.dirname(REPO_ROOT), "shared"))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
 
 
 def set_seed(seed: int, deterministic: bool = False) -> None:

@@ -36,17 +36,27 @@ class TrainingFailed(FinsentError):
     exit_code = 1
 
 
-def run_child(cmd, env=None):
-    """Run another project script (its output streams through); if it fails, fail with its
-    exit status and one line naming it (its own error line is just above). Returns the
-    child's own resource usage (os.wait4: its peak RSS, not the largest of all children's)."""
+def run_child(cmd, env=None, on_line=None):
+    """Run another project script in its own process: the one way every script starts one.
+    Its output streams through; with on_line, each line of it (stdout and stderr) goes to
+    on_line instead. If it fails, fail with its exit status and one line naming it (and its
+    last line of output when that was not shown). Returns the child's own resource usage
+    (os.wait4: its peak RSS, not the largest of all children's)."""
     import subprocess
-    child = subprocess.Popen(cmd, env=env)
+    last = None
+    if on_line is None:
+        child = subprocess.Popen(cmd, env=env)
+    else:
+        child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in child.stdout:
+            last = line.strip() or last
+            on_line(line)
     _, status, usage = os.wait4(child.pid, 0)
     code = child.returncode = os.waitstatus_to_exitcode(status)
     if code:
+        said = "(its error is above)" if on_line is None else f"({last[:300] if last else 'no output'})"
         err = TrainingFailed(f"{' '.join(os.path.basename(str(c)) for c in cmd[1:3])} ... failed with exit "
-                             f"status {code} (its error is above)")
+                             f"status {code} {said}")
         err.exit_code = code if code in (1, 2) else 1
         raise err
     return usage

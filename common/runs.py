@@ -11,7 +11,7 @@ import tempfile
 
 from common.errors import RunDirError
 
-# runs/<name>/ layout (see README "What a run writes")
+# runs/<name>/ layout (docs/run-folder.md)
 CONFIG = "config.json"
 METRICS = "metrics.json"
 ERRORS = "errors.csv"
@@ -26,13 +26,14 @@ def default_run_dir(script: str) -> str:
     return os.path.join("runs", f"{script}-{stamp}")
 
 
-def _atomic(path: str, write) -> None:
-    """Write through a temporary file in the same folder, then rename over `path`."""
+def atomic_write(path: str, write, binary: bool = False) -> None:
+    """Call write(f) on a temporary file in the same folder, then rename it over `path`:
+    a killed process leaves the old file or the new one, never half of one."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", newline="", encoding="utf-8")) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -45,11 +46,16 @@ def _atomic(path: str, write) -> None:
 
 def write_json(path: str, obj) -> None:
     text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"  # fail before touching disk
-    _atomic(path, lambda f: f.write(text))
+    atomic_write(path, lambda f: f.write(text))
 
 
 def write_text(path: str, text: str) -> None:
-    _atomic(path, lambda f: f.write(text))
+    atomic_write(path, lambda f: f.write(text))
+
+
+def write_bytes(path: str, content: bytes) -> None:
+    """E.g. a PNG from metrics.figure_png."""
+    atomic_write(path, lambda f: f.write(content), binary=True)
 
 
 def read_json(path: str):
@@ -63,7 +69,7 @@ def write_csv(path: str, header, rows) -> None:
         w.writerow(header)
         w.writerows(rows)
 
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def publish_dir(tmp_dir: str, final_dir: str) -> None:
@@ -76,6 +82,9 @@ def publish_dir(tmp_dir: str, final_dir: str) -> None:
 def load_run(run_dir: str, flag: str = "run folder") -> dict:
     """The config of a finished run; a clear error if the folder is not one."""
     path = os.path.join(run_dir, CONFIG)
+    if not os.path.isdir(run_dir):
+        raise RunDirError(f"{flag} {run_dir}: no such folder; pass a run folder, e.g. one under runs/ "
+                          f"(ls runs/), written by a train script")
     if not os.path.exists(path):
         raise RunDirError(f"{flag} {run_dir}: not a run folder (no {CONFIG}); pass a folder under runs/ written by a "
                           f"train script")
@@ -151,7 +160,7 @@ def versions() -> dict:
 
 
 def git_commit() -> str:
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    from common import REPO_ROOT as repo
     try:
         head = subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True,
                               timeout=5).stdout.strip()
@@ -170,17 +179,17 @@ def write_config(run_dir: str, flags: dict, script: str, resolved: dict, devices
     })
 
 
-def run_plan(plan) -> None:
-    """Run each (description, run folder, command) of a study in order, skipping those whose
-    folder already has metrics.json: rerunning a study resumes it. The commands are project
-    scripts; one that fails stops the study with its exit status (errors.run_child)."""
+def run_study_steps(steps) -> None:
+    """Run each step (description, run folder, command) of a study in order, skipping those
+    whose run folder already has metrics.json: rerunning a study resumes it. The commands are
+    project scripts; one that fails stops the study with its exit status (errors.run_child)."""
     import time
     from common import errors
     t_start = time.time()
-    for k, (what, run_dir, cmd) in enumerate(plan, 1):
+    for k, (what, run_dir, cmd) in enumerate(steps, 1):
         if os.path.exists(os.path.join(run_dir, METRICS)):
-            print(f"[{k}/{len(plan)}] {what}: done already")
+            print(f"[{k}/{len(steps)}] {what}: done already")
             continue
-        print(f"[{k}/{len(plan)}] {what} ({time.time() - t_start:.0f}s so far): " + " ".join(map(str, cmd[1:])),
+        print(f"[{k}/{len(steps)}] {what} ({time.time() - t_start:.0f}s so far): " + " ".join(map(str, cmd[1:])),
               flush=True)
         errors.run_child(cmd)

@@ -10,9 +10,7 @@ import json
 import os
 
 
-from common import calibration, runs
-from common.data import LABELS
-from common.env import keras, tf
+from common.env import tf
 from common.errors import ModelError
 
 SERVING = "serving"
@@ -46,8 +44,8 @@ def wordpiece_settings(tokenizer) -> dict:
 class SentimentServer(tf.Module):
     """serving_default(text: string[batch]) -> {label_id, label, probabilities}."""
 
-    def __init__(self, model, w: dict, max_length: int, temperature: float):
-        """w: wordpiece_settings() of the run's tokenizer."""
+    def __init__(self, model, w: dict, max_length: int, temperature: float, labels):
+        """w: wordpiece_settings() of the run's tokenizer; labels: class names in id order."""
         super().__init__()
         import tensorflow_text as text
         # The weights are tracked, the Keras model is not: saving a tracked Keras model also
@@ -60,7 +58,7 @@ class SentimentServer(tf.Module):
         self.cls, self.sep, self.pad = w["cls"], w["sep"], w["pad"]
         self.max_length = int(max_length)
         self.temperature = tf.Variable(float(temperature), trainable=False, name="temperature")
-        self.labels = tf.constant(list(LABELS))
+        self.labels = tf.constant(list(labels))
 
     # No AutoGraph: the model code is graph-safe (see training.compile_classifier), and
     # converting transformers' functions costs seconds per export.
@@ -81,18 +79,12 @@ class SentimentServer(tf.Module):
 def export_serving(run_dir: str) -> str:
     """Write run_dir/serving/ from run_dir/model (float32, whatever the run trained in) and
     the run's temperature; atomically (a temporary folder, then rename). Returns its path."""
-    from common import models
-    flags = runs.load_run(run_dir)["flags"]
-    model_dir = os.path.join(run_dir, runs.MODEL)
-    tokenizer = models.load_tokenizer(model_dir)
-    settings = wordpiece_settings(tokenizer)  # refuse before loading any weights
-    policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")  # portable: any CPU or GPU serves it
-    try:
-        model = models.build_classifier(model_dir)
-    finally:
-        keras.mixed_precision.set_global_policy(policy)
-    server = SentimentServer(model, settings, flags["max_length"], calibration.temperature_of(run_dir))
+    from common import runs
+    from common.finished_run import FinishedRun
+    run = FinishedRun.open(run_dir)
+    settings = wordpiece_settings(run.tokenizer)  # refuse before loading any weights
+    model = run.load_model("fp32")  # portable: any CPU or GPU serves it
+    server = SentimentServer(model, settings, run.max_length, run.temperature, run.labels)
     final = os.path.join(run_dir, SERVING)
     tmp = final + ".tmp"
     if os.path.exists(tmp):

@@ -8,7 +8,7 @@ import numpy as np
 
 from common import runs
 from common.errors import RunDirError
-from common.data import LABELS, level_name
+from common.phrasebank import LABELS, level_name
 
 IGNORED = {"seed", "run_dir", "init_from", "data", "deterministic", "log_every_steps", "backup_every_steps"}
 

@@ -13,7 +13,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from common.data import LABELS
+from common.phrasebank import LABELS
 from common.errors import DataError, FlagError
 
 FORMATS = ("csv", "tsv", "jsonl", "text")
@@ -86,67 +86,84 @@ def read_texts(path: str, fmt: str = None, text_column: str = None, id_column: s
                stdin=None) -> Texts:
     """Read texts (and ids, and labels if label_column is given) from `path` ('-': stdin)."""
     fmt = format_of(path, fmt)
+    if fmt not in FORMATS:
+        raise FlagError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
     name = "<stdin>" if path == "-" else path
-    if path == "-":
-        raw = (stdin or sys.stdin.buffer).read()
-    else:
-        try:
-            with open(path, "rb") as f:
-                raw = f.read()
-        except OSError as e:
-            raise DataError(f"--input {path}: cannot read it ({e.strerror}); pass a CSV, TSV, JSONL or text file, "
-                            f"or - for stdin") from None
-    text = _decode(raw, name)
-    records = []  # (line, {column: value})
+    text = _decode(_read_bytes(path, stdin), name)
     if fmt == "text":
         records = [(i + 1, {"text": line}) for i, line in enumerate(text.splitlines())]
         text_column, id_column = "text", None
     elif fmt in ("csv", "tsv"):
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter="," if fmt == "csv" else "\t")
-        try:
-            header = next(reader)
-        except StopIteration:
-            header = []
-        except csv.Error as e:
-            raise DataError(f"{name} line 1: {e}; is it a {fmt.upper()} file?") from None
-        header = [h.strip() for h in header]
+        header, records = _csv_records(text, fmt, name)
         text_column = _pick(header, text_column, "--text-column", name, TEXT_COLUMNS)
         id_column = _pick(header, id_column, "--id-column", name, ("id",))
         if label_column:
             _pick(header, label_column, "--label-column", name)
-        line = 1
-        try:
-            for row in reader:
-                start = line + 1
-                line = reader.line_num
-                if not row:
-                    continue  # csv yields [] for a blank line: not a record
-                if len(row) != len(header):
-                    raise DataError(f"{name} line {start}: {len(row)} fields, the header has {len(header)}; "
-                                    f"quote fields that hold the delimiter")
-                records.append((start, dict(zip(header, row))))
-        except csv.Error as e:
-            raise DataError(f"{name} line {reader.line_num}: {e}; check the quoting") from None
-    elif fmt == "jsonl":
-        for i, line in enumerate(text.splitlines()):
-            if not line.strip():
-                records.append((i + 1, None))
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as e:
-                raise DataError(f"{name} line {i + 1}: not JSON ({e.msg}); one JSON object per line") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{name} line {i + 1}: a {type(obj).__name__}, not a JSON object; one object per "
-                                f"line, e.g. {{\"text\": \"...\"}}")
-            records.append((i + 1, obj))
-        first = next((r for _, r in records if r is not None), {})
-        text_column = _pick(list(first), text_column, "--text-column", name, TEXT_COLUMNS,
-                            line=next((l for l, r in records if r is not None), None))
-        id_column = _pick(list(first), id_column, "--id-column", name, ("id",))
     else:
-        raise FlagError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
+        records = _jsonl_records(text, name)
+        first_line, first = next(((l, r) for l, r in records if r is not None), (None, {}))
+        text_column = _pick(list(first), text_column, "--text-column", name, TEXT_COLUMNS, line=first_line)
+        id_column = _pick(list(first), id_column, "--id-column", name, ("id",))
+    return _texts_of(records, name, fmt, text_column, id_column, label_column, label_map, skip_empty)
 
+
+def _read_bytes(path: str, stdin=None) -> bytes:
+    if path == "-":
+        return (stdin or sys.stdin.buffer).read()
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise DataError(f"--input {path}: cannot read it ({e.strerror}); pass a CSV, TSV, JSONL or text file, "
+                        f"or - for stdin") from None
+
+
+def _csv_records(text: str, fmt: str, name: str):
+    """(header, [(line, {column: value})]) of a CSV / TSV file's text."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="," if fmt == "csv" else "\t")
+    try:
+        header = next(reader)
+    except StopIteration:
+        header = []
+    except csv.Error as e:
+        raise DataError(f"{name} line 1: {e}; is it a {fmt.upper()} file?") from None
+    header = [h.strip() for h in header]
+    records, line = [], 1
+    try:
+        for row in reader:
+            start = line + 1
+            line = reader.line_num
+            if not row:
+                continue  # csv yields [] for a blank line: not a record
+            if len(row) != len(header):
+                raise DataError(f"{name} line {start}: {len(row)} fields, the header has {len(header)}; "
+                                f"quote fields that hold the delimiter")
+            records.append((start, dict(zip(header, row))))
+    except csv.Error as e:
+        raise DataError(f"{name} line {reader.line_num}: {e}; check the quoting") from None
+    return header, records
+
+
+def _jsonl_records(text: str, name: str):
+    """[(line, object or None for a blank line)] of a JSONL file's text."""
+    records = []
+    for i, line in enumerate(text.splitlines()):
+        if not line.strip():
+            records.append((i + 1, None))
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            raise DataError(f"{name} line {i + 1}: not JSON ({e.msg}); one JSON object per line") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{name} line {i + 1}: a {type(obj).__name__}, not a JSON object; one object per "
+                            f"line, e.g. {{\"text\": \"...\"}}")
+        records.append((i + 1, obj))
+    return records
+
+
+def _texts_of(records, name, fmt, text_column, id_column, label_column, label_map, skip_empty) -> Texts:
+    """The records' texts, ids and labels, each checked (the line named in every error)."""
     out = Texts([], [], [] if id_column else None, id_column, [] if label_column else None, fmt=fmt)
     for line, rec in records:
         if rec is not None and fmt == "jsonl":

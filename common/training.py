@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from common import callbacks as cb
-from common import data, metrics, optim, report, runs
+from common import data, metrics, optim, phrasebank, report, runs
 from common.env import keras, tf
 from common.errors import FlagError, ModelError, TrainingFailed
 
@@ -23,7 +23,7 @@ from common.errors import FlagError, ModelError, TrainingFailed
 def make_loss(cfg):
     """Per-example loss on integer labels and logits, in float32 under mixed precision.
     A plain function: compile() wraps it with the reduction that is right under any strategy."""
-    n, smoothing = len(data.LABELS), cfg.label_smoothing
+    n, smoothing = len(phrasebank.LABELS), cfg.label_smoothing
     if cfg.loss == "focal":
         def focal_loss(y, logits):
             y = tf.one_hot(tf.reshape(tf.cast(y, tf.int32), [-1]), n)
@@ -43,11 +43,11 @@ def make_loss(cfg):
 
 
 def compile_classifier(model, cfg, optimizer, xla: str = "off", replicas: int = 1) -> None:
-    """compile(), plus two start-up savings measured in README "Performance" (first step
-    16.1 s -> 9.4 s, first validation 13.5 s -> 4.0 s on MiniLM):
+    """compile(), plus two start-up savings (first step and first validation several seconds
+    sooner; docs/performance.md#the-default-recipe-choice-by-choice):
     - no AutoGraph for the train/test/predict steps: transformers' TF models and our heads
       are graph-safe (no Python control flow on tensors; they are written for XLA), and
-      AutoGraph spends ~9 s converting ~170 of their functions in every process;
+      AutoGraph spends seconds converting their functions in every process;
     - optimizer slots built now: a tf.function that creates variables on its first call is
       traced twice (Keras builds them lazily in the first train step).
     xla='on': the train step computes loss and gradients in an XLA-compiled function per
@@ -103,12 +103,10 @@ def fit_model(model, cfg, splits, callbacks=(), epochs: int = None, initial_epoc
     ours = [nan_guard, throughput, validation, cb.LearningRate()]  # before the caller's: they add keys others read
     if optim.uses_layer_schedule(cfg):
         ours.insert(0, optim.UnfreezeSchedule(**optim.layer_schedule(cfg)))
-    # with --extra-agreement the dataset's per-example weights already hold the class weights (common/data.py)
-    cw = None if splits.train_stats.get("extra_examples") else data.class_weights(splits.train_labels, cfg.class_weight)
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     history = model.fit(splits.train, epochs=cfg.epochs if epochs is None else epochs, initial_epoch=initial_epoch,
-                        callbacks=[*ours, *callbacks], class_weight=cw, verbose=verbose)
+                        callbacks=[*ours, *callbacks], class_weight=splits.fit_class_weight, verbose=verbose)
     return history, throughput, nan_guard
 
 
@@ -136,6 +134,9 @@ def fit(model, cfg, run_dir: str, splits, hparams: dict, is_chief: bool = True, 
           if is_chief else []),
         *extra_callbacks,
     ]
+    if restores_prior(model, cfg, splits):
+        print("note: the epoch lines' and TensorBoard's val_* figures are the model as trained; the final figures "
+              "and metrics.json are after the class prior is restored at the end (--restore-prior)")
     try:
         history, throughput, nan_guard = fit_model(model, cfg, splits, callbacks, tb_dir=tb_dir if is_chief else None)
     except (tf.errors.UnavailableError, tf.errors.AbortedError) as e:  # a peer died, or died and restarted
@@ -152,11 +153,19 @@ def fit(model, cfg, run_dir: str, splits, hparams: dict, is_chief: bool = True, 
                              f"(try a lower --lr or --precision fp32)")
     if os.path.exists(best_path + ".index") and not cfg.ema:
         model.load_weights(best_path)
-    from common import models
-    cw = data.class_weights(splits.train_labels, cfg.class_weight)  # what the loss was weighted by
-    if cw and cfg.restore_prior and models.logits_layer(model).trainable:  # a frozen head stays as it was given
-        models.restore_class_prior(model, cw)
+    if restores_prior(model, cfg, splits):
+        from common import models
+        models.restore_class_prior(model, splits.class_weights)
+        print("class prior restored (--restore-prior): the figures below and metrics.json are after it; the epoch "
+              "lines' and TensorBoard's val_* before it")
     return history, throughput, steps_done
+
+
+def restores_prior(model, cfg, splits) -> bool:
+    """--restore-prior applies: the loss was class-weighted and the head trained (a frozen
+    head stays as it was given)."""
+    from common import models
+    return bool(splits.class_weights and cfg.restore_prior and models.logits_layer(model).trainable)
 
 
 def hparams_of(cfg, harness) -> dict:
@@ -165,6 +174,8 @@ def hparams_of(cfg, harness) -> dict:
             "warmup", "weight_decay", "class_weight", "restore_prior", "loss", "freeze", "train_embeddings", "head",
             "pooling", "layer_lr_decay", "head_warmup_epochs", "unfreeze_every", "train_top_blocks", "train_examples",
             "extra_agreement", "extra_weight", "label_smoothing", "ema", "seed")
+    from common.recipes import RECIPES  # and every flag a recipe sets (the notebook's decay_steps, adam_epsilon...)
+    keys += tuple(sorted({k for preset in RECIPES.values() for k in preset} - set(keys)))
     out = {k: getattr(cfg, k) for k in keys}
     out.update(precision=harness.precision, replicas=harness.replicas, xla=harness.xla)
     return out
@@ -232,11 +243,11 @@ def start(cfg, script: str, run_folder="train") -> Run:
                              f"pass --head {had} to continue it, or train from --model instead")
     source = os.path.join(cfg.init_from, runs.MODEL) if cfg.init_from else cfg.model
     tokenizer = models.load_tokenizer(source)
-    splits = data.load_data(cfg, tokenizer, harness.replicas)
+    splits = data.load_data(cfg, tokenizer, harness.replicas, data.cache_dir_for(run_dir))
     st = splits.train_stats
-    print(f"data: {data.level_name(cfg.agreement)}, split={cfg.split}: "
+    print(f"data: {phrasebank.level_name(cfg.agreement)}, split={cfg.split}: "
           + ", ".join(f"{k} {len(v)}" for k, v in splits.rows.items())
-          + (f" (train includes {st['extra_examples']} sentences {data.level_name(cfg.extra_agreement)} adds, at "
+          + (f" (train includes {st['extra_examples']} sentences {phrasebank.level_name(cfg.extra_agreement)} adds, at "
              f"weight {cfg.extra_weight:g})" if st["extra_examples"] else "")
           + f" | {st['steps']} steps/epoch, widths {st['widths']}, real-token share {st['real_token_share']:.3f}")
     return Run(cfg, harness, run_dir, source, tokenizer, splits, script, wall_start)
@@ -271,13 +282,13 @@ def resolved_settings(run: Run) -> dict:
            "replicas": harness.replicas, "strategy": harness.strategy_name, "notes": harness.notes,
            "train_size": len(run.splits.rows["train"]), "extra_examples": run.splits.train_stats["extra_examples"]}
     if run.cfg.class_weight != "none":
-        out["class_weight"] = data.class_weights(run.splits.train_labels, run.cfg.class_weight)
+        out["class_weight"] = run.splits.class_weights
     from common import recipes
     out["recipe"] = recipes.applied(run.cfg.recipe, run.cfg.to_dict())
     return out
 
 
-def finish(run: Run, model) -> dict:
+def fit_and_report(run: Run, model) -> dict:
     """Fit -> restore best -> evaluate -> calibrate -> export (model/, serving/) -> metrics.json.
     Under TF_CONFIG every worker trains; only the chief writes the run folder."""
     from common import models
@@ -305,10 +316,12 @@ def finish(run: Run, model) -> dict:
               f"{len(run.splits.train_stats['widths'])} batch widths and {harness.replicas} replica(s)")
     if not harness.is_chief:
         return {k: {kk: vv for kk, vv in v.items() if kk != "logits"} for k, v in results.items()}
-    extra["calibration"] = report.calibrate(run.run_dir, results, run.splits)
+    extra["calibration"] = report.calibrate_run(run.run_dir, results, run.splits)
     report.export(model, run.tokenizer, run.run_dir)
     extra["serving"] = report.export_serving(run.run_dir)
     m = report.write_metrics(run.run_dir, results, run.splits, throughput, run.wall_start,
                              steps_done, run.splits.train_stats["steps"] * cfg.epochs, extra)
     print(report.summary_line(m))
+    print(f"run folder: {run.run_dir}\nnext: python eval/evaluate.py {run.run_dir}   |   "
+          f"python eval/predict.py {run.run_dir} --input FILE   |   tensorboard --logdir {run.run_dir}")
     return m

@@ -5,19 +5,20 @@ hyperparameter names are Config field names, so the best trial is a set of train
 """
 import dataclasses
 import os
-import subprocess
 import sys
 import tempfile
 
-from common import config, data, runs, training
-from common.env import REPO_ROOT, keras
+from common import REPO_ROOT, config, data, errors, runs, training
+from common.env import keras
 
 import keras_tuner as kt  # noqa: E402  (common.env first: the same Keras 2.15)
 
 
 def add_search_flags(parser):
     g = parser.add_argument_group("search")
-    g.add_argument("--tuner", choices=["bayesian", "hyperband"], default="bayesian")
+    g.add_argument("--tuner", choices=["bayesian", "hyperband"], default="bayesian",
+                   help="bayesian: Gaussian-process search over --max-trials trials; hyperband: many short trials, "
+                        "the best promoted to --epochs (keras-tuner's Hyperband, factor 3)")
     g.add_argument("--max-trials", type=int, default=8, help="bayesian: trials to run")
     g.add_argument("--executions-per-trial", type=int, default=1,
                    help="fits per trial; fit k trains with --seed + k (initial head, dropout, shuffle order) "
@@ -42,7 +43,8 @@ class ConfigHyperModel(kt.HyperModel):
         cfg = dataclasses.replace(cfg, seed=cfg.seed + execution)
         key = (cfg.batch_size, cfg.seed)
         if key not in self._splits:
-            self._splits[key] = data.load_data(cfg, self.run.tokenizer, self.run.harness.replicas)
+            self._splits[key] = data.load_data(cfg, self.run.tokenizer, self.run.harness.replicas,
+                                               data.cache_dir_for(self.run.run_dir))
         return dataclasses.replace(self.run, cfg=cfg, splits=self._splits[key])
 
     def build(self, hp):
@@ -107,29 +109,48 @@ def search(run, space, args, argv) -> list:
     if os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief" or not run.harness.is_chief:
         return []  # a keras-tuner worker, or a non-chief MultiWorkerMirroredStrategy worker
 
+    rows = ranked_trials(tuner.oracle)
+    best = rows[0]  # ties go to the earliest trial, so a resumed search reports the same winner
+    print(write_trials(run.run_dir, rows, tuner.oracle.trial_number))
+    print(f"best: {best} -> {run.run_dir}/best_hparams.json")
+    command = train_best_command(best, sys.argv[1:] if argv is None else [str(a) for a in argv], run.run_dir)
+    if args.train_best:
+        errors.run_child(command)
+    else:
+        print("train it: " + " ".join(os.path.relpath(c) if os.path.isabs(c) else c for c in command[1:]))
+    return rows
+
+
+def ranked_trials(oracle) -> list:
+    """One row per trial (id, score, hyperparameters), best first."""
     rows = []
-    for t in tuner.oracle.get_best_trials(num_trials=10_000):
+    for t in oracle.get_best_trials(num_trials=10_000):
         hp = t.hyperparameters.values
         rows.append({"trial": t.trial_id, "val_macro_f1": t.score,
                      **{k: hp[k] for k in sorted(hp) if not k.startswith("tuner/")}})
     rows.sort(key=lambda r: (-(r["val_macro_f1"] if r["val_macro_f1"] is not None else -1), int(r["trial"])))
-    best = rows[0]  # ties go to the earliest trial, so a resumed search reports the same winner
-    runs.write_json(os.path.join(run.run_dir, "best_hparams.json"), best)
-    keys = list(best)
-    runs.write_csv(os.path.join(run.run_dir, "trials.csv"), keys, [[r.get(k) for k in keys] for r in rows])
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
-    table = "| rank | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys) + "\n" + "\n".join(
-        f"| {i} | " + " | ".join(fmt(r.get(k)) for k in keys) + " |" for i, r in enumerate(rows, 1))
-    runs.write_text(os.path.join(run.run_dir, "trials.md"), table + "\n")
-    print(table)
-    print(f"best: {best} -> {run.run_dir}/best_hparams.json")
-
-    if args.train_best:
-        flags = [x for k, v in best.items() if k not in ("trial", "val_macro_f1")
-                 for x in ("--" + k.replace("_", "-"), str(v))]
-        drop = {"--run-dir"} | set(flags[::2])
-        argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-        subprocess.run([sys.executable, os.path.join(REPO_ROOT, "train", "full_finetune.py"),
-                        *config.passthrough_flags(argv, drop), *flags,
-                        "--run-dir", os.path.join(run.run_dir, "best-run")], check=True)
     return rows
+
+
+def write_trials(search_dir: str, rows: list, trial_numbers: dict) -> str:
+    """best_hparams.json, trials.csv and trials.md; returns the markdown table. 'trial' is
+    keras-tuner's trial id (its folder trials/trial_<id>); the table also shows the number
+    keras-tuner printed for it ("Running Trial #n", counted from 1)."""
+    runs.write_json(os.path.join(search_dir, "best_hparams.json"), rows[0])
+    keys = list(rows[0])
+    runs.write_csv(os.path.join(search_dir, "trials.csv"), keys, [[r.get(k) for k in keys] for r in rows])
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    table = "| rank | Trial # | " + " | ".join(keys) + " |\n|---|---|" + "---|" * len(keys) + "\n" + "\n".join(
+        f"| {i} | {trial_numbers.get(r['trial'], '')} | " + " | ".join(fmt(r.get(k)) for k in keys) + " |"
+        for i, r in enumerate(rows, 1))
+    runs.write_text(os.path.join(search_dir, "trials.md"), table + "\n")
+    return table
+
+
+def train_best_command(best: dict, argv: list, search_dir: str) -> list:
+    """train/full_finetune.py with the search's own flags and the best trial's values."""
+    flags = [x for k, v in best.items() if k not in ("trial", "val_macro_f1")
+             for x in ("--" + k.replace("_", "-"), str(v))]
+    drop = {"--run-dir"} | set(flags[::2])
+    return [sys.executable, os.path.join(REPO_ROOT, "train", "full_finetune.py"), *config.passthrough_flags(argv, drop),
+            *flags, "--run-dir", os.path.join(search_dir, "best-run")]

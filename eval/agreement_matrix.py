@@ -16,10 +16,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import env  # noqa: E402,F401  (first)
-from common import config, data, errors, metrics, runs, summary  # noqa: E402
-from common.env import REPO_ROOT, keras  # noqa: E402
-
-LEVELS = ["all", "75", "66", "50"]
+from common import REPO_ROOT, config, errors, metrics, phrasebank, runs, summary  # noqa: E402
+from common.env import keras  # noqa: E402
+from common.phrasebank import LEVELS  # noqa: E402
 
 
 def parse(argv=None):
@@ -48,30 +47,25 @@ def main(argv=None):
                               level, "--run-dir", run_dir, *args.train_args])
         run_dirs.append(run_dir)
 
+    from common.finished_run import FinishedRun
     from eval.evaluate import evaluate_run
     rows = []
     for run_dir in run_dirs:
-        flags = runs.load_run(run_dir)["flags"]
+        run = FinishedRun.open(run_dir)
+        flags = run.flags
         if flags["split"] != "hash":
             raise errors.RunDirError(f"{run_dir}: trained with --split {flags['split']}, whose splits are not nested "
-                             f"across levels; the matrix would test it on sentences it trained on. "
-                             f"Use runs made with --split hash")
+                                     f"across levels; the matrix would test it on sentences it trained on. "
+                                     f"Use runs made with --split hash")
         keras.backend.clear_session()
-        model = None
         for level in args.levels.split(","):
-            from common import models
-            model = model or models.build_classifier(os.path.join(run_dir, runs.MODEL))
-            m, *_ = evaluate_run(run_dir, level, model=model)  # refuses a cell that repeats training sentences
-            overlap = m["train_overlap"]
-            if overlap:
-                raise errors.RunDirError(f"{run_dir}: {overlap} sentences of {data.level_name(level)}'s test split "
-                                 f"were in its training data; refusing to report a leaky cell")
-            rows.append((data.level_name(flags["agreement"]), run_dir, data.level_name(level), m["n"],
-                         m["accuracy"], m["macro_f1"], overlap))
+            m, *_ = evaluate_run(run, level)  # refuses a cell that repeats training sentences
+            rows.append((phrasebank.level_name(flags["agreement"]), run_dir, phrasebank.level_name(level), m["n"],
+                         m["accuracy"], m["macro_f1"], m["train_overlap"]))
 
     # tables: rows = trained on, columns = evaluated on; several runs per level -> mean +- std
-    trained = sorted({r[0] for r in rows}, key=lambda x: [data.level_name(l) for l in LEVELS].index(x))
-    evaluated = [data.level_name(l) for l in args.levels.split(",")]
+    trained = sorted({r[0] for r in rows}, key=lambda x: [phrasebank.level_name(l) for l in LEVELS].index(x))
+    evaluated = [phrasebank.level_name(l) for l in args.levels.split(",")]
     cell = {(t, e): [r for r in rows if r[0] == t and r[2] == e] for t in trained for e in evaluated}
     md = [f"# Agreement matrix\n\nRows: the level a model trained on; columns: the level whose test split it was "
           f"evaluated on (mean ± std over {max(len(v) for v in cell.values())} run(s)). No cell contains a "
@@ -88,8 +82,8 @@ def main(argv=None):
                    ["trained_on", "run", "evaluated_on", "n", "accuracy", "macro_f1", "train_overlap"], rows)
     import numpy as np
     grids = [np.array([[np.mean([r[c] for r in cell[(t, e)]]) for e in evaluated] for t in trained]) for c in (4, 5)]
-    metrics.save_png(metrics.figure_png(metrics.heatmaps(grids, ["test accuracy", "test macro-F1"], trained, evaluated)),
-                     os.path.join(out, "heatmap.png"))
+    runs.write_bytes(os.path.join(out, "heatmap.png"),
+                     metrics.figure_png(metrics.heatmaps(grids, ["test accuracy", "test macro-F1"], trained, evaluated)))
     print("\n".join(md))
     print(f"wrote {out}/ (matrix.md, matrix.csv, heatmap.png)")
     return rows

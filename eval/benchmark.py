@@ -35,31 +35,30 @@ import datetime
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import config, errors  # noqa: E402  (no TensorFlow: the recipes run in their own processes)
+from common import REPO_ROOT, config, errors, phrasebank  # noqa: E402  (no TensorFlow: the recipes run in their own processes)
 
 # The recipes: common/recipes.py (the train scripts' --recipe), so the benchmark measures
 # exactly what `train/full_finetune.py --recipe NAME` runs.
 from common.recipes import RECIPES, describe  # noqa: E402
 PREDICT_WAYS = ("predict.py", "serving", "pipeline")
-TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train", "full_finetune.py")
+TRAIN_SCRIPT = os.path.join(REPO_ROOT, "train", "full_finetune.py")
 
 
 def parse(argv=None):
     p = config.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="distilbert-base-uncased", help="Hub id or local folder, as for the train scripts")
     p.add_argument("--data", default="hub", help="release folder, zip or 'hub', as for the train scripts")
-    p.add_argument("--agreement", default="all", choices=["50", "66", "75", "all"])
+    p.add_argument("--agreement", default="all", choices=phrasebank.LEVEL_CHOICES)
     p.add_argument("--recipes", default="notebook,hf,project", help="comma-separated, the first is the baseline")
     p.add_argument("--steps", type=int, default=20, help="steady state: timed steps per recipe")
     p.add_argument("--warmup-steps", type=int, default=3, help="steady state: untimed steps first (tracing, caches)")
     p.add_argument("--peak-tflops", type=float, default=0.0, help="the device's peak TFLOP/s, for MFU")
     p.add_argument("--to-accuracy", action="store_true", help="train each recipe to the end instead (slow: the "
-                   "notebook recipe takes ~40 min on a 2-core CPU with MiniLM)")
+                   "notebook recipe takes tens of minutes on a 2-core CPU with MiniLM: docs/performance.md)")
     p.add_argument("--epochs", type=int, default=3, help="--to-accuracy: epochs for every recipe")
     p.add_argument("--seed", type=int, default=42, help="--to-accuracy: seed for every recipe")
     p.add_argument("--train-examples", type=float, default=0, help="--to-accuracy: train every recipe on this "
@@ -123,11 +122,11 @@ def measure(args) -> dict:
 def measure_in_own_process(name: str, flags) -> dict:
     """Run this file with `flags` in a new process (its own peak RSS, its own traces) and
     return the JSON of its RESULT line."""
-    p = subprocess.run([sys.executable, os.path.abspath(__file__), *flags], capture_output=True, text=True)
-    line = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")]
-    if p.returncode or not line:
-        raise errors.TrainingFailed(f"benchmark of {name} failed (exit {p.returncode}): "
-                                    f"{(p.stderr.strip().splitlines() or ['no output'])[-1][:300]}")
+    lines = []
+    errors.run_child([sys.executable, os.path.abspath(__file__), *flags], on_line=lines.append)
+    line = [l for l in lines if l.startswith("RESULT ")]
+    if not line:
+        raise errors.TrainingFailed(f"benchmark of {name} printed no RESULT line: {(lines or ['no output'])[-1][:300]}")
     return json.loads(line[0][len("RESULT "):])
 
 
@@ -164,15 +163,11 @@ def train_to_end(args, name: str, run_dir: str) -> dict:
         cmd += ["--train-examples", f"{args.train_examples:g}"]
     print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
     t0 = time.time()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    tail = []
-    for line in p.stdout:
-        tail = (tail + [line])[-40:]
+
+    def show(line):
         if not line.startswith(("WARNING", "Warning", "  ")):
             print(f"[{name}] {line.rstrip()[:160]}", flush=True)
-    if p.wait():
-        raise errors.TrainingFailed(f"--to-accuracy: recipe {name} failed (exit {p.returncode}): "
-                                    f"{(tail or ['no output'])[-1].strip()[:300]}")
+    errors.run_child(cmd, on_line=show)
     metrics_path = os.path.join(run_dir, runs.METRICS)
     m = runs.read_json(metrics_path)
     return {"recipe": name, "flags": describe(name), "run_dir": run_dir,
@@ -209,9 +204,9 @@ def to_accuracy(args) -> list:
 # ----------------------------------------------------------------------------- inference
 
 def predict_texts(args):
-    from common import data, runs
+    from common import phrasebank, runs
     source = args.data if args.data != "hub" or not args.predict else runs.load_run(args.predict)["flags"]["data"]
-    pool = [s for s, _ in data.load_levels(source)["50"]]
+    pool = [s for s, _ in phrasebank.load_levels(source)["50"]]
     return [pool[i % len(pool)] for i in range(args.sentences)]
 
 
@@ -224,20 +219,23 @@ def measure_prediction(args) -> dict:
     t0 = time.perf_counter()
     if way == "predict.py":
         from common import env  # noqa: F401  (first)
-        from common import inference
-        clf = inference.load(run_dir)
-        precision = clf.precision
+        from common.finished_run import FinishedRun
+        run = FinishedRun.open(run_dir)
+        run.load_model("auto")
+        precision = run.precision
 
         def label(batch, batch_size):
-            return inference.probabilities(clf, batch, batch_size)[0].argmax(1)
+            return run.probabilities(batch, batch_size)[0].argmax(1)
     elif way == "serving":
         import tensorflow as tf  # only TensorFlow and tensorflow-text, as a serving process would
         import tensorflow_text  # noqa: F401
         fn = tf.saved_model.load(os.path.join(run_dir, "serving")).signatures["serving_default"]
         precision = "fp32"
 
+        from common.data import length_order  # NumPy only: no model, no transformers
+
         def label(batch, batch_size):  # sorted by length, as predict.py batches
-            order = np.argsort([len(t) for t in batch], kind="stable")
+            order = length_order([len(t) for t in batch])
             out = np.zeros(len(batch), np.int64)
             for i in range(0, len(batch), batch_size):
                 idx = order[i:i + batch_size]

@@ -14,7 +14,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import env  # noqa: E402,F401  (first)
-from common import calibration, config, data, errors, inference, report, runs  # noqa: E402
+from common import calibration, config, errors, report, runs  # noqa: E402
+from common.finished_run import FinishedRun  # noqa: E402
 from common.env import tf  # noqa: E402
 
 
@@ -29,15 +30,15 @@ def parse(argv=None):
 
 def main(argv=None):
     args = parse(argv)
-    flags = runs.load_run(args.run_dir)["flags"]
+    run = FinishedRun.open(args.run_dir)
     # data: the run's own validation and test splits (the temperature is fitted on validation only)
-    rows = data.load_splits(flags["data"], flags["agreement"], flags["split"])
+    rows = run.split_rows()
     # model
-    clf = inference.load(args.run_dir, args.precision)
+    run.load_model(args.precision)
     split_logits, split_labels = {}, {}
     for part in ("validation", "test"):
-        ids, _ = inference.encode(clf, [s for s, _ in rows[part]])
-        split_logits[part] = inference.logits(clf, ids, args.batch_size)
+        ids, _ = run.encode([s for s, _ in rows[part]])
+        split_logits[part] = run.logits(ids, args.batch_size)
         split_labels[part] = [l for _, l in rows[part]]
     # calibrate, then re-export serving/ with the temperature
     writer = tf.summary.create_file_writer(os.path.join(args.run_dir, runs.TB, "calibration"))

@@ -20,14 +20,15 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import env  # noqa: E402,F401  (first)
-from common import calibration, config, data, errors, metrics, models, runs, texts  # noqa: E402
+from common import calibration, config, errors, metrics, phrasebank, runs, texts  # noqa: E402
 from common.env import tf  # noqa: E402
+from common.finished_run import FinishedRun  # noqa: E402
 
 
 def parse(argv=None):
     p = config.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a finished run folder (runs/<name>)")
-    p.add_argument("--agreement", choices=["50", "66", "75", "all"], help="level to evaluate on (default: the run's)")
+    p.add_argument("--agreement", choices=phrasebank.LEVEL_CHOICES, help="level to evaluate on (default: the run's)")
     p.add_argument("--data", help="Financial PhraseBank folder, zip or 'hub' (default: the run's)")
     p.add_argument("--part", choices=["test", "validation"], default="test", help="which split")
     p.add_argument("--batch-size", type=int, default=64)
@@ -40,63 +41,63 @@ def parse(argv=None):
     return p.parse_args(argv)
 
 
-def evaluate_run(run_dir, agreement=None, source=None, part="test", batch_size=64, model=None, tokenizer=None):
-    """Evaluate one run on one level's split; writes run_dir/eval/<level>-<part>/. Returns its metrics."""
-    run = runs.load_run(run_dir)
-    flags = run["flags"]
+def leak_check(run, rows, agreement, source, part):
+    """Indices of `rows` the run trained (or validated) on. Refused outright unless they are
+    the run's own split: then they are reported beside the figures (--split seed keeps
+    duplicates)."""
+    flags = run.flags
+    seen = phrasebank.seen_sentences(dict(flags, data=source), part)
+    repeated = [i for i, (s, _) in enumerate(rows) if phrasebank.normalise(s) in seen]
+    own = agreement == flags["agreement"] and source == flags["data"]
+    if repeated and not own:
+        raise errors.RunDirError(
+            f"{run.run_dir}: {len(repeated)} sentences of {phrasebank.level_name(agreement)}'s {part} split were in "
+            f"this run's training data (--split {flags['split']} splits each level on its own); evaluate on its own "
+            f"level, or train with --split hash, whose splits are nested across levels")
+    return repeated
+
+
+def evaluate_run(run, agreement=None, source=None, part="test", batch_size=64):
+    """Evaluate a FinishedRun on one level's split; writes <run>/eval/<level>-<part>/. Returns
+    write_report's (metrics, report text, folder, mistakes)."""
+    flags = run.flags
     agreement = agreement or flags["agreement"]
     source = source or flags["data"]
-    model_dir = os.path.join(run_dir, runs.MODEL)
-
     # data: the same split rule as training; never a sentence the model trained on
-    own = agreement == flags["agreement"] and source == flags["data"]
-    rows = data.load_splits(source, agreement, flags["split"])[part]
-    seen = data.seen_sentences(dict(flags, data=source), part)
-    repeated = [i for i, (s, _) in enumerate(rows) if data.normalise(s) in seen]
-    overlap = len(repeated)
-    if overlap and not own:
-        raise errors.RunDirError(
-            f"{run_dir}: {overlap} sentences of {data.level_name(agreement)}'s {part} split were in this run's "
-            f"training data (--split {flags['split']} splits each level on its own); evaluate on its own level, "
-            f"or train with --split hash, whose splits are nested across levels")
-    if tokenizer is None:
-        from transformers import AutoTokenizer
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    ids = data.encode(tokenizer, [s for s, _ in rows], flags["max_length"])
+    rows = run.split_rows(agreement, source)[part]
+    repeated = leak_check(run, rows, agreement, source, part)
+    # model, in float32 (FinishedRun's precision rule)
+    ids, _ = run.encode([s for s, _ in rows])
+    logits = run.logits(ids, batch_size)
     y = [l for _, l in rows]
-    ds, order = data.sorted_dataset(ids, y, batch_size, flags["max_length"], tokenizer.pad_token_id)
-
-    # model
-    model = model or models.build_classifier(model_dir)  # library or custom head
-    logits = models.predict_logits(model, ds, order)
-
     # report
-    out = os.path.join(run_dir, "eval", f"{data.level_name(agreement)}-{part}")
-    title = f"{data.level_name(agreement)} {part} (trained on {data.level_name(flags['agreement'])})"
-    strictest = data.strictest_levels(source)
-    extra = dict(agreement=agreement, part=part, trained_on=flags["agreement"], data=source, train_overlap=overlap)
-    if overlap:  # the run's own split repeats training sentences (--split seed keeps duplicates): report both
+    out = os.path.join(run.run_dir, "eval", f"{phrasebank.level_name(agreement)}-{part}")
+    title = f"{phrasebank.level_name(agreement)} {part} (trained on {phrasebank.level_name(flags['agreement'])})"
+    strictest = phrasebank.strictest_levels(source)
+    extra = dict(agreement=agreement, part=part, trained_on=flags["agreement"], data=source,
+                 train_overlap=len(repeated))
+    if repeated:  # the run's own split repeats training sentences (--split seed keeps duplicates): report both
         clean = sorted(set(range(len(rows))) - set(repeated))
         lf = metrics.classification_metrics([y[i] for i in clean], logits[clean])
         extra["leak_free"] = {k: lf[k] for k in ("n", "accuracy", "macro_f1")}
-        print(f"note: {overlap} of these {len(rows)} sentences also occur in the run's training data "
+        print(f"note: {len(repeated)} of these {len(rows)} sentences also occur in the run's training data "
               f"(--split {flags['split']} keeps duplicates); without them: n={lf['n']} accuracy "
               f"{lf['accuracy']:.4f} macro-F1 {lf['macro_f1']:.4f} (metrics.json 'leak_free')")
-    return write_report(run_dir, out, title, [s for s, _ in rows], y, logits, [len(x) for x in ids],
-                        [strictest[data.normalise(s)] for s, _ in rows], extra)
+    return write_report(run, out, title, [s for s, _ in rows], y, logits, [len(x) for x in ids],
+                        [strictest[phrasebank.normalise(s)] for s, _ in rows], extra)
 
 
-def write_report(run_dir, out, title, sentences, y, logits, lengths, strictest=None, extra=None):
+def write_report(run, out, title, sentences, y, logits, lengths, strictest=None, extra=None):
     """The report files for one labelled set (see the module docstring). Returns
     (metrics, sklearn report text, folder, mistakes)."""
     from sklearn.metrics import classification_report
     m = metrics.classification_metrics(y, logits)
     m.update(extra or {})
-    t = calibration.temperature_of(run_dir)
+    t, labels = run.temperature, run.labels
     m["calibration"] = {"temperature": t, "before": calibration.figures(logits, y),
                         "after": calibration.figures(logits, y, t)}
-    report = classification_report(y, logits.argmax(1), labels=range(len(data.LABELS)),
-                                   target_names=data.LABELS, digits=4, zero_division=0)
+    report = classification_report(y, logits.argmax(1), labels=range(len(labels)), target_names=labels, digits=4,
+                                   zero_division=0)
     m["coverage"] = calibration.coverage(logits, y, t)
     report += "\nAccuracy / coverage with predict.py --min-confidence p (calibrated):\n" + "\n".join(
         f"  p={c['min_confidence']:.2f}: coverage {c['coverage']:.3f}, accuracy on covered "
@@ -105,19 +106,19 @@ def write_report(run_dir, out, title, sentences, y, logits, lengths, strictest=N
     os.makedirs(out, exist_ok=True)
     runs.write_json(os.path.join(out, "metrics.json"), m)
     runs.write_text(os.path.join(out, "report.txt"), report)
-    writer = tf.summary.create_file_writer(os.path.join(run_dir, runs.TB, "eval"))
+    writer = tf.summary.create_file_writer(os.path.join(run.run_dir, runs.TB, "eval"))
     tag = os.path.basename(out)
     png = metrics.figure_png(metrics.confusion_figure(m["confusion_matrix"], title))
-    metrics.save_png(png, os.path.join(out, "confusion_matrix.png"))
+    runs.write_bytes(os.path.join(out, "confusion_matrix.png"), png)
     metrics.log_png(writer, f"eval/{tag}/confusion_matrix", png, 0)
     png = metrics.figure_png(calibration.reliability_figure(logits, y, t, tag))
-    metrics.save_png(png, os.path.join(out, calibration.RELIABILITY))
+    runs.write_bytes(os.path.join(out, calibration.RELIABILITY), png)
     metrics.log_png(writer, f"eval/{tag}/reliability", png, 0)
     probs = calibration.probabilities(logits, t)
     wrong = [i for i in range(len(y)) if probs[i].argmax() != y[i]]
     wrong.sort(key=lambda i: -probs[i].max())
     runs.write_csv(os.path.join(out, runs.ERRORS), ["sentence", "true", "predicted", "confidence", "tokens"],
-                   [(sentences[i], data.LABELS[y[i]], data.LABELS[int(probs[i].argmax())],
+                   [(sentences[i], labels[y[i]], labels[int(probs[i].argmax())],
                      f"{probs[i].max():.4f}", lengths[i]) for i in wrong])
     analysis = metrics.error_analysis(sentences, y, probs, lengths, strictest)
     runs.write_text(os.path.join(out, "error_analysis.md"), analysis)
@@ -127,35 +128,32 @@ def write_report(run_dir, out, title, sentences, y, logits, lengths, strictest=N
     return m, report, out, len(wrong)
 
 
-def evaluate_file(run_dir, path, text_column=None, label_column="label", label_map=None, batch_size=64):
-    """Evaluate a run on a user's labelled CSV / TSV / JSONL; writes run_dir/eval/<file name>/."""
-    from common import inference
-    runs.load_run(run_dir)
+def evaluate_file(run, path, text_column=None, label_column="label", label_map=None, batch_size=64):
+    """Evaluate a FinishedRun on a user's labelled CSV / TSV / JSONL; writes <run>/eval/file-<name>/."""
     table = texts.read_texts(path, None, text_column, None, label_column, texts.parse_label_map(label_map))
-    clf = inference.load(run_dir, "fp32")  # figures in float32, as the run's own (docs/precision.md)
-    ids, truncated = inference.encode(clf, table.texts)
-    logits = inference.logits(clf, ids, batch_size)
+    ids, truncated = run.encode(table.texts)
+    logits = run.logits(ids, batch_size)  # in float32 (FinishedRun's precision rule)
     if truncated:
-        print(f"note: {truncated} texts longer than {clf.max_length} tokens were truncated to it")
+        print(f"note: {truncated} texts longer than {run.max_length} tokens were truncated to it")
     name = os.path.splitext(os.path.basename(path))[0]
-    out = os.path.join(run_dir, "eval", f"file-{name}")
+    out = os.path.join(run.run_dir, "eval", f"file-{name}")
     extra = {"file": os.path.abspath(path), "label_column": label_column, "label_map": label_map,
              "truncated": truncated}
-    return write_report(run_dir, out, f"{os.path.basename(path)}", table.texts, table.labels, logits,
+    return write_report(run, out, f"{os.path.basename(path)}", table.texts, table.labels, logits,
                         [len(x) for x in ids], None, extra)
 
 
 def main(argv=None):
     args = parse(argv)
+    run = FinishedRun.open(args.run_dir)
     if args.csv:
         if args.agreement or args.data:
             raise errors.FlagError("--csv evaluates on your file: drop --agreement/--data (they pick a PhraseBank "
                                    "split)")
-        m, report, out, mistakes = evaluate_file(args.run_dir, args.csv, args.text_column, args.label_column,
+        m, report, out, mistakes = evaluate_file(run, args.csv, args.text_column, args.label_column,
                                                  args.label_map, args.batch_size)
     else:
-        m, report, out, mistakes = evaluate_run(args.run_dir, args.agreement, args.data, args.part,
-                                                args.batch_size)
+        m, report, out, mistakes = evaluate_run(run, args.agreement, args.data, args.part, args.batch_size)
     print(report)
     print(f"wrote {out}/ (report.txt, error_analysis.md, metrics.json, confusion_matrix.png, "
           f"errors.csv: {mistakes} mistakes)")

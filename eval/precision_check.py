@@ -112,20 +112,52 @@ def relative_error(a, b, reference=None) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b if reference is None else reference), 1e-30))
 
 
+def first_batches(cfg, n: int):
+    """The run's first n training batches (features, labels, loss weights as the loss sees them)."""
+    from common import data, models
+    from common.env import tf
+    splits = data.load_data(cfg, models.load_tokenizer(cfg.model), 1)
+    cw = splits.class_weights or {}
+    batches = []
+    for x, y, *rest in splits.train.take(n):
+        w = rest[0] if rest else tf.constant([cw.get(int(c), 1.0) for c in y.numpy()], tf.float32)
+        batches.append((x, y, w))
+    return batches
+
+
+def compare(names, group_name, states, grads, ref_states, ref_grads) -> dict:
+    """One precision against fp32: hidden states per layer; gradients per (group, kind) and per parameter."""
+    import numpy as np
+    layers = [relative_error(np.concatenate([s[i].ravel() for s in states]),
+                             np.concatenate([s[i].ravel() for s in ref_states])) for i in range(len(states[0]))]
+    table, by_parameter = {}, {}
+    for (name, group), g, ref in zip(names, grads, ref_grads):
+        d = table.setdefault((group_name(group), kind_of(name)), {"diff": [], "ref": [], "flips": 0, "n": 0})
+        d["diff"].append((g - ref).ravel())
+        d["ref"].append(ref.ravel())
+        d["flips"] += int((np.sign(g) != np.sign(ref)).sum())
+        d["n"] += g.size
+        p = by_parameter.setdefault(parameter_of(name), {"diff": [], "ref": []})
+        p["diff"].append((g - ref).ravel())
+        p["ref"].append(ref.ravel())
+    norms = {k: np.linalg.norm(np.concatenate(d["ref"])) for k, d in by_parameter.items()}
+    # a parameter float32 gives (almost) no gradient has no relative error: the attention
+    # key's bias (softmax ignores a shift shared by a query's scores)
+    parameters = {k: relative_error(np.concatenate(d["diff"]), 0, np.concatenate(d["ref"]))
+                  for k, d in by_parameter.items() if norms[k] > 1e-4 * np.median(list(norms.values()))}
+    rows = [{"group": grp, "kind": kind,
+             "grad_rel_error": relative_error(np.concatenate(d["diff"]), 0, np.concatenate(d["ref"])),
+             "sign_flips": d["flips"] / d["n"]} for (grp, kind), d in table.items()]
+    return {"hidden_rel_error": layers, "gradients": rows, "by_parameter": parameters}
+
+
 def main(argv=None):
     args = parse(argv)
-    import numpy as np
-    from common import data, models, optim
+    from common import models, optim
     from common.env import keras, tf
     cfg = config.from_args(args)
     # data: the run's first training batches, with their class weights as the loss sees them
-    tokenizer = models.load_tokenizer(cfg.model)
-    splits = data.load_data(cfg, tokenizer, 1)
-    cw = data.class_weights(splits.train_labels, cfg.class_weight) or {}
-    batches = []
-    for x, y, *rest in splits.train.take(args.batches):
-        w = rest[0] if rest else tf.constant([cw.get(int(c), 1.0) for c in y.numpy()], tf.float32)
-        batches.append((x, y, w))
+    batches = first_batches(cfg, args.batches)
     tokens = sum(int(tf.size(x["input_ids"])) for x, _, _ in batches)
     print(f"{len(batches)} batch(es) of {cfg.batch_size}, {tokens} token positions, widths "
           f"{[int(x['input_ids'].shape[1]) for x, _, _ in batches]}, dropout {'on' if args.training else 'off'}")
@@ -145,38 +177,16 @@ def main(argv=None):
     report = {"batches": len(batches), "tokens": tokens, "loss": {"fp32": ref_loss}, "precisions": {}}
     for mode in args.precisions:
         states, loss, grads = forward_backward(mode, cfg, weights, batches, args.training)
-        layers = [relative_error(np.concatenate([s[i].ravel() for s in states]),
-                                 np.concatenate([s[i].ravel() for s in ref_states])) for i in range(len(states[0]))]
-        table = {}
-        for (name, group), g, ref in zip(names, grads, ref_grads):
-            d = table.setdefault((group_name(group), kind_of(name)), {"diff": [], "ref": [], "flips": 0, "n": 0})
-            d["diff"].append((g - ref).ravel())
-            d["ref"].append(ref.ravel())
-            d["flips"] += int((np.sign(g) != np.sign(ref)).sum())
-            d["n"] += g.size
-        by_parameter = {}
-        for (name, group), g, ref in zip(names, grads, ref_grads):
-            d = by_parameter.setdefault(parameter_of(name), {"diff": [], "ref": []})
-            d["diff"].append((g - ref).ravel())
-            d["ref"].append(ref.ravel())
-        norms = {k: np.linalg.norm(np.concatenate(d["ref"])) for k, d in by_parameter.items()}
-        # a parameter float32 gives (almost) no gradient has no relative error: the attention
-        # key's bias (softmax ignores a shift shared by a query's scores)
-        parameters = {k: relative_error(np.concatenate(d["diff"]), 0, np.concatenate(d["ref"]))
-                      for k, d in by_parameter.items() if norms[k] > 1e-4 * np.median(list(norms.values()))}
-        rows = [{"group": grp, "kind": kind,
-                 "grad_rel_error": relative_error(np.concatenate(d["diff"]), 0, np.concatenate(d["ref"])),
-                 "sign_flips": d["flips"] / d["n"]} for (grp, kind), d in table.items()]
+        result = report["precisions"][mode] = compare(names, group_name, states, grads, ref_states, ref_grads)
         report["loss"][mode] = loss
-        report["precisions"][mode] = {"hidden_rel_error": layers, "gradients": rows, "by_parameter": parameters}
         print(f"\n## {mode} vs fp32: loss {loss:.6f} vs {ref_loss:.6f}")
         print("hidden states, relative error per layer (embeddings output, blocks, logits): "
-              + " ".join(f"{e:.4f}" for e in layers))
+              + " ".join(f"{e:.4f}" for e in result["hidden_rel_error"]))
         print("| group | kind | gradient relative error | gradient sign differs |\n|---|---|---|---|")
-        for r in rows:
+        for r in result["gradients"]:
             print(f"| {r['group']} | {r['kind']} | {r['grad_rel_error']:.4f} | {r['sign_flips']:.3%} |")
         print("gradient relative error per parameter, over all blocks: "
-              + ", ".join(f"{k} {v:.4f}" for k, v in parameters.items()))
+              + ", ".join(f"{k} {v:.4f}" for k, v in result["by_parameter"].items()))
     keras.mixed_precision.set_global_policy(policy)
     if args.json:
         print(json.dumps(report))

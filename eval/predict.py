@@ -12,8 +12,8 @@ CSV or JSONL (by --output's extension, or --output-format), one row per input te
 input order, with the id column if the input has one: id, text, label, confidence,
 p_negative, p_neutral, p_positive. Probabilities are calibrated with the run's
 temperature (calibration.json; eval/calibrate.py for runs older than it).
---min-confidence p labels rows whose top probability is below p `abstain` (README "Use
-the model" shows the accuracy / coverage trade-off).
+--min-confidence p labels rows whose top probability is below p `abstain` (docs/using-the-model.md
+shows the accuracy / coverage trade-off).
 """
 import argparse
 import csv
@@ -25,7 +25,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import env  # noqa: E402,F401  (first)
 from common import config, errors, runs, texts  # noqa: E402
-from common.data import LABELS  # noqa: E402
 
 ABSTAIN = "abstain"
 
@@ -57,14 +56,14 @@ def check(args) -> None:
         raise errors.FlagError(f"--batch-size {args.batch_size}: must be at least 1")
 
 
-def output_rows(table, probs, min_confidence: float):
-    """One dict per input text, in input order."""
+def output_rows(table, probs, min_confidence: float, labels):
+    """One dict per input text, in input order; labels: the run's class names in id order."""
     for i, (text, p) in enumerate(zip(table.texts, probs)):
         top = int(p.argmax())
         row = {table.id_column: table.ids[i]} if table.id_column else {}
-        row.update(text=text, label=LABELS[top] if p[top] >= min_confidence else ABSTAIN,
+        row.update(text=text, label=labels[top] if p[top] >= min_confidence else ABSTAIN,
                    confidence=round(float(p[top]), 6))
-        row.update({f"p_{name}": round(float(p[k]), 6) for k, name in enumerate(LABELS)})
+        row.update({f"p_{name}": round(float(p[k]), 6) for k, name in enumerate(labels)})
         yield row
 
 
@@ -87,28 +86,28 @@ def write_rows(rows, path: str, fmt: str) -> None:
         sys.stdout.write(buf.getvalue())
         sys.stdout.flush()
     else:
-        runs._atomic(path, write)
+        runs.atomic_write(path, write)
 
 
 def main(argv=None):
     args = parse(argv)
     check(args)
     # data: read and check the whole input before loading any model
-    runs.load_run(args.run_dir)
+    from common.finished_run import FinishedRun
+    run = FinishedRun.open(args.run_dir)
     table = texts.read_texts(args.input, args.format, args.text_column, args.id_column, skip_empty=args.skip_empty)
     out_fmt = args.output_format or ("jsonl" if args.output.endswith((".jsonl", ".json")) else "csv")
     # model: the run's classifier and temperature
-    from common import inference
-    clf = inference.load(args.run_dir, args.precision)
+    run.load_model(args.precision)
     # predict
-    probs, _, truncated = inference.probabilities(clf, table.texts, args.batch_size,
-                                                  progress=len(table.texts) >= 20 * args.batch_size)
+    probs, _, truncated = run.probabilities(table.texts, args.batch_size,
+                                            progress=len(table.texts) >= 20 * args.batch_size)
     # report
-    rows = list(output_rows(table, probs, args.min_confidence))
+    rows = list(output_rows(table, probs, args.min_confidence, run.labels))
     write_rows(rows, args.output, out_fmt)
-    notes = [f"{len(rows)} texts labelled ({clf.precision}, T={clf.temperature:.3f})"]
+    notes = [f"{len(rows)} texts labelled ({run.precision}, T={run.temperature:.3f})"]
     if truncated:
-        notes.append(f"{truncated} longer than {clf.max_length} tokens were truncated to it")
+        notes.append(f"{truncated} longer than {run.max_length} tokens were truncated to it")
     if table.skipped_empty:
         notes.append(f"{table.skipped_empty} empty skipped")
     if args.min_confidence:

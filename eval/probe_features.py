@@ -24,18 +24,18 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import env  # noqa: E402,F401  (first)
-from common import config, data, errors  # noqa: E402
+from common import config, data, errors, phrasebank  # noqa: E402
 
 
 def features(model, tokenizer, sentences, max_length=128, batch_size=64):
     """{name: [n, dim] float32} of the frozen encoder, in sentence order."""
     import numpy as np
-    from common import inference, models
+    from common import models
     from common.env import tf
     encoder = models.encoder_of(model)
     ids = data.encode(tokenizer, sentences, max_length)
     out = {}
-    for idx, x in inference.length_batches(ids, batch_size, max_length, tokenizer.pad_token_id):
+    for idx, x in data.length_batches(ids, batch_size, max_length, tokenizer.pad_token_id):
         o = encoder(**{k: tf.constant(v) for k, v in x.items()}, training=False)
         h = o.last_hidden_state.numpy().astype(np.float32)
         mask = x["attention_mask"][..., None]
@@ -71,18 +71,18 @@ def main(argv=None):
     p = config.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="distilbert-base-uncased", help="Hub id or local folder, as for the train scripts")
     p.add_argument("--data", default="hub")
-    p.add_argument("--agreement", default="all", choices=["50", "66", "75", "all"])
+    p.add_argument("--agreement", default="all", choices=phrasebank.LEVEL_CHOICES)
     p.add_argument("--split", default="hash", choices=["hash", "notebook", "seed"])
     args = p.parse_args(argv)
     import numpy as np
     from common import models
-    splits = data.load_splits(args.data, args.agreement, args.split)
+    splits = phrasebank.load_splits(args.data, args.agreement, args.split)
     tokenizer = models.load_tokenizer(args.model)
     model = models.build_classifier(args.model)
     feats = {part: features(model, tokenizer, [s for s, _ in splits[part]]) for part in ("train", "test")}
     y = {part: np.array([l for _, l in splits[part]]) for part in ("train", "test")}
     majority = max(np.bincount(y["test"])) / len(y["test"])
-    lines = [f"# Frozen-encoder features: `{args.model}`, {data.level_name(args.agreement)}, --split {args.split} "
+    lines = [f"# Frozen-encoder features: `{args.model}`, {phrasebank.level_name(args.agreement)}, --split {args.split} "
              f"(probe fitted on {len(y['train'])} training sentences, scored on {len(y['test'])} test sentences; "
              f"predicting the majority class scores accuracy {majority:.4f})", "",
              "| feature | dims | mean cosine of two sentences | per-dim std / mean abs | saturated (abs > 0.99) "

@@ -34,12 +34,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # common.data imports TensorFlow: keep its C++ notices quiet
-from common import config, errors, runs, summary  # noqa: E402  (no TensorFlow in this process: each run is its own)
-from common.data import LABELS, level_name  # noqa: E402
+from common import REPO_ROOT, config, errors, runs, summary  # noqa: E402  (no TensorFlow in this process: each run is its own)
+from common.phrasebank import LABELS, level_name  # noqa: E402
 
 from common.recipes import RECIPES, describe  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The notebook's custom head (Exp 5): [CLS] -> Dense 512 relu -> Dense 3, dropout 0.1.
 NOTEBOOK_HEAD = ["--head", "custom", "--pooling", "cls", "--head-hidden", "512", "--head-activation", "relu",
                  "--head-dropout", "0.1"]
@@ -98,61 +97,71 @@ def parse(argv=None):
     return args
 
 
+def study_steps(args, out, models, exps):
+    """(steps for runs.run_study_steps, {(model, level, experiment, seed): run folder})."""
+    slug = {m: model_slug(m) for m in models}
+    run_dirs, steps = {}, []
+    for model, level, exp, seed in ((m, lv, e, s) for m in models for lv in args.levels.split(",")
+                                    for s in range(1, args.seeds + 1) for e in exps):
+        run_dir = run_dirs[(model, level, exp, seed)] = os.path.join(
+            out, *([slug[model]] if len(models) > 1 else []), level, exp, f"seed{seed}")
+        script, extra, _ = EXPERIMENTS[exp]
+        source = ["--init-from", run_dirs[(model, level, "head", seed)]] if exp == "body" else ["--model", model]
+        cmd = [sys.executable, os.path.join(REPO_ROOT, script), *source, "--data", args.data, "--agreement", level,
+               "--epochs", str(args.epochs), "--seed", str(seed), "--run-dir", run_dir, "--recipe", args.recipe,
+               "--split", args.split, *extra, *RECIPE_EXTRA.get((args.recipe, exp), []), *args.extra]
+        steps.append((f"{slug[model] + ' ' if len(models) > 1 else ''}{level_name(level)} {exp} seed {seed}",
+                      run_dir, cmd))
+    return steps, run_dirs
+
+
+def agreement_matrix(args, out, run_dirs) -> str:
+    """Exp 4: the agreement matrix of the full fine-tuning runs, as markdown (or why there is none)."""
+    full = [d for (m, lv, e, s), d in run_dirs.items() if e == "full"]
+    if full and args.split != "hash":
+        return (f"(No agreement matrix: --split {args.split} draws each level's split on its own, so a model "
+                f"would be tested on sentences it trained on; each level's row above is the notebook's Exp 4.)\n")
+    if not full:
+        return ""
+    errors.run_child([sys.executable, os.path.join(REPO_ROOT, "eval", "agreement_matrix.py"), *full,
+                      "--out", os.path.join(out, "agreement_matrix")])
+    with open(os.path.join(out, "agreement_matrix", "matrix.md")) as f:
+        return f.read().replace("# Agreement matrix", "## Agreement matrix (full fine-tuning, Exp 4)")
+
+
+def study_rows(args, run_dirs, models, exps):
+    """The table, comparable to the notebook's: per level, experiment and encoder, accuracy,
+    macro-F1, per-class F1 and the confusion matrix summed over seeds (Exp 2's error analysis;
+    eval/evaluate.py lists a run's wrong sentences)."""
+    rows = []
+    for level, exp, model in ((lv, e, m) for lv in args.levels.split(",") for e in exps for m in models):
+        ms = [summary.load(run_dirs[(model, level, exp, s)])["metrics"] for s in range(1, args.seeds + 1)]
+        t = [m["test"] for m in ms]
+        rows.append([model_slug(model), EXPERIMENTS[exp][2], level_name(level), f"{level_name(level)} test (n={t[0]['n']})",
+                     NOTEBOOK_FIGURES.get((level, exp), "-") if args.split == "notebook" else "-", len(ms),
+                     summary.mean_std([x["accuracy"] for x in t]), summary.mean_std([x["macro_f1"] for x in t]),
+                     *[summary.mean_std([x["per_class"][l]["f1"] for x in t]) for l in LABELS],
+                     str(np.sum([x["confusion_matrix"] for x in t], axis=0).tolist()).replace(" ", ""),
+                     f"{sum(m['train_seconds'] for m in ms) / len(ms):.0f}"])
+    return rows
+
+
 def main(argv=None):
     args = parse(argv)
     out = args.out or runs.default_run_dir("study")
     os.makedirs(out, exist_ok=True)
     exps = args.experiments.split(",")
     models = [m for m in (args.models or args.model).split(",") if m]
-    slug = {m: model_slug(m) for m in models}
-    plan = [(m, lv, e, s) for m in models for lv in args.levels.split(",") for s in range(1, args.seeds + 1)
-            for e in exps]
     t_start = time.time()
-    done, steps = {}, []
-    for model, level, exp, seed in plan:
-        run_dir = done[(model, level, exp, seed)] = os.path.join(
-            out, *([slug[model]] if len(models) > 1 else []), level, exp, f"seed{seed}")
-        script, extra, _ = EXPERIMENTS[exp]
-        source = ["--init-from", done[(model, level, "head", seed)]] if exp == "body" else ["--model", model]
-        cmd = [sys.executable, os.path.join(REPO, script), *source, "--data", args.data, "--agreement", level,
-               "--epochs", str(args.epochs), "--seed", str(seed), "--run-dir", run_dir, "--recipe", args.recipe,
-               "--split", args.split, *extra, *RECIPE_EXTRA.get((args.recipe, exp), []), *args.extra]
-        steps.append((f"{slug[model] + ' ' if len(models) > 1 else ''}{level_name(level)} {exp} seed {seed}",
-                      run_dir, cmd))
-    runs.run_plan(steps)
-
-    # Exp 4 and Exp 2: agreement matrix and error analysis of the full runs
-    full = [d for (m, lv, e, s), d in done.items() if e == "full"]
-    matrix = ""
-    if full and args.split != "hash":
-        matrix = (f"(No agreement matrix: --split {args.split} draws each level's split on its own, so a model "
-                  f"would be tested on sentences it trained on; each level's row above is the notebook's Exp 4.)\n")
-    elif full:
-        errors.run_child([sys.executable, os.path.join(REPO, "eval", "agreement_matrix.py"), *full,
-                          "--out", os.path.join(out, "agreement_matrix")])
-        with open(os.path.join(out, "agreement_matrix", "matrix.md")) as f:
-            matrix = f.read().replace("# Agreement matrix", "## Agreement matrix (full fine-tuning, Exp 4)")
-
-    # the table, comparable to the notebook's: experiment, split, accuracy, macro-F1, per-class F1
-    # (Exp 2's error analysis: per-class F1 and the confusion matrix, summed over seeds; eval/evaluate.py
-    # lists a run's wrong sentences)
+    steps, run_dirs = study_steps(args, out, models, exps)
+    runs.run_study_steps(steps)
+    matrix = agreement_matrix(args, out, run_dirs)
+    rows = study_rows(args, run_dirs, models, exps)
     header = ("| encoder | experiment | trained on | test split | notebook: accuracy | seeds | accuracy | macro-F1 | "
               + " | ".join(f"F1 {l}" for l in LABELS) + " | confusion, all seeds (rows: true "
               + "/".join(l[:3] for l in LABELS) + ") | train s/run |")
     lines = [header, "|---|---|---|---|---|---|---|---|" + "---|" * len(LABELS) + "---|---|"]
-    csv_rows = []
-    # encoders side by side, per experiment
-    for level, exp, model in ((lv, e, m) for lv in args.levels.split(",") for e in exps for m in models):
-        ms = [summary.load(done[(model, level, exp, s)])["metrics"] for s in range(1, args.seeds + 1)]
-        t = [m["test"] for m in ms]
-        row = [slug[model], EXPERIMENTS[exp][2], level_name(level), f"{level_name(level)} test (n={t[0]['n']})",
-               NOTEBOOK_FIGURES.get((level, exp), "-") if args.split == "notebook" else "-", len(ms),
-               summary.mean_std([x["accuracy"] for x in t]), summary.mean_std([x["macro_f1"] for x in t]),
-               *[summary.mean_std([x["per_class"][l]["f1"] for x in t]) for l in LABELS],
-               str(np.sum([x["confusion_matrix"] for x in t], axis=0).tolist()).replace(" ", ""),
-               f"{sum(m['train_seconds'] for m in ms) / len(ms):.0f}"]
-        lines.append("| " + " | ".join(map(str, row)) + " |")
-        csv_rows.append(row)
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
     wall = time.time() - t_start
     text = (f"# Study: the notebook's experiments, {args.seeds} seed{'s' if args.seeds > 1 else ''} each\n\n"
             f"Encoder(s) {', '.join(f'`{m}`' for m in models)}, {args.epochs} epochs, --split {args.split}, "
@@ -163,11 +172,9 @@ def main(argv=None):
             f"invocation: {wall / 60:.1f} min (runs already done before it are not counted).\n\n"
             + "\n".join(lines) + "\n\n" + matrix)
     runs.write_text(os.path.join(out, "study.md"), text)
-    runs.write_csv(os.path.join(out, "study.csv"), ["encoder", "experiment", "trained_on", "test_split", "notebook_accuracy",
-                                                   "seeds", "accuracy",
-                                                   "macro_f1", *[f"f1_{l}" for l in LABELS], "confusion",
-                                                   "train_seconds"],
-                   csv_rows)
+    runs.write_csv(os.path.join(out, "study.csv"), ["encoder", "experiment", "trained_on", "test_split",
+                                                   "notebook_accuracy", "seeds", "accuracy", "macro_f1",
+                                                   *[f"f1_{l}" for l in LABELS], "confusion", "train_seconds"], rows)
     print(text)
     print(f"wrote {out}/study.md")
     return text

@@ -15,9 +15,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-from common import config, errors, runs, summary  # noqa: E402  (each run is its own process)
+from common import REPO_ROOT, config, errors, runs, summary  # noqa: E402  (each run is its own process)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main(argv=None):
@@ -35,13 +34,13 @@ def main(argv=None):
             p.error(f"{flag} is set per seed by this script; remove it from the command")
     if args.seeds < 1:
         p.error(f"--seeds {args.seeds}: at least 1")
-    script = command[0] if os.path.exists(command[0]) else os.path.join(REPO, command[0])
+    script = command[0] if os.path.exists(command[0]) else os.path.join(REPO_ROOT, command[0])
     out = args.out or runs.default_run_dir("seeds")
     os.makedirs(out, exist_ok=True)
     plan = [(f"seed {k}", os.path.join(out, f"seed{k}"),
              [sys.executable, script, *command[1:], "--seed", str(k), "--run-dir", os.path.join(out, f"seed{k}")])
             for k in range(1, args.seeds + 1)]
-    runs.run_plan(plan)
+    runs.run_study_steps(plan)
     loaded = [summary.load(d) for _, d, _ in plan]
     text = (f"# {os.path.basename(script)} over {args.seeds} seed(s)\n\n`{' '.join(command)}`\n\n"
             + summary.table({(loaded[0]["script"], ()): loaded}, args.part))

@@ -14,7 +14,8 @@ import pytest
 
 USER_ENV = dict(os.environ)  # before common.env sets its defaults for this process
 from common import env  # noqa: E402,F401  (first: Keras 2)
-from common.env import REPO_ROOT, SHARED_DIR, tf
+from common import REPO_ROOT, SHARED_DIR
+from common.env import tf
 
 # Two logical CPU devices for the whole test process, so in-process tests can use the
 # same MirroredStrategy all-reduce path as multi-GPU (--cpu-replicas 2).
@@ -81,9 +82,9 @@ def planned_steps(data_dir, epochs=3, batch=32, max_length=128) -> int:
     import math
     from collections import Counter
     from transformers import AutoTokenizer
-    from common import data
+    from common import data, phrasebank
     tok = AutoTokenizer.from_pretrained(minilm_dir())
-    rows = data.load_splits(data_dir, "all")["train"]
+    rows = phrasebank.load_splits(data_dir, "all")["train"]
     lengths = [len(x) for x in tok([s for s, _ in rows], truncation=True, max_length=max_length)["input_ids"]]
     per_width = Counter(min(w for w in data.widths_for(max_length) if w >= n) for n in lengths)
     return epochs * sum(math.ceil(c / batch) for c in per_width.values())

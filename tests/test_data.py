@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from common import data
+from common import data, phrasebank
 from tests.conftest import DATA_ZIP
 
 COUNTS = {"50": (4846, 604, 2879, 1363), "66": (4217, 514, 2535, 1168),
@@ -18,7 +18,7 @@ COUNTS = {"50": (4846, 604, 2879, 1363), "66": (4217, 514, 2535, 1168),
 # ----------------------------------------------------------------------------- parser
 
 def test_release_folder_parses_with_published_counts(data_dir):
-    levels = data.load_levels(data_dir)
+    levels = phrasebank.load_levels(data_dir)
     for level, (n, neg, neu, pos) in COUNTS.items():
         rows = levels[level]
         assert len(rows) == n
@@ -28,11 +28,11 @@ def test_release_folder_parses_with_published_counts(data_dir):
 def test_zip_equals_folder_and_skips_macos_entries(data_dir):
     with zipfile.ZipFile(DATA_ZIP) as z:
         assert any("__MACOSX" in m for m in z.namelist())  # the trap is really there
-    assert data.load_levels(DATA_ZIP) == data.load_levels(data_dir)
+    assert phrasebank.load_levels(DATA_ZIP) == phrasebank.load_levels(data_dir)
 
 
 def test_folder_may_be_the_parent_of_the_release(data_dir):
-    assert data.load_levels(os.path.dirname(data_dir))["all"] == data.load_levels(data_dir)["all"]
+    assert phrasebank.load_levels(os.path.dirname(data_dir))["all"] == phrasebank.load_levels(data_dir)["all"]
 
 
 def _write(tmp_path, raw: bytes, name="Sentences_AllAgree.txt"):
@@ -42,54 +42,54 @@ def _write(tmp_path, raw: bytes, name="Sentences_AllAgree.txt"):
 
 def test_malformed_line_names_file_and_line(tmp_path):
     folder = _write(tmp_path, b"Profit rose .@positive\r\nno label on this line\r\n")
-    with pytest.raises(data.DataError, match=r"Sentences_AllAgree\.txt:2: expected 'sentence@label'"):
-        data.load_levels(folder)
+    with pytest.raises(phrasebank.DataError, match=r"Sentences_AllAgree\.txt:2: expected 'sentence@label'"):
+        phrasebank.load_levels(folder)
 
 
 def test_unknown_label_names_file_line_and_choices(tmp_path):
     folder = _write(tmp_path, b"Profit rose .@positive\r\n\r\nSales fell .@bearish\r\n")
-    with pytest.raises(data.DataError, match=r":3: unknown label 'bearish'; expected one of negative, neutral"):
-        data.load_levels(folder)
+    with pytest.raises(phrasebank.DataError, match=r":3: unknown label 'bearish'; expected one of negative, neutral"):
+        phrasebank.load_levels(folder)
 
 
 def test_empty_file_is_an_error(tmp_path):
     folder = _write(tmp_path, b"\r\n\r\n")
-    with pytest.raises(data.DataError, match="no sentences found"):
-        data.load_levels(folder)
+    with pytest.raises(phrasebank.DataError, match="no sentences found"):
+        phrasebank.load_levels(folder)
 
 
 def test_latin1_text_and_last_at_sign(tmp_path):
     folder = _write(tmp_path, b"Lemmink\xe4inen : mail ir@example.com@neutral\r\n")
-    assert data.load_levels(folder)["all"] == [("Lemminkäinen : mail ir@example.com", 1)]
+    assert phrasebank.load_levels(folder)["all"] == [("Lemminkäinen : mail ir@example.com", 1)]
 
 
 def test_missing_source_and_wrong_level_are_clear(tmp_path):
-    with pytest.raises(data.DataError, match="no such file or folder"):
-        data.load_levels(str(tmp_path / "nope"))
+    with pytest.raises(phrasebank.DataError, match="no such file or folder"):
+        phrasebank.load_levels(str(tmp_path / "nope"))
     folder = _write(tmp_path, b"Profit rose .@positive\r\n")
-    with pytest.raises(data.DataError, match="--agreement 50"):
-        data.load_splits(folder, "50")
+    with pytest.raises(phrasebank.DataError, match="--agreement 50"):
+        phrasebank.load_splits(folder, "50")
 
 
 # ----------------------------------------------------------------------------- split
 
 @pytest.fixture(scope="module")
 def levels(data_dir):
-    return data.load_levels(data_dir)
+    return phrasebank.load_levels(data_dir)
 
 
 @pytest.fixture(scope="module")
 def splits(data_dir):
-    return {lv: data.load_splits(data_dir, lv) for lv in data.LEVELS}
+    return {lv: phrasebank.load_splits(data_dir, lv) for lv in phrasebank.LEVELS}
 
 
 def _norms(rows):
-    return {data.normalise(s) for s, _ in rows}
+    return {phrasebank.normalise(s) for s, _ in rows}
 
 
 def test_hash_split_no_overlap_and_all_sentences_used(splits, levels):
     for lv, sp in splits.items():
-        sets = [_norms(sp[k]) for k in data.SPLITS]
+        sets = [_norms(sp[k]) for k in phrasebank.SPLITS]
         for i in range(3):
             for j in range(i + 1, 3):
                 assert not sets[i] & sets[j], (lv, i, j)
@@ -98,31 +98,31 @@ def test_hash_split_no_overlap_and_all_sentences_used(splits, levels):
 
 
 def test_duplicates_never_straddle_splits(levels):
-    assigned = data.hash_split(levels)
+    assigned = phrasebank.hash_split(levels)
     raw50 = levels["50"]
-    dupes = [n for n, c in Counter(data.normalise(s) for s, _ in raw50).items() if c > 1]
+    dupes = [n for n, c in Counter(phrasebank.normalise(s) for s, _ in raw50).items() if c > 1]
     assert len(dupes) == 8  # the README's count
-    conflicting = [n for n in dupes if len({y for s, y in raw50 if data.normalise(s) == n}) > 1]
+    conflicting = [n for n in dupes if len({y for s, y in raw50 if phrasebank.normalise(s) == n}) > 1]
     assert len(conflicting) == 2
     # each duplicate is kept once (so it has one split); a conflict takes the stricter level's label
-    deduped = data.deduped_levels(levels)
-    kept50 = Counter(data.normalise(s) for s, _ in deduped["50"])
+    deduped = phrasebank.deduped_levels(levels)
+    kept50 = Counter(phrasebank.normalise(s) for s, _ in deduped["50"])
     assert all(kept50[n] == 1 and n in assigned for n in dupes)
-    label66 = {data.normalise(s): y for s, y in deduped["66"]}
+    label66 = {phrasebank.normalise(s): y for s, y in deduped["66"]}
     for n in conflicting:
-        assert [y for s, y in deduped["50"] if data.normalise(s) == n] == [label66[n]]
+        assert [y for s, y in deduped["50"] if phrasebank.normalise(s) == n] == [label66[n]]
 
 
 def test_splits_nest_across_agreement_levels(splits):
-    for part in data.SPLITS:
-        for strict, loose in zip(data.LEVELS, data.LEVELS[1:]):
+    for part in phrasebank.SPLITS:
+        for strict, loose in zip(phrasebank.LEVELS, phrasebank.LEVELS[1:]):
             assert _norms(splits[strict][part]) <= _norms(splits[loose][part]), (part, strict, loose)
 
 
 def test_split_is_deterministic_and_independent_of_row_order(levels, data_dir):
-    a = data.hash_split(levels)
+    a = phrasebank.hash_split(levels)
     shuffled = {lv: random.Random(1).sample(rows, len(rows)) for lv, rows in levels.items()}
-    assert data.hash_split(shuffled) == a == data.hash_split(data.load_levels(data_dir))
+    assert phrasebank.hash_split(shuffled) == a == phrasebank.hash_split(phrasebank.load_levels(data_dir))
 
 
 def test_split_shares_and_class_ratios_within_a_point(splits):
@@ -130,15 +130,15 @@ def test_split_shares_and_class_ratios_within_a_point(splits):
         total = sum(len(v) for v in sp.values())
         ratio = lambda rows: np.bincount([y for _, y in rows], minlength=3) / len(rows)  # noqa: E731
         whole = ratio([r for v in sp.values() for r in v])
-        for part, share in zip(data.SPLITS, data.SPLIT_SHARES):
+        for part, share in zip(phrasebank.SPLITS, phrasebank.SPLIT_SHARES):
             assert abs(len(sp[part]) / total - share) < 0.01, (lv, part)
             assert np.abs(ratio(sp[part]) - whole).max() < 0.01, (lv, part, ratio(sp[part]), whole)
 
 
 def test_seed_split_reproduces_the_notebook_sizes(data_dir):
-    sp = data.load_splits(data_dir, "all", "seed")
-    assert [len(sp[k]) for k in data.SPLITS] == [1811, 226, 227]
-    assert sp == data.load_splits(data_dir, "all", "seed")
+    sp = phrasebank.load_splits(data_dir, "all", "seed")
+    assert [len(sp[k]) for k in phrasebank.SPLITS] == [1811, 226, 227]
+    assert sp == phrasebank.load_splits(data_dir, "all", "seed")
 
 
 def test_notebook_split_is_the_notebooks_own(data_dir, levels):
@@ -150,15 +150,15 @@ def test_notebook_split_is_the_notebooks_own(data_dir, levels):
     rows = levels["all"]
     ds = Dataset.from_dict({"sentence": [s for s, _ in rows], "label": [y for _, y in rows]})
     held_out = ds.train_test_split(test_size=0.2, seed=42)["test"].train_test_split(test_size=0.5, seed=42)
-    sp = data.load_splits(data_dir, "all", "notebook")
+    sp = phrasebank.load_splits(data_dir, "all", "notebook")
     assert [s for s, _ in sp["test"]] == held_out["test"]["sentence"]
     assert [s for s, _ in sp["validation"]] == held_out["train"]["sentence"]
-    assert [len(sp[k]) for k in data.SPLITS] == [1811, 226, 227]
+    assert [len(sp[k]) for k in phrasebank.SPLITS] == [1811, 226, 227]
     assert Counter(y for _, y in sp["test"]) == {0: 30, 1: 142, 2: 55}
-    assert [len(data.load_splits(data_dir, lv, "notebook")["test"]) for lv in ("all", "75", "66", "50")] == \
+    assert [len(phrasebank.load_splits(data_dir, lv, "notebook")["test"]) for lv in ("all", "75", "66", "50")] == \
         [227, 346, 422, 485]
     # not scikit-learn's: same sizes, other sentences
-    seed = {s for s, _ in data.load_splits(data_dir, "all", "seed")["test"]}
+    seed = {s for s, _ in phrasebank.load_splits(data_dir, "all", "seed")["test"]}
     assert len(seed & {s for s, _ in sp["test"]}) == 23
 
 
@@ -241,7 +241,7 @@ def test_encoded_splits_are_cached_by_everything_that_decides_them(data_dir, min
     tok = AutoTokenizer.from_pretrained(minilm)
     cache = tmp_path / "cache"
     rows, ids = data.encoded_splits(data_dir, "all", "hash", tok, 128, str(cache))
-    assert rows == data.load_splits(data_dir, "all", "hash")
+    assert rows == phrasebank.load_splits(data_dir, "all", "hash")
     assert ids["test"] == data.encode(tok, [s for s, _ in rows["test"]], 128)
     entry, = cache.iterdir()
     # a hit is read from the file: mark the entry and see the mark come back

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from common.env import REPO_ROOT
+from common import REPO_ROOT
 from tests.conftest import DATA_ZIP, run_script
 from tests.hub_standin import HubStandIn
 
@@ -27,7 +27,7 @@ def _py(code, env):
 def test_data_from_hub_is_the_release_zip_and_is_cached(hub, data_dir):
     h, env = hub
     h.add("takala/financial_phrasebank", "data/FinancialPhraseBank-v1.0.zip", DATA_ZIP, "dataset")
-    code = "from common import env, data; print({k: len(v) for k, v in sorted(data.load_levels('hub').items())})"
+    code = "from common import env, data; print({k: len(v) for k, v in sorted(phrasebank.load_levels('hub').items())})"
     first = _py(code, env)
     assert first.returncode == 0, first.stderr[-2000:]
     assert first.stdout.strip().splitlines()[-1] == "{'50': 4846, '66': 4217, '75': 3453, 'all': 2264}"
@@ -39,7 +39,7 @@ def test_data_from_hub_is_the_release_zip_and_is_cached(hub, data_dir):
 
 def test_data_offline_without_cache_is_one_clear_error(hub):
     _, env = hub
-    p = _py("from common import env, data; data.load_levels('hub')", {**env, "HF_HUB_OFFLINE": "1"})
+    p = _py("from common import env, data; phrasebank.load_levels('hub')", {**env, "HF_HUB_OFFLINE": "1"})
     assert p.returncode != 0
     assert "pass --data PATH to a local FinancialPhraseBank-v1.0 folder or zip" in p.stderr
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from common.env import REPO_ROOT
+from common import REPO_ROOT
 
 PLATFORMS = ["manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_28_x86_64"]
 

@@ -12,7 +12,7 @@ import time
 import pytest
 
 
-from common.env import REPO_ROOT
+from common import REPO_ROOT
 from tests.conftest import planned_steps
 
 LAUNCH = os.path.join(REPO_ROOT, "launch")

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
-from common import config, data, errors, training
-from common.env import REPO_ROOT, keras, tf
+from common import config, data, errors, phrasebank, training
+from common import REPO_ROOT
+from common.env import keras, tf
 
 
 def _run(tiny, data_dir, **flags):
@@ -21,18 +22,18 @@ def _run(tiny, data_dir, **flags):
 
 def test_extra_agreement_adds_only_looser_training_sentences_at_their_weight(tiny_distilbert, data_dir):
     cfg, run = _run(tiny_distilbert, data_dir, extra_agreement="50", extra_weight=0.25)
-    strict = data.load_splits(data_dir, "all")
-    loose = data.load_splits(data_dir, "50")
+    strict = phrasebank.load_splits(data_dir, "all")
+    loose = phrasebank.load_splits(data_dir, "50")
     rows = run.splits.rows["train"]
     n_strict = len(strict["train"])
     assert rows[:n_strict] == strict["train"]
     added = rows[n_strict:]
     # exactly the sentences 50Agree's training split adds; none in any level's validation or test split
-    norm = data.normalise
+    norm = phrasebank.normalise
     assert {norm(s) for s, _ in added} == {norm(s) for s, _ in loose["train"]} - {norm(s) for s, _ in strict["train"]}
     assert len(added) > 1500
-    held_out = {norm(s) for lv in data.LEVELS for part in ("validation", "test")
-                for s, _ in data.load_splits(data_dir, lv)[part]}
+    held_out = {norm(s) for lv in phrasebank.LEVELS for part in ("validation", "test")
+                for s, _ in phrasebank.load_splits(data_dir, lv)[part]}
     assert not held_out & {norm(s) for s, _ in added}
     assert run.splits.val_labels.size == len(strict["validation"])  # validation and test stay AllAgree's
     assert len(run.splits.rows["test"]) == len(strict["test"])
@@ -72,9 +73,9 @@ def test_extra_agreement_run_trains_and_reports_the_added_sentences(tiny_distilb
                     "--run-dir", str(run_dir)], cwd=REPO_ROOT, check=True, capture_output=True, timeout=600)
     m = json.loads((run_dir / "metrics.json").read_text())
     resolved = json.loads((run_dir / "config.json").read_text())["resolved"]
-    added = len(data.load_splits(data_dir, "75")["train"]) - len(data.load_splits(data_dir, "all")["train"])
+    added = len(phrasebank.load_splits(data_dir, "75")["train"]) - len(phrasebank.load_splits(data_dir, "all")["train"])
     assert resolved["extra_examples"] == added and m["sizes"]["train"] == 64 + added
-    assert m["test"]["n"] == len(data.load_splits(data_dir, "all")["test"])
+    assert m["test"]["n"] == len(phrasebank.load_splits(data_dir, "all")["test"])
 
 
 def test_sqrt_class_weights_halve_balanced_in_log_space_at_mean_one(tiny_distilbert, data_dir):
@@ -129,10 +130,10 @@ def test_restore_prior_puts_the_class_frequencies_back_into_predictions(tiny_dis
     default) moves its mean predicted class probabilities back toward the training data's
     class shares (61% neutral): on the test split, through the finished run's model/."""
     import importlib
-    from common import inference
-    shares = np.bincount([y for _, y in data.load_splits(data_dir, "all")["train"]], minlength=3) / 1807
+    from common.finished_run import FinishedRun
+    shares = np.bincount([y for _, y in phrasebank.load_splits(data_dir, "all")["train"]], minlength=3) / 1807
     # (--train-examples keeps the shares: the subset is class-stratified)
-    sentences = [s for s, _ in data.load_splits(data_dir, "all")["test"]]
+    sentences = [s for s, _ in phrasebank.load_splits(data_dir, "all")["test"]]
     mean_probs = {}
     for flag in ("--restore-prior", "--no-restore-prior"):
         keras.backend.clear_session()
@@ -140,7 +141,7 @@ def test_restore_prior_puts_the_class_frequencies_back_into_predictions(tiny_dis
         importlib.import_module("train.full_finetune").main(
             ["--model", tiny_distilbert, "--data", data_dir, "--precision", "fp32", "--epochs", "1", "--lr", "3e-3",
              "--train-examples", "400", "--class-weight", "balanced", flag, "--run-dir", str(run_dir)])
-        probs, _, _ = inference.probabilities(inference.load(str(run_dir), "fp32"), sentences)
+        probs, _, _ = FinishedRun.open(str(run_dir)).probabilities(sentences)
         mean_probs[flag] = probs.mean(0)
     weighted, restored = mean_probs["--no-restore-prior"], mean_probs["--restore-prior"]
     assert np.abs(restored - shares).max() < np.abs(weighted - shares).max() / 2, (restored, weighted, shares)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss
 
-from common import data
+from common import phrasebank
 from tests.conftest import run_script
 from tests.test_predict import one_at_a_time, one_logits, serve_in_fresh_process
 
@@ -37,7 +37,7 @@ def test_default_recipe_learns_every_class_in_one_epoch(minilm_run):
     already recalls at least half of each class; a model that skips a class (or keeps to the
     majority) fails this."""
     m = json.loads(open(os.path.join(minilm_run, "metrics.json")).read())
-    recall = {label: m["test"]["per_class"][label]["recall"] for label in data.LABELS}
+    recall = {label: m["test"]["per_class"][label]["recall"] for label in phrasebank.LABELS}
     assert min(recall.values()) >= 0.5, recall
 
 
@@ -45,11 +45,11 @@ def test_default_recipe_learns_every_class_in_one_epoch(minilm_run):
 def test_serving_savedmodel_matches_python_path_on_a_trained_run(minilm_run, data_dir, tmp_path):
     """The whole AllAgree test split through the serving SavedModel in a process with
     TensorFlow and tensorflow-text only, against eval/predict.py's path (fp32, as serving)."""
-    from common import inference
-    sentences = [s for s, _ in data.load_splits(data_dir, "all")["test"]]
+    from common.finished_run import FinishedRun
+    sentences = [s for s, _ in phrasebank.load_splits(data_dir, "all")["test"]]
     served = serve_in_fresh_process(os.path.join(minilm_run, "serving"), sentences, tmp_path)
     assert served["imported"] == []
-    probs, _, _ = inference.probabilities(inference.load(minilm_run, "fp32"), sentences)
+    probs, _, _ = FinishedRun.open(minilm_run).probabilities(sentences)
     np.testing.assert_array_equal(served["label_id"], probs.argmax(1))
     np.testing.assert_allclose(served["probabilities"], probs, atol=1e-3)
 
@@ -59,7 +59,7 @@ def test_calibration_lowers_validation_nll_and_keeps_every_label(minilm_run, dat
     """The stored temperature, applied to logits computed here one sentence at a time."""
     cal = json.loads(open(os.path.join(minilm_run, "calibration.json")).read())
     t = cal["temperature"]
-    rows = data.load_splits(data_dir, "all")["validation"]
+    rows = phrasebank.load_splits(data_dir, "all")["validation"]
     y = [l for _, l in rows]
     z = one_logits(minilm_run, [s for s, _ in rows])
     before = one_at_a_time(minilm_run, None, temperature=1.0, logits=z)

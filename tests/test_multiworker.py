@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from common.env import REPO_ROOT
+from common import REPO_ROOT
 from tests.conftest import free_port, planned_steps
 
 

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from common import data, models
+from common import data, models, phrasebank
 from common.env import keras
 
 TRAIN = ["--train-examples", "96", "--epochs", "1", "--lr", "1e-3"]
@@ -60,7 +60,7 @@ def reload_and_compare(run_dir, data_dir, policy):
     from transformers import AutoTokenizer
     model_dir = str(run_dir / "model")
     tok = AutoTokenizer.from_pretrained(model_dir)
-    rows = data.load_splits(data_dir, "all")["test"]
+    rows = phrasebank.load_splits(data_dir, "all")["test"]
     ids = data.encode(tok, [s for s, _ in rows], 128)
     ds, order = data.sorted_dataset(ids, [y for _, y in rows], 64, 128, tok.pad_token_id)
     logits = {}
@@ -122,7 +122,7 @@ def test_train_script_under_precision(case, precision, tiny_distilbert, data_dir
     # the run's own test report is the float32 model's, whatever precision trained it
     # (docs/precision.md, "Evaluation"): the exported model reloaded in fp32 reproduces it
     assert agreement >= 0.97
-    y = np.array([y for _, y in data.load_splits(data_dir, "all")["test"]])
+    y = np.array([y for _, y in phrasebank.load_splits(data_dir, "all")["test"]])
     assert float((logits32.argmax(1) == y).mean()) == m["test"]["accuracy"]
     z = logits32.astype(np.float64) - logits32.max(1, keepdims=True)
     cross_entropy = float(np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y]))

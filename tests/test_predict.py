@@ -13,8 +13,8 @@ import sys
 import numpy as np
 import pytest
 
-from common import data
-from common.env import REPO_ROOT
+from common import phrasebank
+from common import REPO_ROOT
 from tests.conftest import run_script
 
 SERVE_ONLY = r"""
@@ -81,7 +81,7 @@ def tiny_run(tiny_distilbert, data_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def test_sentences(data_dir):
-    return [s for s, _ in data.load_splits(data_dir, "all")["test"]]
+    return [s for s, _ in phrasebank.load_splits(data_dir, "all")["test"]]
 
 
 def read_csv(path):
@@ -103,10 +103,10 @@ def test_predict_csv_keeps_order_and_ids_and_matches_one_at_a_time(tiny_run, tes
     predict.main([tiny_run, "--input", str(src), "--output", str(out), "--batch-size", "8", "--precision", "fp32"])
     rows = read_csv(out)
     assert [r["id"] for r in rows] == ids and [r["text"] for r in rows] == texts
-    probs = np.array([[float(r[f"p_{c}"]) for c in data.LABELS] for r in rows])
+    probs = np.array([[float(r[f"p_{c}"]) for c in phrasebank.LABELS] for r in rows])
     ref = one_at_a_time(tiny_run, texts)
     np.testing.assert_allclose(probs, ref, atol=2e-5)
-    assert [r["label"] for r in rows] == [data.LABELS[i] for i in ref.argmax(1)]
+    assert [r["label"] for r in rows] == [phrasebank.LABELS[i] for i in ref.argmax(1)]
 
 
 def test_predict_jsonl_and_min_confidence(tiny_run, test_sentences, tmp_path):
@@ -121,7 +121,7 @@ def test_predict_jsonl_and_min_confidence(tiny_run, test_sentences, tmp_path):
                   "--output", str(out), "--min-confidence", str(cut), "--precision", "fp32"])
     rows = [json.loads(l) for l in out.read_text().splitlines()]
     assert [r["url"] for r in rows] == [f"u/{i}" for i in range(len(texts))]
-    expect = [data.LABELS[p.argmax()] if p.max() >= cut else "abstain" for p in ref]
+    expect = [phrasebank.LABELS[p.argmax()] if p.max() >= cut else "abstain" for p in ref]
     assert [r["label"] for r in rows] == expect and "abstain" in expect and set(expect) != {"abstain"}
 
 
@@ -133,7 +133,7 @@ def test_predict_reads_stdin_as_a_user_pipes_it(tiny_run, test_sentences):
     assert p.returncode == 0, p.stderr[-2000:]
     rows = [json.loads(l) for l in p.stdout.splitlines()]  # stdout holds the rows only
     assert [r["text"] for r in rows] == texts
-    np.testing.assert_allclose([[r[f"p_{c}"] for c in data.LABELS] for r in rows], one_at_a_time(tiny_run, texts),
+    np.testing.assert_allclose([[r[f"p_{c}"] for c in phrasebank.LABELS] for r in rows], one_at_a_time(tiny_run, texts),
                                atol=2e-5)
     assert "5 texts labelled" in p.stderr
 
@@ -148,7 +148,7 @@ def test_predict_truncates_long_texts_and_says_how_many(tiny_run, test_sentences
     assert "1 longer than 128 tokens were truncated" in capsys.readouterr().err
     rows = read_csv(out)
     assert len(rows) == 2
-    np.testing.assert_allclose([float(rows[1][f"p_{c}"]) for c in data.LABELS],
+    np.testing.assert_allclose([float(rows[1][f"p_{c}"]) for c in phrasebank.LABELS],
                                one_at_a_time(tiny_run, [long])[0], atol=2e-5)  # the first 128 tokens
 
 
@@ -187,15 +187,14 @@ def test_skip_empty_drops_empty_rows_and_keeps_ids(tiny_run, tmp_path):
 
 
 def test_serving_savedmodel_without_transformers_matches_python_path(tiny_run, test_sentences, tmp_path):
-    from common import inference
+    from common.finished_run import FinishedRun
     served = serve_in_fresh_process(os.path.join(tiny_run, "serving"), test_sentences, tmp_path)
     assert served["imported"] == []  # neither transformers nor tokenizers were needed
-    clf = inference.load(tiny_run, "fp32")
-    probs, _, _ = inference.probabilities(clf, test_sentences)
+    probs, _, _ = FinishedRun.open(tiny_run).probabilities(test_sentences)
     got = np.array(served["probabilities"])
     assert len(got) == len(test_sentences) == 226
     np.testing.assert_array_equal(served["label_id"], probs.argmax(1))
-    assert served["label"] == [data.LABELS[i] for i in probs.argmax(1)]
+    assert served["label"] == [phrasebank.LABELS[i] for i in probs.argmax(1)]
     np.testing.assert_allclose(got, probs, atol=1e-3)
     assert np.abs(got - probs).max() < 1e-5  # in fact: same ids, same float32 model
 
@@ -233,7 +232,7 @@ def test_serving_export_refuses_a_tokenizer_it_cannot_reproduce():
 
 def test_evaluate_on_a_users_labelled_csv_with_a_label_map(tiny_run, data_dir, tmp_path):
     from eval import evaluate
-    rows = data.load_splits(data_dir, "all")["test"][:30]
+    rows = phrasebank.load_splits(data_dir, "all")["test"][:30]
     theirs = {0: "bearish", 1: "flat", 2: "bullish"}
     src = tmp_path / "desk.csv"
     with open(src, "w", newline="", encoding="utf-8") as f:

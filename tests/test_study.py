@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
-from common import data, errors, models
+from common import errors, models, phrasebank
 from common.env import keras, tf
 from tests.conftest import run_script
 
@@ -115,7 +115,7 @@ def test_balanced_class_weights_match_sklearn_and_are_logged(tiny_distilbert, da
     _main("full_finetune", "--model", tiny_distilbert, "--data", data_dir, "--run-dir", tmp_path / "cw",
           "--epochs", 1, "--class-weight", "balanced", "--loss", "focal")
     cfg = json.loads((tmp_path / "cw" / "config.json").read_text())
-    y = [l for _, l in data.load_splits(data_dir, "all")["train"]]
+    y = [l for _, l in phrasebank.load_splits(data_dir, "all")["train"]]
     expected = compute_class_weight("balanced", classes=np.arange(3), y=y)
     got = [cfg["resolved"]["class_weight"][str(i)] for i in range(3)]
     assert np.allclose(got, expected)
@@ -142,12 +142,12 @@ def test_agreement_matrix_never_evaluates_a_training_sentence(level_runs, data_d
     assert len(rows) == 8 and all(r[-1] == 0 for r in rows)  # 2 runs x 4 levels, no overlap
     # independently: every evaluated sentence (errors.csv lists the mistakes; the split gives all)
     for (level, _), run in [(k, v) for k, v in level_runs.items() if k[1] == "hash"]:
-        trained = {data.normalise(s) for part in ("train", "validation")
-                   for s, _ in data.load_splits(data_dir, level)[part]}
+        trained = {phrasebank.normalise(s) for part in ("train", "validation")
+                   for s, _ in phrasebank.load_splits(data_dir, level)[part]}
         for ev in ("all", "75", "66", "50"):
-            tested = {data.normalise(s) for s, _ in data.load_splits(data_dir, ev)["test"]}
+            tested = {phrasebank.normalise(s) for s, _ in phrasebank.load_splits(data_dir, ev)["test"]}
             assert not trained & tested, (level, ev)
-            n = json.loads((run / "eval" / f"{data.level_name(ev)}-test" / "metrics.json").read_text())["n"]
+            n = json.loads((run / "eval" / f"{phrasebank.level_name(ev)}-test" / "metrics.json").read_text())["n"]
             assert n == len(tested)
     text = (tmp_path / "m" / "matrix.md").read_text()
     assert "| AllAgree |" in text and "| 50Agree |" in text
@@ -160,8 +160,8 @@ def test_agreement_matrix_refuses_a_seed_split_run(level_runs, tmp_path):
         am.main([str(level_runs[("all", "seed")]), "--out", str(tmp_path / "m")])
     # and the leak it guards against is real: the seed split of AllAgree tests sentences 50Agree trains on
     flags = json.loads((level_runs[("all", "seed")] / "config.json").read_text())["flags"]
-    seen = data.seen_sentences({**flags, "agreement": "50"})
-    assert sum(data.normalise(s) in seen for s, _ in data.load_splits(flags["data"], "all", "seed")["test"]) > 0
+    seen = phrasebank.seen_sentences({**flags, "agreement": "50"})
+    assert sum(phrasebank.normalise(s) in seen for s, _ in phrasebank.load_splits(flags["data"], "all", "seed")["test"]) > 0
 
 
 def test_summarize_groups_by_configuration_with_mean_and_std(level_runs):
@@ -180,16 +180,16 @@ def test_evaluate_refuses_a_notebook_split_run_on_another_level(level_runs, data
     notebook's 227) and without the one test sentence that repeats a training one."""
     from eval.evaluate import evaluate_run
     run = str(level_runs[("all", "notebook")])
-    trained = {data.normalise(s) for part in ("train", "validation")
-               for s, _ in data.load_splits(data_dir, "all", "notebook")[part]}
-    test50 = data.load_splits(data_dir, "50", "notebook")["test"]
-    leaked = sum(data.normalise(s) in trained for s, _ in test50)
+    trained = {phrasebank.normalise(s) for part in ("train", "validation")
+               for s, _ in phrasebank.load_splits(data_dir, "all", "notebook")[part]}
+    test50 = phrasebank.load_splits(data_dir, "50", "notebook")["test"]
+    leaked = sum(phrasebank.normalise(s) in trained for s, _ in test50)
     assert leaked > 100  # the leak is real
     with pytest.raises(errors.RunDirError, match=rf"{leaked} sentences of 50Agree's test split were in this run's"):
         evaluate_run(run, "50")
     m, *_ = evaluate_run(run)
-    own = data.load_splits(data_dir, "all", "notebook")["test"]
-    assert m["n"] == 227 and m["train_overlap"] == sum(data.normalise(s) in trained for s, _ in own) == 1
+    own = phrasebank.load_splits(data_dir, "all", "notebook")["test"]
+    assert m["n"] == 227 and m["train_overlap"] == sum(phrasebank.normalise(s) in trained for s, _ in own) == 1
     assert m["leak_free"]["n"] == 226
 
 
@@ -207,10 +207,10 @@ def test_evaluate_never_scores_sentences_the_model_trained_on(level_runs, data_d
     from eval.evaluate import evaluate_run
     seed_run = str(level_runs[("all", "seed")])
     flags = json.loads((level_runs[("all", "seed")] / "config.json").read_text())["flags"]
-    trained = {data.normalise(s) for part in ("train", "validation")
-               for s, _ in data.load_splits(data_dir, "all", "seed")[part]}
-    test50 = data.load_splits(data_dir, "50", "seed")["test"]
-    assert sum(data.normalise(s) in trained for s, _ in test50) > 0  # the leak is real under --split seed
+    trained = {phrasebank.normalise(s) for part in ("train", "validation")
+               for s, _ in phrasebank.load_splits(data_dir, "all", "seed")[part]}
+    test50 = phrasebank.load_splits(data_dir, "50", "seed")["test"]
+    assert sum(phrasebank.normalise(s) in trained for s, _ in test50) > 0  # the leak is real under --split seed
     with pytest.raises(errors.RunDirError, match=r"sentences of 50Agree's test split were in this run's training"):
         evaluate_run(seed_run, "50")
     # its own level: the split as trained (duplicates and all), plus the figures without the
@@ -222,9 +222,9 @@ def test_evaluate_never_scores_sentences_the_model_trained_on(level_runs, data_d
     cfg = json.loads((run50 / "config.json").read_text())
     cfg["flags"]["agreement"] = "50"
     (run50 / "config.json").write_text(json.dumps(cfg))
-    trained50 = {data.normalise(s) for part in ("train", "validation")
-                 for s, _ in data.load_splits(data_dir, "50", "seed")[part]}
-    repeats = [i for i, (s, _) in enumerate(test50) if data.normalise(s) in trained50]
+    trained50 = {phrasebank.normalise(s) for part in ("train", "validation")
+                 for s, _ in phrasebank.load_splits(data_dir, "50", "seed")[part]}
+    repeats = [i for i, (s, _) in enumerate(test50) if phrasebank.normalise(s) in trained50]
     m, *_ = evaluate_run(str(run50))
     assert m["train_overlap"] == len(repeats) == 2 and m["n"] == len(test50)
     assert m["leak_free"]["n"] == len(test50) - 2
@@ -286,7 +286,7 @@ def test_learning_curve_trains_each_size_on_the_same_test_split_and_resumes(tiny
             "--out", out, "--", "--precision", "fp32"]
     run_script("eval/learning_curve.py", *args, timeout=900)
     points = json.loads((out / "learning_curve.json").read_text())
-    full = len(data.load_splits(data_dir, "all")["train"])
+    full = len(phrasebank.load_splits(data_dir, "all")["train"])
     tenth = json.loads((out / "size-0.1" / "seed1" / "metrics.json").read_text())["sizes"]["train"]
     assert abs(tenth - 0.1 * full) <= 2  # class-stratified: a share per class, rounded
     assert [p["train_size"] for p in points] == [90, tenth]  # sorted by size (given as 0.1,90)
@@ -315,7 +315,7 @@ def test_probe_features_batches_like_one_sentence_at_a_time_and_reads_labels(tin
     from eval import probe_features
     model = models.build_classifier(tiny_distilbert)
     tok = models.load_tokenizer(tiny_distilbert)
-    sentences = [s for s, _ in data.load_splits(data_dir, "all")["test"][:40]]
+    sentences = [s for s, _ in phrasebank.load_splits(data_dir, "all")["test"][:40]]
     batched = probe_features.features(model, tok, sentences, batch_size=16)
     for i in (0, 7, 39):
         ids = tf.constant([tok(sentences[i])["input_ids"]])

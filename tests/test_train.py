@@ -11,7 +11,8 @@ import time
 import pytest
 
 from common import config, distribute, errors, runs
-from common.env import REPO_ROOT, keras, tf
+from common import REPO_ROOT
+from common.env import keras, tf
 from tests.conftest import planned_steps, run_script
 
 SCRIPTS = ["train/full_finetune.py", "eval/evaluate.py"]

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from common import config, data, optim
+from common import config, data, optim, phrasebank
 from tests.conftest import run_script
 
 
@@ -47,7 +47,7 @@ def test_lr_search_runs_three_trials_writes_results_and_resumes_without_redoing(
     assert "_hparams_/session_start_info" in acc.Tags()["tensors"]
     assert first.stdout.count("Trial 3 Complete") == 1
     # every trial trained with the class weights the train script would use, and says so
-    expected = data.class_weights([y for _, y in data.load_splits(data_dir, "all")["train"]])
+    expected = data.class_weights([y for _, y in phrasebank.load_splits(data_dir, "all")["train"]])
     for trial, cfg in _trials(run).values():
         assert cfg["flags"]["class_weight"] == "balanced" and cfg["script"] == "lr_search.py trial"
         assert {int(k): v for k, v in cfg["resolved"]["class_weight"].items()} == pytest.approx(expected)

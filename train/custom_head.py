@@ -26,7 +26,7 @@ def main(argv=None):
     run = training.start(cfg, SCRIPT)
     with run.harness.strategy.scope():
         model = training.build_model(run)  # models.CustomHeadClassifier
-    return training.finish(run, model)
+    return training.fit_and_report(run, model)
 
 
 if __name__ == "__main__":

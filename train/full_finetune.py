@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """Full fine-tuning: the encoder and its classification head train; the embedding layer
-too with --train-embeddings (off by default: same accuracy, 31% less time per step, README "Performance").
+too with --train-embeddings (off by default: same accuracy, faster steps; docs/performance.md).
 
     python train/full_finetune.py --gpus 2
     python train/full_finetune.py --model PATH --data ../shared/data/FinancialPhraseBank-v1.0
     python train/full_finetune.py --init-from runs/<earlier run>
 
-Writes runs/<name>/ (config.json, tb/, model/, metrics.json); see README.
+Writes runs/<name>/ (config.json, tb/, model/, metrics.json); see docs/run-folder.md.
 """
 import os
 import sys
@@ -26,7 +26,7 @@ def main(argv=None):
     with run.harness.strategy.scope():
         model = training.build_model(run)
     # fit -> best weights -> evaluate -> export -> metrics.json
-    return training.finish(run, model)
+    return training.fit_and_report(run, model)
 
 
 if __name__ == "__main__":

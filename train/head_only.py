@@ -6,7 +6,7 @@
     python train/body_finetune.py --init-from runs/<this run>   # then "Basic 2"
 
 A frozen encoder needs no backward pass through it, so an epoch costs about a third of
-full fine-tuning; the head alone reaches far less (see README "Reproducing the study").
+full fine-tuning; the head alone reaches far less (docs/study.md).
 """
 import os
 import sys
@@ -26,7 +26,7 @@ def main(argv=None):
     run = training.start(cfg, SCRIPT)
     with run.harness.strategy.scope():
         model = training.build_model(run)  # encoder.trainable = False
-    return training.finish(run, model)
+    return training.fit_and_report(run, model)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ pipeline, model and strategy as the train scripts. Objective: validation macro-F
 Writes runs/<search>/: best_hparams.json, trials.md + trials.csv (ranked), tb/ (one
 TensorBoard run per trial, compared in the HParams dashboard), trials/ (keras-tuner's
 state). Rerunning with the same --run-dir resumes: finished trials are not redone.
-Distributed tuning: keras-tuner's chief/worker variables (README "Tuning").
+Distributed tuning: keras-tuner's chief/worker variables (docs/tuning.md).
 """
 import dataclasses
 import os

@@ -1,0 +1,108 @@
+"""A finished run folder as one object: its flags, label names, calibration temperature,
+tokenizer and model; texts in, logits or calibrated probabilities out, in input order.
+predict, evaluate, calibrate, the agreement matrix and the serving export all open runs
+through it.
+
+One precision rule (docs/using-the-model.md, "Precision"): a run's figures (its own
+metrics.json, evaluate, calibrate, the agreement matrix) are computed in float32,
+FIGURES_PRECISION, whatever it trained in; predict takes --precision (default auto, the
+device's fast precision); serving/ is float32 (any CPU or GPU serves it).
+
+Batched as evaluation is (data.length_batches: sorted by length, each batch padded to the
+next fixed width): the choices eval/benchmark.py --predict measures against transformers'
+pipeline.
+"""
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from common import calibration, data, models, phrasebank, runs
+
+FIGURES_PRECISION = "fp32"
+
+
+@dataclass
+class FinishedRun:
+    run_dir: str
+    config: dict          # config.json as written
+    flags: dict           # its flags, with flags added since counting as their defaults (runs.run_flags)
+    labels: tuple         # class names in id order
+    temperature: float    # calibration.json's, 1.0 for a run made before calibration
+    precision: str = None  # set by load_model
+    _tokenizer: object = field(default=None, repr=False)
+    _model: object = field(default=None, repr=False)
+
+    @classmethod
+    def open(cls, run_dir: str, flag: str = "run folder") -> "FinishedRun":
+        """A clear error if run_dir is not a finished run (see runs.load_run)."""
+        config = runs.load_run(run_dir, flag)
+        return cls(run_dir, config, runs.run_flags(config), phrasebank.LABELS, calibration.temperature_of(run_dir))
+
+    @property
+    def model_dir(self) -> str:
+        return os.path.join(self.run_dir, runs.MODEL)
+
+    @property
+    def max_length(self) -> int:
+        return int(self.flags["max_length"])
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = models.load_tokenizer(self.model_dir)
+        return self._tokenizer
+
+    @property
+    def model(self):
+        if self._model is None:
+            self.load_model(FIGURES_PRECISION)
+        return self._model
+
+    def load_model(self, precision: str = FIGURES_PRECISION):
+        """The run's classifier (library or custom head) at `precision` ('auto': the
+        device's). The global dtype policy is put back afterwards: a training process
+        exporting serving/ keeps its own."""
+        from common import distribute
+        from common.env import keras
+        policy = keras.mixed_precision.global_policy()
+        try:
+            self.precision = distribute.set_precision(precision)
+            self._model = models.build_classifier(self.model_dir)
+        finally:
+            keras.mixed_precision.set_global_policy(policy)
+        return self._model
+
+    def split_rows(self, agreement: str = None, source: str = None) -> dict:
+        """{split: [(sentence, label)]} of a PhraseBank level under this run's split rule
+        (default: its own level and data)."""
+        return phrasebank.load_splits(source or self.flags["data"], agreement or self.flags["agreement"],
+                                      self.flags["split"])
+
+    def encode(self, texts):
+        """Token ids per text, truncated to the run's max_length; and how many were truncated."""
+        texts = list(texts)
+        ids = data.encode(self.tokenizer, texts, self.max_length + 1)  # one more: longer ones show as such
+        long = [i for i, x in enumerate(ids) if len(x) > self.max_length]
+        if long:
+            for i, x in zip(long, data.encode(self.tokenizer, [texts[i] for i in long], self.max_length)):
+                ids[i] = x
+        return ids, len(long)
+
+    def logits(self, ids, batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        """Uncalibrated logits, float32, in input order."""
+        step = models.logits_step(self.model)
+        out = np.zeros((len(ids), len(self.labels)), np.float32)
+        batches = data.length_batches(ids, batch_size, self.max_length, self.tokenizer.pad_token_id)
+        if progress:  # a bar on stderr for long inputs
+            from tqdm import tqdm
+            batches = tqdm(batches, total=-(-len(ids) // batch_size), unit="batch", desc="predicting", leave=False)
+        for idx, x in batches:
+            out[idx] = step(x).numpy()
+        return out
+
+    def probabilities(self, texts, batch_size: int = 64, progress: bool = False):
+        """(calibrated probabilities [n, classes], uncalibrated logits, texts truncated)."""
+        ids, truncated = self.encode(texts)
+        raw = self.logits(ids, batch_size, progress)
+        return calibration.probabilities(raw, self.temperature), raw, truncated
