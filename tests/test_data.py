@@ -203,6 +203,23 @@ def test_sorted_dataset_order_maps_back_to_examples(encoded):
         assert x["input_ids"].shape[1] in data.widths_for(128)
 
 
+def test_sorted_dataset_is_length_batches_as_a_dataset(encoded):
+    """The one length-ordered batching: evaluation's tf.data batches are exactly inference's
+    NumPy ones (data.length_batches), in the same order, with the same features."""
+    ids, y, pad = encoded
+    ids, y = ids[:300], y[:300]
+    ds, order = data.sorted_dataset(ids, y, 64, 128, pad)
+    batches = list(data.length_batches(ids, 64, 128, pad))
+    assert len(batches) == 5
+    for (x, labels), (idx, ref) in zip(ds, batches, strict=True):
+        for k in ("input_ids", "attention_mask"):
+            np.testing.assert_array_equal(x[k].numpy(), ref[k])
+        assert labels.numpy().tolist() == [y[i] for i in idx]
+    np.testing.assert_array_equal(order, np.concatenate([idx for idx, _ in batches]))
+    lengths = [len(ids[i]) for i in order]
+    assert lengths == sorted(lengths)  # shortest first, so each batch pads little
+
+
 def test_fixed_padding_pads_every_example_to_the_width(encoded):
     ids, y, pad = encoded
     ds = data.fixed_dataset(ids[:100], y[:100], 8, 512, pad, shuffle=False)

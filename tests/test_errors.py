@@ -1,13 +1,15 @@
-"""Every bad input, through the script a user runs: one line on stderr naming the flag,
-file or line and the fix; exit status 2; no traceback; nothing half-made in the run folder."""
+"""Every bad input: refused with the FinsentError that names the flag, file or line and the
+fix (exit status 2), nothing half-made in the run folder. Each case is the script's main()
+in this process; once per script, the real command shows what a user sees: one line on
+stderr, exit status 2, no traceback."""
 import json
 import os
 import zipfile
 
 import pytest
 
-from common import config
-from tests.conftest import run_script
+from common import config, errors, hub
+from tests.conftest import assert_one_line_error, call_main, run_script
 
 GOOD_LINES = ([f"Profits rose {i} percent in quarter {i} .@positive" for i in range(12)]
               + [f"Sales fell {i} percent in quarter {i} .@negative" for i in range(12)]
@@ -57,78 +59,127 @@ def _existing_run_with_other_flags(tmp_path, tiny, data_dir):
     return str(run)
 
 
-# (id, script, args(tmp_path, tiny, data_dir) -> list, what the one line must say)
+USAGE = SystemExit  # argparse's own refusals (config.ArgumentParser.error): one line, exit status 2
+
+# (id, script, args(tmp_path, tiny, data_dir) -> list, what is raised, what its one line must say)
 CASES = [
     ("malformed-line", "train/full_finetune.py",
-     lambda t, m, d: ["--data", _folder(t, GOOD_LINES + ["a line without a label"])],
+     lambda t, m, d: ["--data", _folder(t, GOOD_LINES + ["a line without a label"])], errors.DataError,
      "Sentences_AllAgree.txt:37: expected 'sentence@label'"),
     ("unknown-label", "train/full_finetune.py",
-     lambda t, m, d: ["--data", _folder(t, GOOD_LINES[:5] + ["Shares jumped .@bullish"])],
+     lambda t, m, d: ["--data", _folder(t, GOOD_LINES[:5] + ["Shares jumped .@bullish"])], errors.DataError,
      ":6: unknown label 'bullish'; expected one of negative, neutral, positive"),
-    ("empty-file", "train/full_finetune.py", lambda t, m, d: ["--data", _folder(t, raw=b"\r\n\r\n")],
+    ("empty-file", "train/full_finetune.py", lambda t, m, d: ["--data", _folder(t, raw=b"\r\n\r\n")], errors.DataError,
      "Sentences_AllAgree.txt: no sentences found"),
     ("binary-garbage", "train/full_finetune.py",
-     lambda t, m, d: ["--data", _folder(t, raw="Profit rose .@positive".encode("utf-16"))],
+     lambda t, m, d: ["--data", _folder(t, raw="Profit rose .@positive".encode("utf-16"))], errors.DataError,
      "binary data (a NUL byte at byte 3); expected latin-1 text lines"),
     ("zip-without-release", "train/full_finetune.py", lambda t, m, d: ["--data", _zip_without_release(t)],
-     "no Sentences_*Agree.txt files in it"),
-    ("missing-data", "train/full_finetune.py", lambda t, m, d: ["--data", str(t / "nowhere")],
+     errors.DataError, "no Sentences_*Agree.txt files in it"),
+    ("missing-data", "train/full_finetune.py", lambda t, m, d: ["--data", str(t / "nowhere")], errors.DataError,
      "no such file or folder; pass the release folder, its zip, or 'hub'"),
-    ("missing-model", "train/full_finetune.py", lambda t, m, d: ["--model", str(t / "no-model")],
-     "not found offline (HFValidationError); pass --model PATH to a local model folder"),
-    ("init-from-not-a-run", "train/full_finetune.py", lambda t, m, d: ["--init-from", str(t)],
-     "--init-from " + "{tmp}: not a run folder (no config.json)"),
+    ("missing-model", "train/full_finetune.py", lambda t, m, d: ["--model", str(t / "no-model")], errors.ModelError,
+     "--model {tmp}/no-model: not found offline (HF_HUB_OFFLINE=1) (HFValidationError); pass --model PATH to a "
+     "local model folder"),
+    ("init-from-not-a-run", "train/full_finetune.py", lambda t, m, d: ["--init-from", str(t)], errors.RunDirError,
+     "--init-from {tmp}: not a run folder (no config.json)"),
     ("init-from-other-architecture", "train/full_finetune.py",
-     lambda t, m, d: ["--init-from", _fake_run(t, head="custom")],
+     lambda t, m, d: ["--init-from", _fake_run(t, head="custom")], errors.ModelError,
      "that run has a custom head, and --head is library; pass --head custom"),
     ("init-from-weights-do-not-load", "train/full_finetune.py",
-     lambda t, m, d: ["--init-from", _run_of_another_shape(t, m), "--train-examples", "64"],
+     lambda t, m, d: ["--init-from", _run_of_another_shape(t, m), "--train-examples", "64"], errors.ModelError,
      "its weights do not load as a sequence classifier (ValueError: cannot reshape array"),
     ("batch-not-divisible", "train/full_finetune.py", lambda t, m, d: ["--cpu-replicas", "2", "--batch-size", "33"],
-     "--batch-size 33: must be a positive multiple of the 2 replicas"),
-    ("bad-head-hidden", "train/custom_head.py", lambda t, m, d: ["--head-hidden", "256,abc"],
+     errors.FlagError, "--batch-size 33: must be a positive multiple of the 2 replicas"),
+    ("bad-head-hidden", "train/custom_head.py", lambda t, m, d: ["--head-hidden", "256,abc"], errors.FlagError,
      "--head-hidden '256,abc': expected comma-separated layer sizes"),
-    ("inverted-lr-range", "tune/lr_search.py", lambda t, m, d: ["--lr-range", "1e-3,1e-5"],
+    ("inverted-lr-range", "tune/lr_search.py", lambda t, m, d: ["--lr-range", "1e-3,1e-5"], USAGE,
      "--lr-range '1e-3,1e-5': expected LOW,HIGH with 0 < LOW < HIGH"),
-    ("unknown-experiment", "eval/reproduce_study.py", lambda t, m, d: ["--experiments", "head,bogus"],
+    ("unknown-experiment", "eval/reproduce_study.py", lambda t, m, d: ["--experiments", "head,bogus"], USAGE,
      "--experiments: unknown ['bogus']"),
-    ("unknown-recipe", "eval/benchmark.py", lambda t, m, d: ["--recipes", "notebook,fast"],
+    ("unknown-recipe", "eval/benchmark.py", lambda t, m, d: ["--recipes", "notebook,fast"], USAGE,
      "--recipes: unknown ['fast']"),
     ("unwritable-run-dir", "train/full_finetune.py",
-     lambda t, m, d: ["--run-dir", str(t / "a-file" / "run")],
+     lambda t, m, d: ["--run-dir", str(t / "a-file" / "run")], errors.RunDirError,
      "a-file is a file, not a folder); pass a folder you can write to"),
-    ("too-many-gpus", "train/full_finetune.py", lambda t, m, d: ["--gpus", "2"],
+    ("too-many-gpus", "train/full_finetune.py", lambda t, m, d: ["--gpus", "2"], errors.FlagError,
      "--gpus 2: this machine has 0 GPU(s) visible to TensorFlow"),
     ("class-missing", "train/full_finetune.py",
-     lambda t, m, d: ["--data", _folder(t, [l for l in GOOD_LINES if not l.endswith("negative")])],
+     lambda t, m, d: ["--data", _folder(t, [l for l in GOOD_LINES if not l.endswith("negative")])], errors.DataError,
      "the training split has no negative sentences"),
     ("run-dir-of-another-run", "train/full_finetune.py",
-     lambda t, m, d: ["--run-dir", _existing_run_with_other_flags(t, m, d)],
+     lambda t, m, d: ["--run-dir", _existing_run_with_other_flags(t, m, d)], errors.RunDirError,
      "holds a run made with other flags (--lr 0.003 -> 0.0001); rerun its own command to resume it"),
-    ("evaluate-not-a-run", "eval/evaluate.py", lambda t, m, d: [str(t)],
+    ("evaluate-not-a-run", "eval/evaluate.py", lambda t, m, d: [str(t)], errors.RunDirError,
      "run folder {tmp}: not a run folder (no config.json)"),
+    ("evaluate-missing-folder", "eval/evaluate.py", lambda t, m, d: [str(t / "no-such-run")], errors.RunDirError,
+     "run folder {tmp}/no-such-run: no such folder; pass a run folder"),
 ]
+# the one case per script run as a user runs it (a fresh interpreter each: seconds apiece)
+AS_A_USER = ["malformed-line", "bad-head-hidden", "inverted-lr-range", "unknown-experiment", "unknown-recipe",
+             "evaluate-missing-folder"]
+assert sorted({c[1] for c in CASES}) == sorted({c[1] for c in CASES if c[0] in AS_A_USER})  # every script, once
+assert len(AS_A_USER) == len({c[1] for c in CASES})
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, tiny_distilbert, data_dir, tmp_path):
-    name, script, make_args, message = case
+def _command(case, tiny, data_dir, tmp_path):
+    """The case's arguments completed into a valid command (the run folder under tmp_path)."""
+    name, script, make_args, *_ = case
     (tmp_path / "a-file").write_text("a file, not a folder")
-    args = make_args(tmp_path, tiny_distilbert, data_dir)
-    defaults = {"--model": tiny_distilbert, "--data": data_dir, "--run-dir": str(tmp_path / "run")}
+    args = make_args(tmp_path, tiny, data_dir)
+    defaults = {"--model": tiny, "--data": data_dir, "--run-dir": str(tmp_path / "run")}
     if script.startswith(("train/", "tune/")):  # the rest of a valid command
         args = args + [x for k, v in defaults.items() if k not in args for x in (k, v)] + ["--epochs", "1"]
-    elif script == "eval/reproduce_study.py":
-        args = args + ["--model", tiny_distilbert, "--data", data_dir, "--out", str(tmp_path / "run")]
-    p = run_script(script, *args, check=False, timeout=300, env_extra={"HF_HUB_OFFLINE": "1"}, user_env=True)
-    lines = [l for l in p.stderr.splitlines() if l.strip()]
-    assert p.returncode == 2, (p.returncode, p.stdout[-2000:], p.stderr[-3000:])
-    assert "Traceback" not in p.stderr, p.stderr[-3000:]
-    assert len(lines) == 1, lines
-    assert lines[0].startswith(f"{os.path.basename(script)}: error: "), lines[0]
-    assert message.format(tmp=tmp_path) in lines[0], lines[0]
+    elif script in ("eval/reproduce_study.py", "eval/benchmark.py"):
+        args = args + ["--model", tiny, "--data", data_dir, "--out", str(tmp_path / "run")]
+    return args
+
+
+def _left_nothing(name, tmp_path):
     run = tmp_path / "run"
     if name != "run-dir-of-another-run":  # refused before anything is written: not even the folder
         assert not run.exists(), sorted(os.listdir(run))
     else:  # the other run's folder is as it was
         assert sorted(os.listdir(run)) == ["config.json"]
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """HF_HUB_OFFLINE=1, as common/hub.py reads it (its reachability probe is cached per process)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub.reachable.cache_clear()
+    yield
+    monkeypatch.undo()
+    hub.reachable.cache_clear()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_raises_its_error_naming_the_fix_and_leaves_nothing(case, tiny_distilbert, data_dir, tmp_path,
+                                                                       offline, capsys):
+    name, script, _, raised, message = case
+    args = _command(case, tiny_distilbert, data_dir, tmp_path)
+    with pytest.raises(raised) as e:
+        call_main(script, *args)
+    if raised is USAGE:  # argparse printed the one line itself
+        assert e.value.code == 2
+        lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+        assert len(lines) == 1 and ": error: " in lines[0] and message in lines[0], lines
+    else:
+        assert e.value.exit_code == 2
+        assert message.format(tmp=tmp_path) in str(e.value), str(e.value)
+        assert "\n" not in str(e.value)  # errors.run prints it as one line
+    _left_nothing(name, tmp_path)
+
+
+# seconds apiece (TensorFlow starts): the quick tier keeps full_finetune's and evaluate's
+SLOW_AS_A_USER = ("bad-head-hidden", "inverted-lr-range")
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c[1], marks=[pytest.mark.slow] if c[0] in SLOW_AS_A_USER else [])
+                                  for c in CASES if c[0] in AS_A_USER])
+def test_a_user_sees_one_line_exit_2_and_no_traceback(case, tiny_distilbert, data_dir, tmp_path):
+    name, script, _, _, message = case
+    args = _command(case, tiny_distilbert, data_dir, tmp_path)
+    p = run_script(script, *args, check=False, timeout=300, env_extra={"HF_HUB_OFFLINE": "1"}, user_env=True)
+    assert_one_line_error(p, script, message.format(tmp=tmp_path))
+    _left_nothing(name, tmp_path)

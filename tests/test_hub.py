@@ -1,5 +1,7 @@
 """The Hub code paths (data zip, TF model, PyTorch-only safetensors model) against a
-local stand-in that speaks the Hub's file protocol; and the offline errors."""
+local stand-in that speaks the Hub's file protocol; the offline errors; and an unreachable
+Hub failing at once (common/hub.py). In fresh processes: huggingface_hub reads HF_ENDPOINT,
+HF_HOME and HF_HUB_OFFLINE when it is imported."""
 import os
 import subprocess
 import sys
@@ -7,7 +9,7 @@ import sys
 import pytest
 
 from common import REPO_ROOT
-from tests.conftest import DATA_ZIP, run_script
+from tests.conftest import DATA_ZIP, assert_one_line_error, free_port, run_script
 from tests.hub_standin import HubStandIn
 
 
@@ -27,7 +29,7 @@ def _py(code, env):
 def test_data_from_hub_is_the_release_zip_and_is_cached(hub, data_dir):
     h, env = hub
     h.add("takala/financial_phrasebank", "data/FinancialPhraseBank-v1.0.zip", DATA_ZIP, "dataset")
-    code = "from common import env, data; print({k: len(v) for k, v in sorted(phrasebank.load_levels('hub').items())})"
+    code = "from common import phrasebank; print({k: len(v) for k, v in sorted(phrasebank.load_levels('hub').items())})"
     first = _py(code, env)
     assert first.returncode == 0, first.stderr[-2000:]
     assert first.stdout.strip().splitlines()[-1] == "{'50': 4846, '66': 4217, '75': 3453, 'all': 2264}"
@@ -39,11 +41,12 @@ def test_data_from_hub_is_the_release_zip_and_is_cached(hub, data_dir):
 
 def test_data_offline_without_cache_is_one_clear_error(hub):
     _, env = hub
-    p = _py("from common import env, data; phrasebank.load_levels('hub')", {**env, "HF_HUB_OFFLINE": "1"})
+    p = _py("from common import phrasebank; phrasebank.load_levels('hub')", {**env, "HF_HUB_OFFLINE": "1"})
     assert p.returncode != 0
     assert "pass --data PATH to a local FinancialPhraseBank-v1.0 folder or zip" in p.stderr
 
 
+@pytest.mark.slow
 def test_train_with_tf_model_and_data_from_hub(hub, tiny_distilbert, tmp_path):
     h, env = hub
     h.add("takala/financial_phrasebank", "data/FinancialPhraseBank-v1.0.zip", DATA_ZIP, "dataset")
@@ -55,6 +58,7 @@ def test_train_with_tf_model_and_data_from_hub(hub, tiny_distilbert, tmp_path):
     assert any(p.endswith("standin/tiny-distilbert/resolve/main/tf_model.h5") for _, p in h.requests)
 
 
+@pytest.mark.slow
 def test_pytorch_only_hub_model_loads_without_torch(hub, minilm):
     h, env = hub
     h.add_folder("standin/minilm", minilm)  # config, tokenizer, model.safetensors; no tf_model.h5
@@ -68,6 +72,7 @@ def test_pytorch_only_hub_model_loads_without_torch(hub, minilm):
     assert p.stdout.strip().splitlines()[-1] == "True False"
 
 
+@pytest.mark.slow
 def test_model_offline_without_local_copy_says_what_to_pass(tmp_path, data_dir):
     p = run_script("train/full_finetune.py", "--model", "distilbert-base-uncased", "--data", data_dir,
                    "--run-dir", tmp_path / "run", check=False,
@@ -78,3 +83,33 @@ def test_model_offline_without_local_copy_says_what_to_pass(tmp_path, data_dir):
     assert "pass --model PATH" in last and p.returncode == 2
     assert "Traceback" not in p.stderr
     assert not (tmp_path / "run").exists()
+
+
+def _unreachable_hub(tmp_path) -> dict:
+    """A Hub endpoint nothing listens on (a closed port on this machine), an empty cache, the
+    Hub not declared offline, and no proxy that would carry the connection instead."""
+    return {"HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "HF_HUB_OFFLINE": "0",
+            "HF_HOME": str(tmp_path / "empty-hf-home"),
+            **{k: "" for k in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")}}
+
+
+def test_unreachable_hub_fails_the_run_at_once_in_one_line(tmp_path, data_dir):
+    """No retries with back-off and no screen of warnings from huggingface_hub: one line that
+    says the Hub is unreachable and how to skip the check."""
+    p = run_script("train/full_finetune.py", "--model", "some/id", "--data", data_dir, "--run-dir", tmp_path / "run",
+                   check=False, user_env=True, env_extra=_unreachable_hub(tmp_path))
+    assert_one_line_error(p, "train/full_finetune.py", "--model some/id: not found offline")
+    assert "unreachable" in p.stderr and "HF_HUB_OFFLINE=1" in p.stderr, p.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_unreachable_hub_fails_the_data_download_at_once(tmp_path):
+    code = ("from common import errors, phrasebank\n"
+            "try:\n    phrasebank.load_levels('hub')\n"
+            "except errors.DataError as e:\n    print('DataError:', e)\n")
+    p = _py(code, _unreachable_hub(tmp_path))
+    assert p.returncode == 0, p.stderr[-2000:]
+    line = p.stdout.strip().splitlines()[-1]
+    assert line.startswith("DataError: ") and "unreachable" in line and "HF_HUB_OFFLINE=1" in line, line
+    assert "pass --data PATH to a local FinancialPhraseBank-v1.0 folder or zip" in line
+    assert p.stderr == "", p.stderr  # nothing from huggingface_hub: no retry, no warning

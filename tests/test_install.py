@@ -25,6 +25,7 @@ def test_readme_names_a_python_range():
     assert supported_pythons() == ["3.10", "3.11"]
 
 
+@pytest.mark.slow
 def test_requirements_resolve_for_every_supported_python(tmp_path):
     """pip's resolver for each supported Python (the versions resolve at once: pip mostly waits
     on the index), plus the CUDA libraries the GPU launchers add on top (tensorflow[and-cuda])."""

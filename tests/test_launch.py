@@ -67,17 +67,22 @@ def test_vertex_dry_run_has_pools_gpus_spot_image_and_command(_dry):
 
 
 @pytest.mark.parametrize("script", ["gcp_vm.sh", "vertex_job.sh"])
-def test_launchers_refuse_credentials_ssh_urls_and_unpushed_commits(script, remote):
+def test_launchers_refuse_credentials_ssh_urls_and_unpushed_commits(script, remote, tmp_path):
     token = "ghp_s3cr3tT0ken"
     p = _launch(script, "--dry-run", "--repo", f"https://user:{token}@example.invalid/f.git", "train/full_finetune.py")
     assert p.returncode == 2 and "carries credentials" in p.stderr and token not in p.stdout + p.stderr
     p = _launch(script, "--dry-run", "--repo", "git@example.invalid:me/f.git", "train/full_finetune.py")
     assert p.returncode == 2 and "SSH URL" in p.stderr
-    # a commit nobody pushed (made here, on no branch)
+    # a commit nobody pushed: made on top of the pushed HEAD in a throw-away clone of the remote
+    # (never in this checkout's repository), on no branch, and never pushed back
+    clone = tmp_path / "clone.git"
+    subprocess.run(["git", "clone", "--quiet", "--bare", remote, str(clone)], check=True)
     who = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@example.invalid"}  # a fresh CI machine has no git identity
-    unpushed = subprocess.run(["git", "-C", REPO_ROOT, "commit-tree", "HEAD^{tree}", "-p", "HEAD", "-m", "local only"],
+    unpushed = subprocess.run(["git", "-C", str(clone), "commit-tree", "refs/heads/main^{tree}",
+                               "-p", "refs/heads/main", "-m", "local only"],
                               capture_output=True, text=True, check=True, env={**os.environ, **who}).stdout.strip()
+    assert len(unpushed) == 40
     p = _launch(script, "--dry-run", "--repo", remote, "--ref", unpushed, "train/full_finetune.py")
     assert p.returncode == 2 and f"commit {unpushed[:12]} is not on {remote}" in p.stderr
     assert _launch(script, "--dry-run", "--repo", remote, "train/full_finetune.py").returncode == 0
@@ -160,7 +165,11 @@ FAILURES = [  # (id, env overrides(tmp_path, tiny, data) -> dict, step named in 
 ]
 
 
-@pytest.mark.parametrize("case", FAILURES, ids=[c[0] for c in FAILURES])
+SLOW_FAILURES = ("no-gpu", "train", "sync")  # these start TensorFlow on the "VM": seconds each
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c[0], marks=[pytest.mark.slow] if c[0] in SLOW_FAILURES else [])
+                                  for c in FAILURES])
 def test_gce_startup_every_failure_syncs_reports_and_deletes_the_vm(case, tiny_distilbert, data_dir, tmp_path):
     name, overrides, step, action = case
     env = _startup_env(tmp_path, f"train/full_finetune.py --model {tiny_distilbert} --data {data_dir} --epochs 1",
@@ -178,6 +187,7 @@ def test_gce_startup_every_failure_syncs_reports_and_deletes_the_vm(case, tiny_d
         assert "status: failed" in report
 
 
+@pytest.mark.slow
 def test_gce_startup_script_installs_runs_syncs_and_resumes_after_reboot(tiny_distilbert, data_dir, tmp_path):
     """A spot VM killed in the middle of uploading a checkpoint: the bucket still names a
     checkpoint that is all there, and a new disk resumes from it and finishes the plan."""
@@ -223,6 +233,7 @@ def _terminal_signals():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGINT, signal.SIGTERM], ids=["HUP", "INT", "TERM"])
 def test_local_cluster_stops_every_worker_on_hup_int_term(sig, tiny_distilbert, data_dir, tmp_path):
     run = tmp_path / f"sig-{sig.name}"
@@ -246,6 +257,7 @@ def test_local_cluster_stops_every_worker_on_hup_int_term(sig, tiny_distilbert, 
         subprocess.run(["pkill", "-9", "-f", str(run)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_gce_startup_restore_never_overwrites_the_newer_local_run(tiny_distilbert, tmp_path):
     """A spot VM stopped and started again keeps its disk: what is there is newer than the
     bucket (which only receives copies of it), so the restore leaves it alone."""

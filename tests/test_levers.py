@@ -1,4 +1,4 @@
-"""The levers of the default recipe (README "Performance > The levers, over 5 seeds"): agreement-aware
+"""The levers of the default recipe (docs/results.md#the-levers-over-5-seeds): agreement-aware
 training, label smoothing, a moving average of the weights; measured on real runs of the
 tiny DistilBERT and the real release."""
 import json
@@ -14,14 +14,20 @@ from common import REPO_ROOT
 from common.env import keras, tf
 
 
-def _run(tiny, data_dir, **flags):
-    keras.backend.clear_session()
-    cfg = config.Config(model=tiny, data=data_dir, precision="fp32", **flags)
-    return cfg, training.start(cfg, "test", run_folder=None)
+@pytest.fixture
+def _run(tiny_distilbert, data_dir, runs_root):
+    """(cfg, run) of training.start for these flags: nothing written but the token cache,
+    beside the run folder under runs_root (not in the working directory)."""
+    def start(**flags):
+        keras.backend.clear_session()
+        cfg = config.Config(model=tiny_distilbert, data=data_dir, precision="fp32", run_dir=str(runs_root / "levers"),
+                            **flags)
+        return cfg, training.start(cfg, "test", run_folder=None)
+    return start
 
 
-def test_extra_agreement_adds_only_looser_training_sentences_at_their_weight(tiny_distilbert, data_dir):
-    cfg, run = _run(tiny_distilbert, data_dir, extra_agreement="50", extra_weight=0.25)
+def test_extra_agreement_adds_only_looser_training_sentences_at_their_weight(_run, data_dir):
+    cfg, run = _run(extra_agreement="50", extra_weight=0.25)
     strict = phrasebank.load_splits(data_dir, "all")
     loose = phrasebank.load_splits(data_dir, "50")
     rows = run.splits.rows["train"]
@@ -59,11 +65,12 @@ def test_extra_agreement_adds_only_looser_training_sentences_at_their_weight(tin
     (dict(label_smoothing=1.0), "--label-smoothing 1.0: must be in"),
     (dict(ema=1.5), "--ema 1.5: must be in"),
 ])
-def test_lever_flags_refuse_what_cannot_work(tiny_distilbert, data_dir, flags, message):
+def test_lever_flags_refuse_what_cannot_work(_run, flags, message):
     with pytest.raises(errors.FlagError, match=message):
-        _run(tiny_distilbert, data_dir, **flags)
+        _run(**flags)
 
 
+@pytest.mark.slow
 def test_extra_agreement_run_trains_and_reports_the_added_sentences(tiny_distilbert, data_dir, tmp_path):
     """As a user runs it: the class weights ride on the examples' weights (Keras 2.15's
     class_weight fails on datasets with sample weights)."""
@@ -78,12 +85,12 @@ def test_extra_agreement_run_trains_and_reports_the_added_sentences(tiny_distilb
     assert m["test"]["n"] == len(phrasebank.load_splits(data_dir, "all")["test"])
 
 
-def test_sqrt_class_weights_halve_balanced_in_log_space_at_mean_one(tiny_distilbert, data_dir):
+def test_sqrt_class_weights_halve_balanced_in_log_space_at_mean_one(_run):
     """--class-weight sqrt as a run resolves it (config.json's "resolved"): between no weights
     and balanced ones, as a softening should be (each class's weight ratio to another is the
     square root of balanced's), and the mean weight over the training examples is 1, so the
     learning rate means what it means without weights."""
-    _, run = _run(tiny_distilbert, data_dir, class_weight="sqrt")
+    _, run = _run(class_weight="sqrt")
     sqrt = training.resolved_settings(run)["class_weight"]
     labels = np.array(run.splits.train_labels)
     balanced = compute_class_weight("balanced", classes=np.arange(3), y=labels)
@@ -105,8 +112,8 @@ def test_label_smoothing_moves_the_loss_minimum_off_one_hot():
         assert tf.reduce_mean(smooth(y, logits["smoothed"])) < tf.reduce_mean(smooth(y, logits["confident"]))
 
 
-def test_ema_run_ends_with_the_moving_average_not_the_last_step(tiny_distilbert, data_dir, tmp_path):
-    cfg, run = _run(tiny_distilbert, data_dir, ema=0.9, epochs=2, restore_prior=False, train_examples=64, lr=1e-3,
+def test_ema_run_ends_with_the_moving_average_not_the_last_step(_run, tmp_path):
+    cfg, run = _run(ema=0.9, epochs=2, restore_prior=False, train_examples=64, lr=1e-3,
                     warmup=0.0)
     with run.harness.strategy.scope():
         model = training.build_model(run)
@@ -125,6 +132,7 @@ def test_ema_run_ends_with_the_moving_average_not_the_last_step(tiny_distilbert,
     assert max(np.abs(f - w).max() for f, w in zip(final, last["weights"])) > 1e-4  # not the last step's
 
 
+@pytest.mark.slow
 def test_restore_prior_puts_the_class_frequencies_back_into_predictions(tiny_distilbert, data_dir, tmp_path):
     """Balanced class weights train a model toward equal class rates; --restore-prior (the
     default) moves its mean predicted class probabilities back toward the training data's

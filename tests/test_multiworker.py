@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from common import REPO_ROOT
 from tests.conftest import free_port, planned_steps
 
@@ -15,6 +17,7 @@ def _digests(text):
     return re.findall(r"weights digest ([0-9a-f]{16})", text)
 
 
+@pytest.mark.slow
 def test_two_workers_train_in_lockstep_and_only_the_chief_writes(tiny_distilbert, data_dir, tmp_path):
     run = tmp_path / "mw"
     p = subprocess.run(["bash", os.path.join(REPO_ROOT, "launch", "local_cluster.sh"), "2", "train/full_finetune.py",
@@ -34,6 +37,7 @@ def test_two_workers_train_in_lockstep_and_only_the_chief_writes(tiny_distilbert
     assert not [d for d, _, _ in os.walk(run) if "temp" in os.path.basename(d)]  # no worker leftovers
 
 
+@pytest.mark.slow
 def test_two_workers_with_xla_compile_per_replica_and_stay_in_lockstep(tiny_distilbert, data_dir, tmp_path):
     run = tmp_path / "mwx"
     p = subprocess.run(["bash", os.path.join(REPO_ROOT, "launch", "local_cluster.sh"), "2", "train/full_finetune.py",
@@ -61,6 +65,7 @@ def test_multi_worker_needs_an_explicit_run_dir(tiny_distilbert, data_dir):
     assert p.returncode == 2 and "pass --run-dir, the same folder on every worker" in p.stderr
 
 
+@pytest.mark.slow
 def test_killed_worker_restarted_rejoins_and_the_job_completes(tiny_distilbert, data_dir, tmp_path):
     run = tmp_path / "mwk"
     workers = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
@@ -96,6 +101,7 @@ def test_killed_worker_restarted_rejoins_and_the_job_completes(tiny_distilbert, 
     assert m["optimizer_steps"] == m["planned_steps"] == planned_steps(data_dir)
 
 
+@pytest.mark.slow
 def test_tune_script_under_two_workers_runs_trials_in_lockstep(tiny_distilbert, data_dir, tmp_path):
     run = tmp_path / "search"
     p = subprocess.run(["bash", os.path.join(REPO_ROOT, "launch", "local_cluster.sh"), "2", "tune/lr_search.py",

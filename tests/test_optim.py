@@ -6,10 +6,13 @@ from common import config, optim, training
 from common.env import keras
 
 
-def _setup(tiny, data_dir, **flags):
+def _setup(runs_root, tiny, data_dir, **flags):
+    """The run and its compiled model; the run folder (under runs_root) is never written,
+    the token cache beside it is."""
     keras.backend.clear_session()
     flags.setdefault("train_embeddings", True)  # the embeddings are a group of their own
-    cfg = config.Config(model=tiny, data=data_dir, precision="fp32", warmup=0.0, weight_decay=0.0, **flags)
+    cfg = config.Config(model=tiny, data=data_dir, precision="fp32", warmup=0.0, weight_decay=0.0,
+                        run_dir=str(runs_root / "optim"), **flags)
     run = training.start(cfg, "test")
     with run.harness.strategy.scope():
         model = training.build_model(run)
@@ -21,10 +24,11 @@ def _by_group(model):
     return {v.name: g for v, g in groups}, n
 
 
-@pytest.mark.parametrize("replicas", [0, 2])
-def test_each_block_steps_at_its_layer_wise_rate(tiny_distilbert, data_dir, replicas):
+@pytest.mark.parametrize("replicas", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_each_block_steps_at_its_layer_wise_rate(tiny_distilbert, data_dir, runs_root, replicas):
     lr, decay = 1e-3, 0.5
-    run, model = _setup(tiny_distilbert, data_dir, lr=lr, layer_lr_decay=decay, cpu_replicas=replicas, epochs=1)
+    run, model = _setup(runs_root, tiny_distilbert, data_dir, lr=lr, layer_lr_decay=decay, cpu_replicas=replicas,
+                        epochs=1)
     assert isinstance(model.optimizer, optim.LayerwiseAdamW) and run.harness.replicas == max(replicas, 1)
     group, n = _by_group(model)
     assert n == 2
@@ -41,8 +45,9 @@ def test_each_block_steps_at_its_layer_wise_rate(tiny_distilbert, data_dir, repl
         assert step[g] == pytest.approx(expected[g], rel=0.02), (g, step, expected)
 
 
-def test_gradual_unfreezing_changes_weights_in_the_scheduled_order(tiny_distilbert, data_dir, tmp_path):
-    run, model = _setup(tiny_distilbert, data_dir, lr=1e-3, head_warmup_epochs=1, unfreeze_every=1, epochs=4)
+@pytest.mark.slow
+def test_gradual_unfreezing_changes_weights_in_the_scheduled_order(tiny_distilbert, data_dir, runs_root, tmp_path):
+    run, model = _setup(runs_root, tiny_distilbert, data_dir, lr=1e-3, head_warmup_epochs=1, unfreeze_every=1, epochs=4)
     group, n = _by_group(model)
     snaps = [{v.name: v.numpy() for v in model.trainable_weights}]
 
@@ -62,8 +67,8 @@ def test_gradual_unfreezing_changes_weights_in_the_scheduled_order(tiny_distilbe
     assert moved(3) == {head, top, bottom, emb}     # + the embeddings, last
 
 
-def test_train_top_blocks_keeps_lower_blocks_fixed(tiny_distilbert, data_dir, tmp_path):
-    run, model = _setup(tiny_distilbert, data_dir, lr=1e-3, train_top_blocks=1, epochs=1)
+def test_train_top_blocks_keeps_lower_blocks_fixed(tiny_distilbert, data_dir, runs_root, tmp_path):
+    run, model = _setup(runs_root, tiny_distilbert, data_dir, lr=1e-3, train_top_blocks=1, epochs=1)
     group, n = _by_group(model)
     before = {v.name: v.numpy() for v in model.trainable_weights}
     training.fit(model, run.cfg, str(tmp_path / "run"), run.splits, {})
@@ -71,13 +76,13 @@ def test_train_top_blocks_keeps_lower_blocks_fixed(tiny_distilbert, data_dir, tm
     assert moved == {n + 1, n}  # head and top block only
 
 
-def test_notebook_recipe_builds_the_notebooks_optimizer_and_flags_override_it(tiny_distilbert, data_dir):
+def test_notebook_recipe_builds_the_notebooks_optimizer_and_flags_override_it(tiny_distilbert, data_dir, runs_root):
     """--recipe notebook, as a user types it, with one flag overridden: the run gets the
     notebook's Adam (epsilon 1e-7, no decay, no clipping) on PolynomialDecay(5e-5, 10000),
     fp32, batch 8, fixed padding, embeddings training, no class weights."""
     from common import models
     argv = ["--recipe", "notebook", "--model", tiny_distilbert, "--data", data_dir, "--max-length", "32",
-            "--train-examples", "16"]
+            "--train-examples", "16", "--run-dir", str(runs_root / "optim")]
     cfg = config.from_args(config.build_parser("").parse_args(argv))
     run = training.start(cfg, "test", run_folder=None)
     with run.harness.strategy.scope():

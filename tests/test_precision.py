@@ -1,7 +1,6 @@
 """fp16 (the GPU default), bf16 and fp32 through every train script and schedule flag, on
 the tiny random DistilBERT: loss scaling active, finite losses, the intended weights move
 and no other, float32 logits, and the exported model reloads in fp32 with the same labels."""
-import importlib
 import re
 
 import numpy as np
@@ -9,14 +8,10 @@ import pytest
 
 from common import data, models, phrasebank
 from common.env import keras
+from tests.conftest import call_main
 
 TRAIN = ["--train-examples", "96", "--epochs", "1", "--lr", "1e-3"]
 HEAD, EMB = "head", "embeddings"
-
-
-def _main(script, *args):
-    keras.backend.clear_session()
-    return importlib.import_module(f"train.{script}").main([str(a) for a in args])
 
 
 def _grouped(model) -> dict:
@@ -94,16 +89,19 @@ CASES = [
     ("two-replicas", "full_finetune", ["--cpu-replicas", "2"], {HEAD, "block0", "block1"}, ("fp16",)),
 ]
 MATRIX = [(c, p) for c in CASES for p in c[4]]
+QUICK = ("full-bf16",)  # the rest of the matrix: the slow tier
 
 
-@pytest.mark.parametrize("case,precision", MATRIX, ids=[f"{c[0]}-{p}" for c, p in MATRIX])
+@pytest.mark.parametrize("case,precision", [
+    pytest.param(c, p, id=f"{c[0]}-{p}", marks=[] if f"{c[0]}-{p}" in QUICK else [pytest.mark.slow])
+    for c, p in MATRIX])
 def test_train_script_under_precision(case, precision, tiny_distilbert, data_dir, tmp_path):
     name, script, flags, must_move, _ = case
     custom = dict(pooling="mean", hidden=(16,), dropout=0.1, activation="gelu") if script == "custom_head" else None
     before = initial_weights(tiny_distilbert, custom)
     run = tmp_path / "run"
-    m = _main(script, "--model", tiny_distilbert, "--data", data_dir, "--run-dir", run, "--precision", precision,
-              *TRAIN, *flags)
+    m = call_main(f"train/{script}.py", "--model", tiny_distilbert, "--data", data_dir, "--run-dir", run,
+                  "--precision", precision, *TRAIN, *flags)
     audit = m["precision"]
     assert audit["policy"] == PRECISIONS[precision]
     assert audit["logits_dtype"] == "float32"  # logits leave the model in float32 under every policy
@@ -129,12 +127,14 @@ def test_train_script_under_precision(case, precision, tiny_distilbert, data_dir
     assert m["test"]["loss"] == pytest.approx(cross_entropy, rel=1e-6)  # the same batches and weights
 
 
+@pytest.mark.slow
 def test_body_finetune_fp16_moves_only_the_encoder(tiny_distilbert, data_dir, tmp_path):
     head = tmp_path / "head"
-    _main("head_only", "--model", tiny_distilbert, "--data", data_dir, "--run-dir", head, "--precision", "fp16", *TRAIN)
-    before = initial_weights(str(head / "model"))
-    m = _main("body_finetune", "--init-from", head, "--data", data_dir, "--run-dir", tmp_path / "body",
+    call_main("train/head_only.py", "--model", tiny_distilbert, "--data", data_dir, "--run-dir", head,
               "--precision", "fp16", *TRAIN)
+    before = initial_weights(str(head / "model"))
+    m = call_main("train/body_finetune.py", "--init-from", head, "--data", data_dir, "--run-dir", tmp_path / "body",
+                  "--precision", "fp16", *TRAIN)
     assert m["precision"]["loss_scale_optimizer"] and m["precision"]["logits_dtype"] == "float32"
     agreement, reloaded, _ = reload_and_compare(tmp_path / "body", data_dir, "mixed_float16")
     every, anything = moved_groups(before, reloaded)
@@ -142,6 +142,7 @@ def test_body_finetune_fp16_moves_only_the_encoder(tiny_distilbert, data_dir, tm
     assert agreement >= 0.97
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("architecture", ["distilbert", "bert"])
 def test_bf16_and_fp16_training_steps_stay_within_rounding_of_fp32(architecture, tiny_distilbert, tiny_bert, data_dir):
     """The guard for reduced-precision training (docs/precision.md): the same weights and two

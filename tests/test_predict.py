@@ -4,7 +4,6 @@ inference benchmark. A tiny random DistilBERT run (the trained MiniLM run is in
 test_minilm.py). The reference for every probability is the model called on one sentence
 at a time, tokenised by transformers: no batching, sorting or padding of ours in it."""
 import csv
-import io
 import json
 import os
 import subprocess
@@ -13,8 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-from common import phrasebank
-from common import REPO_ROOT
+from common import REPO_ROOT, phrasebank
+from common.finished_run import FinishedRun
 from tests.conftest import run_script
 
 SERVE_ONLY = r"""
@@ -125,6 +124,7 @@ def test_predict_jsonl_and_min_confidence(tiny_run, test_sentences, tmp_path):
     assert [r["label"] for r in rows] == expect and "abstain" in expect and set(expect) != {"abstain"}
 
 
+@pytest.mark.slow
 def test_predict_reads_stdin_as_a_user_pipes_it(tiny_run, test_sentences):
     texts = test_sentences[:5]
     p = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "eval/predict.py"), tiny_run, "--input", "-",
@@ -187,7 +187,6 @@ def test_skip_empty_drops_empty_rows_and_keeps_ids(tiny_run, tmp_path):
 
 
 def test_serving_savedmodel_without_transformers_matches_python_path(tiny_run, test_sentences, tmp_path):
-    from common.finished_run import FinishedRun
     served = serve_in_fresh_process(os.path.join(tiny_run, "serving"), test_sentences, tmp_path)
     assert served["imported"] == []  # neither transformers nor tokenizers were needed
     probs, _, _ = FinishedRun.open(tiny_run).probabilities(test_sentences)
@@ -199,6 +198,36 @@ def test_serving_savedmodel_without_transformers_matches_python_path(tiny_run, t
     assert np.abs(got - probs).max() < 1e-5  # in fact: same ids, same float32 model
 
 
+def test_finished_run_logits_are_the_evaluation_batches_logits(tiny_run, data_dir):
+    """One length-ordered batching: FinishedRun.logits (predict, evaluate) and the run's own
+    evaluation (models.predict_logits over data.sorted_dataset) give the same numbers."""
+    from common import data, models
+    run = FinishedRun.open(tiny_run)
+    rows = phrasebank.load_splits(data_dir, "all")["test"]
+    ids, _ = run.encode([s for s, _ in rows])
+    ds, order = data.sorted_dataset(ids, [y for _, y in rows], 64, run.max_length, run.tokenizer.pad_token_id)
+    np.testing.assert_array_equal(run.logits(ids, batch_size=64), models.predict_logits(run.model, ds, order))
+
+
+def test_finished_run_figures_are_float32_whatever_the_global_policy(tiny_run):
+    """A run's figures are computed in float32 (FinishedRun's precision rule), even in a
+    process whose policy is mixed precision (a bf16 training process exporting serving/),
+    and that process keeps its policy. Every layer, not only the logits layer: that one
+    computes in float32 under any policy (models.float32_logits)."""
+    from common.env import keras
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        run = FinishedRun.open(tiny_run)
+        model = run.model
+        layers = [l for l in model.submodules if isinstance(l, keras.layers.Layer)]
+        assert len(layers) > 10 and {l.compute_dtype for l in layers} == {"float32"} == {model.compute_dtype}
+        assert run.precision == "fp32"
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.slow
 def test_calibrate_and_export_rebuild_an_older_run(tiny_run, tmp_path, test_sentences):
     """A run from before calibration: no calibration.json, serving/ without a temperature.
     eval/calibrate.py fits T on validation and re-exports serving/ with it."""
@@ -239,7 +268,7 @@ def test_evaluate_on_a_users_labelled_csv_with_a_label_map(tiny_run, data_dir, t
         w = csv.writer(f)
         w.writerow(["headline", "tone"])
         w.writerows((s, theirs[y]) for s, y in rows)
-    m, report, out, mistakes = evaluate.evaluate_file(tiny_run, str(src), "headline", "tone",
+    m, report, out, mistakes = evaluate.evaluate_file(FinishedRun.open(tiny_run), str(src), "headline", "tone",
                                                       "bearish=negative,flat=neutral,bullish=positive")
     pred = one_at_a_time(tiny_run, [s for s, _ in rows]).argmax(1)
     truth = np.array([y for _, y in rows])

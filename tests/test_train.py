@@ -1,6 +1,8 @@
 """End-to-end training on tiny random DistilBERT configs: run folder, TensorBoard,
 strategies, atomic outputs, kill safety, --help."""
+import contextlib
 import glob
+import io
 import json
 import os
 import signal
@@ -13,16 +15,11 @@ import pytest
 from common import config, distribute, errors, runs
 from common import REPO_ROOT
 from common.env import keras, tf
-from tests.conftest import planned_steps, run_script
-
-SCRIPTS = ["train/full_finetune.py", "eval/evaluate.py"]
-
+from tests.conftest import call_main, planned_steps, run_script
 
 def _train(tiny, data_dir, run_dir, *extra):
-    import importlib
-    ff = importlib.import_module("train.full_finetune")
-    keras.backend.clear_session()
-    return ff.main(["--model", tiny, "--data", data_dir, "--run-dir", str(run_dir), "--epochs", "2", *map(str, extra)])
+    return call_main("train/full_finetune.py", "--model", tiny, "--data", data_dir, "--run-dir", run_dir, "--epochs", 2,
+                     *extra)
 
 
 def _tags(event_dir):
@@ -33,9 +30,25 @@ def _tags(event_dir):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tiny_distilbert, data_dir, tmp_path_factory):
-    run = tmp_path_factory.mktemp("runs") / "tiny"
-    m = _train(tiny_distilbert, data_dir, run, "--lr", "1e-3")
+def tiny_run_elsewhere(tiny_distilbert, data_dir, tmp_path_factory):
+    """A run whose --run-dir (root/a/tiny) is not under the working directory (root/other),
+    as `cd other && python train/full_finetune.py --run-dir ../a/tiny` makes it; with what
+    it printed. Returns (root, run folder, metrics, stdout)."""
+    root = tmp_path_factory.mktemp("elsewhere")
+    (root / "other").mkdir()
+    out, here = io.StringIO(), os.getcwd()
+    os.chdir(root / "other")
+    try:
+        with contextlib.redirect_stdout(out):
+            m = _train(tiny_distilbert, data_dir, root / "a" / "tiny", "--lr", "1e-3")
+    finally:
+        os.chdir(here)
+    return root, root / "a" / "tiny", m, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_run_elsewhere):
+    _, run, m, _ = tiny_run_elsewhere
     return run, m
 
 
@@ -56,6 +69,22 @@ def test_run_folder_is_complete_and_self_describing(tiny_run, data_dir):
     assert metrics["real_token_share"] >= 0.85
     assert metrics["examples_per_sec"] > 0 and metrics["train_seconds"] > 0
     assert not glob.glob(str(run / "**" / "*.tmp"), recursive=True)
+
+
+def test_the_token_cache_sits_beside_the_run_folder_and_nothing_lands_in_the_working_directory(tiny_run_elsewhere):
+    root, run, _, _ = tiny_run_elsewhere
+    assert sorted(os.listdir(root / "a")) == [".cache", "tiny"]
+    cached = list((root / "a" / ".cache" / "encoded").glob("*.json"))
+    assert cached and all(json.loads(f.read_text())["ids"]["train"] for f in cached)
+    assert os.listdir(root / "other") == []  # the working directory: no runs/, no cache
+
+
+def test_a_run_ends_naming_its_folder_and_what_to_run_next(tiny_run_elsewhere):
+    _, run, _, stdout = tiny_run_elsewhere
+    last = [line for line in stdout.splitlines() if line.strip()][-2:]
+    assert last[0] == f"run folder: {run}"
+    assert last[1].startswith("next: ")
+    assert f"python eval/evaluate.py {run}" in last[1] and f"python eval/predict.py {run} --input FILE" in last[1]
 
 
 def test_default_run_keeps_the_embeddings_and_trains_every_other_weight(tiny_run, tiny_distilbert):
@@ -101,11 +130,12 @@ def test_saved_model_reloads_and_evaluate_agrees_with_training_report(tiny_run):
 
 def test_evaluate_on_a_looser_level(tiny_run):
     run, _ = tiny_run
-    run_script("eval/evaluate.py", run, "--agreement", "50")
+    call_main("eval/evaluate.py", run, "--agreement", "50")
     ev = json.loads((run / "eval" / "50Agree-test" / "metrics.json").read_text())
     assert ev["n"] == 483 and ev["trained_on"] == "all"
 
 
+@pytest.mark.slow
 def test_cpu_replicas_2_trains_with_mirrored_strategy(tiny_distilbert, data_dir, tmp_path):
     m = _train(tiny_distilbert, data_dir, tmp_path / "r2", "--cpu-replicas", 2, "--lr", "1e-3")
     cfg = json.loads((tmp_path / "r2" / "config.json").read_text())
@@ -148,6 +178,7 @@ def test_atomic_write_never_leaves_a_half_written_file(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["metrics.json"]
 
 
+@pytest.mark.slow
 def test_kill_mid_epoch_leaves_no_metrics_and_rerun_resumes_without_losing_or_repeating_steps(
         tiny_distilbert, data_dir, tmp_path):
     run = tmp_path / "killed"
@@ -179,7 +210,22 @@ def test_kill_mid_epoch_leaves_no_metrics_and_rerun_resumes_without_losing_or_re
     assert not (run / "backup").exists()  # removed once training completed
 
 
+SCRIPTS = sorted(os.path.relpath(p, REPO_ROOT) for d in ("train", "tune", "eval")
+                 for p in glob.glob(os.path.join(REPO_ROOT, d, "*.py")))
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_every_script_has_help(script):
-    p = run_script(script, "--help")
-    assert p.stdout.startswith("usage:") and "--" in p.stdout
+def test_every_script_has_help_with_its_example_commands_line_by_line(script, capsys):
+    """--help shows the flags, and the description's example commands as written, one per
+    line (not reflowed into a paragraph)."""
+    with pytest.raises(SystemExit) as e:
+        call_main(script, "--help")
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith("usage:") and "--help" in out
+    import importlib
+    doc = importlib.import_module(script[:-3].replace("/", ".")).__doc__
+    examples = [line for line in doc.splitlines() if line.lstrip().startswith("python ")]
+    assert examples, doc  # every script documents how it is run
+    help_lines = out.splitlines()
+    for line in examples:
+        assert line in help_lines, (line, out[:2000])

@@ -27,6 +27,7 @@ def _trials(run):
     return out
 
 
+@pytest.mark.slow
 def test_lr_search_runs_three_trials_writes_results_and_resumes_without_redoing(tiny_distilbert, data_dir, tmp_path):
     run = tmp_path / "search"
     args = ["--model", tiny_distilbert, "--data", data_dir, "--run-dir", run, "--max-trials", 3, "--epochs", 1,
@@ -39,7 +40,13 @@ def test_lr_search_runs_three_trials_writes_results_and_resumes_without_redoing(
     assert len(rows) == 1 + 3
     scores = [float(r.split(",")[1]) for r in rows[1:]]
     assert scores == sorted(scores, reverse=True)  # ranked
-    assert (run / "trials.md").read_text().startswith("| rank | trial | val_macro_f1 |")
+    table = (run / "trials.md").read_text()
+    assert table.startswith("| rank | Trial # | trial | val_macro_f1 |")
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in table.splitlines()[2:]]
+    assert sorted((c[1], c[2]) for c in cells) == [("1", "0"), ("2", "1"), ("3", "2")]  # as keras-tuner printed them
+    assert "Search: Running Trial #1" in first.stdout
+    train_it = [l for l in first.stdout.splitlines() if l.startswith("train it: ")]
+    assert len(train_it) == 1 and "train/full_finetune.py" in train_it[0] and f"--lr {best['lr']}" in train_it[0]
     assert sorted(os.listdir(run / "tb")) == ["0", "1", "2"]  # one TensorBoard run per trial, with hparams
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     acc = EventAccumulator(str(run / "tb" / "0" / "execution0"), size_guidance={"tensors": 0})
@@ -60,10 +67,11 @@ def test_lr_search_runs_three_trials_writes_results_and_resumes_without_redoing(
     assert json.loads((run / "best_hparams.json").read_text()) == best
 
 
+@pytest.mark.slow
 def test_distributed_search_chief_and_two_workers_on_loopback(tiny_distilbert, data_dir, tmp_path):
     import subprocess
     import sys
-    from common.env import REPO_ROOT
+    from common import REPO_ROOT
     run = tmp_path / "dsearch"
     p = subprocess.run(["bash", os.path.join(REPO_ROOT, "launch", "local_cluster.sh"), "--tuner", "2",
                         "tune/lr_search.py", "--model", tiny_distilbert, "--data", data_dir, "--run-dir", str(run),
@@ -89,6 +97,7 @@ def tiny_encoder(tmp_path_factory, tiny_distilbert):
     return path
 
 
+@pytest.mark.slow
 def test_unfreeze_search_runs_trials_whose_best_is_train_flags(tiny_encoder, data_dir, tmp_path):
     tiny_distilbert = tiny_encoder
     run = tmp_path / "unfreeze"
@@ -112,6 +121,7 @@ def test_unfreeze_search_runs_trials_whose_best_is_train_flags(tiny_encoder, dat
     assert run_f1 == pytest.approx(best["val_macro_f1"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_hyperband_promoted_trials_continue_the_schedules(tiny_distilbert, data_dir, tmp_path):
     """A promoted trial starts at its initial_epoch: the unfreezing schedule is at that
     epoch, and the learning rate continues its decay instead of warming up again."""
@@ -141,6 +151,7 @@ def test_hyperband_promoted_trials_continue_the_schedules(tiny_distilbert, data_
         assert float(schedule((first + 1) * steps)) != pytest.approx(float(schedule(steps)), rel=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script,tuner", [("tune/lr_search.py", "bayesian"), ("tune/unfreeze_search.py", "hyperband")])
 def test_search_runs_in_fp16(script, tuner, tiny_distilbert, data_dir, tmp_path):
     """fp16 (the GPU default) through both tuners: the schedule's optimizer attributes sit
@@ -156,7 +167,7 @@ def test_search_runs_in_fp16(script, tuner, tiny_distilbert, data_dir, tmp_path)
         assert _scalars(run / "tb" / t["trial_id"] / "execution0" / "train", "epoch_learning_rate")
 
 
-def test_a_trials_executions_train_with_successive_seeds(tiny_distilbert, data_dir):
+def test_a_trials_executions_train_with_successive_seeds(tiny_distilbert, data_dir, runs_root):
     """--executions-per-trial N: keras-tuner builds and fits the trial N times; fit k must be
     the train script's --seed 42+k (head, dropout, shuffle order), so the mean is over seeds."""
     import keras_tuner as kt
@@ -164,7 +175,7 @@ def test_a_trials_executions_train_with_successive_seeds(tiny_distilbert, data_d
     from common.env import keras
     keras.backend.clear_session()
     cfg = config.Config(model=tiny_distilbert, data=data_dir, precision="fp32", epochs=1, train_examples=64,
-                        head="custom")  # a head of new layers: initialised from the seed (the tiny model's own is saved)
+                        head="custom", run_dir=str(runs_root / "trials"))  # a head of new layers: initialised from the seed (the tiny model's own is saved)
     run = training.start(cfg, "test", run_folder=None)
     hypermodel = tuning.ConfigHyperModel(run, lambda hp, c: c)
     hp = kt.HyperParameters()

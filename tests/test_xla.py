@@ -30,12 +30,15 @@ def tiny_no_dropout(tmp_path_factory, tiny_distilbert):
     return path
 
 
-def losses_after_steps(model_dir, data_dir, precision="fp32", xla="off", replicas=0, sgd=0.5, **flags):
-    """Train K steps on the same K full batches; the loss of each step and after the last."""
+def losses_after_steps(runs_root, model_dir, data_dir, precision="fp32", xla="off", replicas=0, sgd=0.5,
+                       **flags):
+    """Train K steps on the same K full batches; the loss of each step and after the last.
+    Nothing is written but the token cache, beside the (unused) run folder under runs_root."""
     keras.backend.clear_session()
     # every batch 32 x 32 (fixed padding): one XLA compilation per replica, so the test is quick
     cfg = config.Config(model=model_dir, data=data_dir, precision=precision, xla=xla, cpu_replicas=replicas,
-                        run_dir="unused", seed=1, class_weight="none", padding="fixed", max_length=32, **flags)
+                        run_dir=str(runs_root / "xla-unused"), seed=1, class_weight="none", padding="fixed",
+                        max_length=32, **flags)
     run = training.start(cfg, "test", run_folder=None)
     batches = [b for b in run.splits.train.take(K)]
     assert len(batches) == K and all(int(y.shape[0]) == BATCH for _, y in batches)
@@ -49,29 +52,33 @@ def losses_after_steps(model_dir, data_dir, precision="fp32", xla="off", replica
     return np.array(out), compiled
 
 
-def test_one_device_and_two_replicas_take_the_same_steps(tiny_no_dropout, data_dir):
-    one, _ = losses_after_steps(tiny_no_dropout, data_dir, replicas=0)
-    two, _ = losses_after_steps(tiny_no_dropout, data_dir, replicas=2)
+def test_one_device_and_two_replicas_take_the_same_steps(tiny_no_dropout, data_dir, runs_root):
+    one, _ = losses_after_steps(runs_root, tiny_no_dropout, data_dir, replicas=0)
+    two, _ = losses_after_steps(runs_root, tiny_no_dropout, data_dir, replicas=2)
     assert one[-1] < one[0] - 1e-3  # SGD really moved the model
     np.testing.assert_allclose(two, one, rtol=1e-4)  # fp32, same global batch: equal up to summation order
 
 
+SLOW = pytest.mark.slow
+
+
 @pytest.mark.parametrize("precision,replicas,flags,rtol", [
-    ("fp32", 0, {}, 1e-4),
-    ("fp32", 2, {}, 1e-4),
-    ("fp16", 2, {}, 1e-2),
-    ("bf16", 0, {}, 1e-2),
-    ("fp32", 2, {"layer_lr_decay": 0.5}, 1e-4),
-], ids=["one-device", "two-replicas", "fp16-two-replicas", "bf16-one-device", "layer-lr-decay-two-replicas"])
-def test_xla_step_matches_the_keras_step(tiny_no_dropout, data_dir, precision, replicas, flags, rtol):
+    pytest.param("fp32", 0, {}, 1e-4, id="one-device"),
+    pytest.param("fp32", 2, {}, 1e-4, id="two-replicas", marks=SLOW),
+    pytest.param("fp16", 2, {}, 1e-2, id="fp16-two-replicas", marks=SLOW),
+    pytest.param("bf16", 0, {}, 1e-2, id="bf16-one-device", marks=SLOW),
+    pytest.param("fp32", 2, {"layer_lr_decay": 0.5}, 1e-4, id="layer-lr-decay-two-replicas", marks=SLOW),
+])
+def test_xla_step_matches_the_keras_step(tiny_no_dropout, data_dir, runs_root, precision, replicas, flags, rtol):
     sgd = 0 if flags else 0.5  # layer-wise rates: the project's own LayerwiseAdamW
-    ref, _ = losses_after_steps(tiny_no_dropout, data_dir, precision, "off", replicas, sgd, **flags)
-    got, compiled = losses_after_steps(tiny_no_dropout, data_dir, precision, "on", replicas, sgd, **flags)
+    ref, _ = losses_after_steps(runs_root, tiny_no_dropout, data_dir, precision, "off", replicas, sgd, **flags)
+    got, compiled = losses_after_steps(runs_root, tiny_no_dropout, data_dir, precision, "on", replicas, sgd, **flags)
     assert compiled >= max(replicas, 1)  # the compiled function really ran, on every replica
     assert ref[-1] < ref[0]
     np.testing.assert_allclose(got, ref, rtol=rtol)
 
 
+@SLOW
 @pytest.mark.parametrize("flags", [[], ["--cpu-replicas", "2", "--precision", "fp16", "--layer-lr-decay", "0.8"]],
                          ids=["one-device", "two-replicas-fp16-layerwise"])
 def test_xla_run_compiles_each_width_once_per_replica(tiny_distilbert, data_dir, tmp_path, flags):
@@ -90,6 +97,7 @@ def test_xla_run_compiles_each_width_once_per_replica(tiny_distilbert, data_dir,
     assert np.isfinite(m["train_loss_per_epoch"]).all() and np.isfinite(m["test"]["loss"])
 
 
+@SLOW
 def test_xla_auto_clusters_on_two_replicas(tiny_distilbert, data_dir, tmp_path):
     """--xla auto: TensorFlow's auto-clustering, switched on from the command line before
     TensorFlow starts (on CPUs it needs --tf_xla_cpu_global_jit); TensorFlow logs its first
