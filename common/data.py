@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from common import phrasebank
+from common import phrasebank, sources
 from common.errors import DataError, FlagError
-from common.phrasebank import LABELS, LEVELS
+from common.phrasebank import LEVELS
 
 # Padded widths a batch may have. Steps of 4 where sentences are (mean 30, p95 58 tokens):
 # more real tokens per batch than steps of 8 (docs/performance.md#the-default-recipe-choice-by-choice);
@@ -228,6 +228,7 @@ class Splits:
     test_order: np.ndarray
     rows: dict                 # split -> [(sentence, label)]
     train_stats: dict          # steps, examples, real tokens, real-token share, pipeline rate
+    labels: tuple = phrasebank.LABELS  # the class names in id order (--labels)
     class_weights: dict = None  # what the training loss is weighted by, per class (--class-weight)
     weights_in_dataset: bool = False  # the training batches carry them as per-example weights
 
@@ -288,7 +289,7 @@ def looser_training_sentences(cfg, tokenizer, strict_train, cache_dir: str = Non
     return [rows["train"][i] for i in keep], [ids["train"][i] for i in keep]
 
 
-def class_weights(labels, kind: str = "balanced") -> dict | None:
+def class_weights(labels, kind: str = "balanced", n_classes: int = len(phrasebank.LABELS)) -> dict | None:
     """Per-class loss weights for --class-weight: None for 'none'; 'balanced' = scikit-learn's
     n_samples / (n_classes * count(class)); 'sqrt' = their square roots, scaled so the mean
     weight per training example stays 1 (the learning rate means the same). scikit-learn
@@ -296,11 +297,11 @@ def class_weights(labels, kind: str = "balanced") -> dict | None:
     if kind == "none":
         return None
     from sklearn.utils.class_weight import compute_class_weight
-    classes, y = np.arange(len(LABELS)), np.asarray(labels)
+    classes, y = np.arange(n_classes), np.asarray(labels)
     w = compute_class_weight("balanced", classes=classes, y=y)
     if kind == "sqrt":
         w = np.sqrt(w)
-        w = w / (np.bincount(y, minlength=len(LABELS)) * w).sum() * len(y)
+        w = w / (np.bincount(y, minlength=n_classes) * w).sum() * len(y)
     return dict(zip(classes.tolist(), w.tolist()))
 
 
@@ -312,12 +313,13 @@ def training_rows(cfg, tokenizer, rows, ids, cache_dir: str = None):
     rows, ids = subset(rows, ids, cfg.train_examples, cfg.seed)
     rows, ids = rows + extra_rows, ids + extra_ids
     counts = Counter(y for _, y in rows)
-    missing = [LABELS[c] for c in range(len(LABELS)) if not counts[c]]
+    labels = sources.labels_of(cfg.to_dict())
+    missing = [labels[c] for c in range(len(labels)) if not counts[c]]
     if missing:
-        raise DataError(f"--data {cfg.data} --agreement {cfg.agreement}: the training split has no "
-                        f"{' or '.join(missing)} sentences ({len(rows)} in all); the classifier and its class "
-                        f"weights need all of {', '.join(LABELS)}: check the file's labels")
-    cw = class_weights([y for _, y in rows], cfg.class_weight)
+        raise DataError(f"--data {cfg.data}{'' if sources.is_own(cfg.data) else ' --agreement ' + cfg.agreement}: "
+                        f"the training split has no {' or '.join(missing)} sentences ({len(rows)} in all); the "
+                        f"classifier and its class weights need all of {', '.join(labels)}: check the file's labels")
+    cw = class_weights([y for _, y in rows], cfg.class_weight, len(labels))
     weights = None
     if extra_rows:  # --extra-agreement: the looser level's added sentences, at --extra-weight; the class
         # weights folded in here: Keras 2.15's class_weight fails on datasets that carry sample weights
@@ -327,14 +329,24 @@ def training_rows(cfg, tokenizer, rows, ids, cache_dir: str = None):
     return rows, ids, weights, cw, len(extra_rows)
 
 
-def load_data(cfg, tokenizer, replicas: int, cache_dir: str = None) -> Splits:
+def run_encoded(cfg, tokenizer, cache_dir: str = None, split_path: str = None):
+    """(rows, ids) of the run's data: the PhraseBank through the token cache, own data read
+    and tokenised afresh (a user's file is small; its split is the run folder's, split_path)."""
+    if not sources.is_own(cfg.data):
+        return encoded_splits(cfg.data, cfg.agreement, cfg.split, tokenizer, cfg.max_length, cache_dir)
+    rows = sources.own_splits(cfg.to_dict(), split_path)
+    return rows, {k: encode(tokenizer, [s for s, _ in v], cfg.max_length) for k, v in rows.items()}
+
+
+def load_data(cfg, tokenizer, replicas: int, cache_dir: str = None, split_path: str = None) -> Splits:
     """The run's splits as tf.data pipelines: bucketed (or fixed-width) training batches of
     the global --batch-size, length-sorted evaluation batches, and the pipeline's figures.
-    cache_dir: the token cache (cache_dir_for(run folder)); None: no cache."""
+    cache_dir: the token cache (cache_dir_for(run folder)); None: no cache. split_path: where
+    own data's drawn split is kept (sources.SPLIT_FILE in the run folder)."""
     if cfg.batch_size < 1 or cfg.batch_size % replicas:
         raise FlagError(f"--batch-size {cfg.batch_size}: must be a positive multiple of the {replicas} replicas "
                         f"(it is the global batch; each replica gets batch-size / {replicas})")
-    rows, ids = encoded_splits(cfg.data, cfg.agreement, cfg.split, tokenizer, cfg.max_length, cache_dir)
+    rows, ids = run_encoded(cfg, tokenizer, cache_dir, split_path)
     rows, ids = dict(rows), dict(ids)
     rows["train"], ids["train"], weights, cw, extra = training_rows(cfg, tokenizer, rows["train"], ids["train"],
                                                                     cache_dir)
@@ -358,6 +370,7 @@ def load_data(cfg, tokenizer, replicas: int, cache_dir: str = None) -> Splits:
     # depend on the shuffle), and Keras needs it to resume mid-epoch from BackupAndRestore.
     train = train.apply(tf.data.experimental.assert_cardinality(stats["steps"]))
     stats["extra_examples"] = extra
-    return Splits(train, val, test, val_order, test_order, rows, stats, cw, weights is not None)
+    return Splits(train, val, test, val_order, test_order, rows, stats, sources.labels_of(cfg.to_dict()), cw,
+                  weights is not None)
 
 

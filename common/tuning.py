@@ -8,7 +8,7 @@ import os
 import sys
 import tempfile
 
-from common import REPO_ROOT, config, data, errors, runs, training
+from common import REPO_ROOT, config, data, errors, runs, sources, training
 from common.env import keras
 
 import keras_tuner as kt  # noqa: E402  (common.env first: the same Keras 2.15)
@@ -44,7 +44,8 @@ class ConfigHyperModel(kt.HyperModel):
         key = (cfg.batch_size, cfg.seed)
         if key not in self._splits:
             self._splits[key] = data.load_data(cfg, self.run.tokenizer, self.run.harness.replicas,
-                                               data.cache_dir_for(self.run.run_dir))
+                                               data.cache_dir_for(self.run.run_dir),
+                                               os.path.join(self.run.run_dir, sources.SPLIT_FILE))
         return dataclasses.replace(self.run, cfg=cfg, splits=self._splits[key])
 
     def build(self, hp):
@@ -111,7 +112,7 @@ def search(run, space, args, argv) -> list:
 
     rows = ranked_trials(tuner.oracle)
     best = rows[0]  # ties go to the earliest trial, so a resumed search reports the same winner
-    print(write_trials(run.run_dir, rows, tuner.oracle.trial_number))
+    print(write_trials(run.run_dir, rows))
     print(f"best: {best} -> {run.run_dir}/best_hparams.json")
     command = train_best_command(best, sys.argv[1:] if argv is None else [str(a) for a in argv], run.run_dir)
     if args.train_best:
@@ -132,16 +133,17 @@ def ranked_trials(oracle) -> list:
     return rows
 
 
-def write_trials(search_dir: str, rows: list, trial_numbers: dict) -> str:
+def write_trials(search_dir: str, rows: list) -> str:
     """best_hparams.json, trials.csv and trials.md; returns the markdown table. 'trial' is
     keras-tuner's trial id (its folder trials/trial_<id>); the table also shows the number
-    keras-tuner printed for it ("Running Trial #n", counted from 1)."""
+    keras-tuner printed for it ("Running Trial #n"): it numbers trials from 1 in the order it
+    creates them, and their ids are that order from 0."""
     runs.write_json(os.path.join(search_dir, "best_hparams.json"), rows[0])
     keys = list(rows[0])
     runs.write_csv(os.path.join(search_dir, "trials.csv"), keys, [[r.get(k) for k in keys] for r in rows])
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
     table = "| rank | Trial # | " + " | ".join(keys) + " |\n|---|---|" + "---|" * len(keys) + "\n" + "\n".join(
-        f"| {i} | {trial_numbers.get(r['trial'], '')} | " + " | ".join(fmt(r.get(k)) for k in keys) + " |"
+        f"| {i} | {int(r['trial']) + 1} | " + " | ".join(fmt(r.get(k)) for k in keys) + " |"
         for i, r in enumerate(rows, 1))
     runs.write_text(os.path.join(search_dir, "trials.md"), table + "\n")
     return table
