@@ -14,7 +14,7 @@ import json
 import os
 from collections import defaultdict
 
-from common import phrasebank, texts
+from common import phrasebank, storage, texts
 from common.errors import DataError, FlagError
 
 PARTS = ("train", "validation", "test")
@@ -26,9 +26,9 @@ PHRASEBANK_ONLY = {"agreement": "all", "extra_agreement": "none", "split": "hash
 
 def is_own(source: str) -> bool:
     """A labelled file, or a folder with a train file: not the PhraseBank release."""
-    if os.path.isdir(source):
-        return any(os.path.exists(os.path.join(source, "train" + e)) for e in EXTENSIONS)
-    return source.lower().endswith(EXTENSIONS)
+    if source.lower().endswith(EXTENSIONS):
+        return True
+    return storage.isdir(source) and any(storage.exists(storage.join(source, "train" + e)) for e in EXTENSIONS)
 
 
 def labels_of(flags: dict) -> tuple:
@@ -38,14 +38,14 @@ def labels_of(flags: dict) -> tuple:
 
 def files(source: str) -> dict:
     """{part: path} of own data: one file is the training file; a folder gives each part it has."""
-    if not os.path.exists(source):
+    if not storage.exists(source):
         raise DataError(f"--data {source}: no such file or folder; pass a CSV / TSV / JSONL file, a folder with "
                         f"train / validation / test files, a FinancialPhraseBank-v1.0 folder or zip, or 'hub'")
-    if not os.path.isdir(source):
+    if not storage.isdir(source):
         return {"train": source}
     out = {}
     for part in PARTS:
-        found = [os.path.join(source, part + e) for e in EXTENSIONS if os.path.exists(os.path.join(source, part + e))]
+        found = [storage.join(source, part + e) for e in EXTENSIONS if storage.exists(storage.join(source, part + e))]
         if len(found) > 1:
             raise DataError(f"--data {source}: {' and '.join(found)} are both a {part} file; keep one")
         if found:
@@ -61,8 +61,7 @@ def digests(source: str) -> dict:
     """{path: sha256} of own data's files (config.json keeps them: a resume refuses a changed file)."""
     out = {}
     for path in files(source).values():
-        with open(path, "rb") as f:
-            out[os.path.abspath(path)] = hashlib.sha256(f.read()).hexdigest()
+        out[storage.absolute(path)] = hashlib.sha256(storage.read_bytes(path)).hexdigest()
     return out
 
 
@@ -149,7 +148,7 @@ def own_splits(flags: dict, split_path: str = None) -> dict:
         drawn = drawn or draw(rows, lines, int(flags.get("split_seed", 42)), paths["train"], labels)
         if split_path and not os.path.exists(split_path):
             from common import runs
-            runs.write_json(split_path, {"file": os.path.abspath(paths["train"]), "split_seed": flags.get("split_seed"),
+            runs.write_json(split_path, {"file": storage.absolute(paths["train"]), "split_seed": flags.get("split_seed"),
                                          "lines": drawn})
         at = dict(zip(lines, rows))
         return {part: [at[line] for line in drawn[part]] for part in PARTS}

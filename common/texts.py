@@ -113,9 +113,9 @@ def read_texts(path: str, fmt: str = None, text_column: str = None, id_column: s
 def _read_bytes(path: str, stdin=None) -> bytes:
     if path == "-":
         return (stdin or sys.stdin.buffer).read()
+    from common import storage
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return storage.read_bytes(path)
     except OSError as e:
         raise DataError(f"--input {path}: cannot read it ({e.strerror}); pass a CSV, TSV, JSONL or text file, "
                         f"or - for stdin") from None

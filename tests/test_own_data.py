@@ -270,3 +270,39 @@ def test_every_train_script_the_other_tuner_and_the_learning_curve_run_on_own_da
                "--precision", "fp32", "--run-dir", tmp_path / "stage2")
     m = json.loads((tmp_path / "stage2" / "metrics.json").read_text())
     assert list(m["test"]["per_class"]) == ["down", "up"]
+
+
+def test_launchers_put_a_local_data_file_in_the_bucket_beside_the_run(desk_csv, data_dir, tmp_path):
+    import subprocess
+    from tests.test_launch import _launch
+    bare = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "--quiet", "--bare", str(bare)], check=True)
+    from common import REPO_ROOT
+    subprocess.run(["git", "-C", REPO_ROOT, "push", "--quiet", str(bare), "HEAD:refs/heads/main"], check=True)
+    args = ["--dry-run", "--repo", str(bare), "--bucket", "gs://b", "--name", "job1", "train/full_finetune.py"]
+    vm = _launch("gcp_vm.sh", *args, "--data", desk_csv, "--epochs", "1")
+    assert vm.returncode == 0, vm.stderr
+    first, second = vm.stdout.splitlines()[:2]
+    assert first == f"gcloud storage cp --recursive {desk_csv} gs://b/runs/job1/data/ "
+    assert r"finsent-command=train/full_finetune.py\ --data\ gs://b/runs/job1/data/desk.csv\ --epochs\ 1" in second
+    job = _launch("vertex_job.sh", *args, f"--data={desk_csv}")
+    assert job.returncode == 0 and "--data /gcs/b/runs/job1/data/desk.csv" in job.stdout, job.stderr
+    url = _launch("gcp_vm.sh", *args, "--data", "gs://mine/desk.csv")
+    assert "gcloud storage cp" not in url.stdout and r"--data\ gs://mine/desk.csv" in url.stdout
+    for bad, message in ((data_dir, "not your own labelled data"), (str(tmp_path / "nope.csv"), "no such file")):
+        p = _launch("gcp_vm.sh", *args, "--data", bad)
+        assert p.returncode == 2 and message in p.stderr and len(p.stderr.strip().splitlines()) == 1 and not p.stdout
+
+
+def test_own_data_is_read_from_a_bucket_url_through_tf_io_gfile():
+    """gs:// on a cloud VM; TensorFlow's in-memory ram:// file system stands in for the bucket."""
+    import tensorflow as tf
+    with tf.io.gfile.GFile("ram://bucket/own/train.csv", "w") as f:
+        f.write("text,label\n" + "".join(f"good {i} .,up\nbad {i} .,down\n" for i in range(20)))
+    flags = {"data": "ram://bucket/own", "labels": "down,up"}
+    assert sources.is_own("ram://bucket/own") and sources.files("ram://bucket/own") == {
+        "train": "ram://bucket/own/train.csv"}
+    rows = sources.own_splits(flags)
+    assert [len(rows[k]) for k in sources.PARTS] == [32, 4, 4]
+    assert {y for _, y in rows["test"]} == {0, 1}
+    assert list(sources.digests("ram://bucket/own")) == ["ram://bucket/own/train.csv"]
