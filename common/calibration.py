@@ -12,7 +12,6 @@ import numpy as np
 from sklearn.metrics import brier_score_loss, log_loss
 
 from common import metrics, runs
-from common.phrasebank import LABELS
 
 CALIBRATION = "calibration.json"
 RELIABILITY = "reliability.png"
@@ -34,7 +33,7 @@ def fit_temperature(logits, labels) -> float:
 
 
 def nll(logits, labels, temperature: float = 1.0) -> float:
-    return float(log_loss(labels, probabilities(logits, temperature), labels=list(range(len(LABELS)))))
+    return float(log_loss(labels, probabilities(logits, temperature), labels=list(range(np.shape(logits)[1]))))
 
 
 def top_label(probs, labels, bins: int = ECE_BINS):
@@ -57,7 +56,7 @@ def figures(logits, labels, temperature: float = 1.0) -> dict:
     probs = probabilities(logits, temperature)
     return {"ece": expected_calibration_error(probs, labels),
             "nll": nll(logits, labels, temperature),
-            "brier": float(brier_score_loss(labels, probs, labels=list(range(len(LABELS))))),
+            "brier": float(brier_score_loss(labels, probs, labels=list(range(probs.shape[1])))),
             "accuracy": float((probs.argmax(1) == np.asarray(labels)).mean())}
 
 

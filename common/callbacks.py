@@ -57,17 +57,19 @@ class Validation(keras.callbacks.Callback):
     confusion matrix cost ~10% of a MiniLM run (docs/performance.md#the-default-recipe-choice-by-choice). Runs on every
     worker: dataset_logits is local, and the weights are the same on all of them."""
 
-    def __init__(self, dataset, labels_in_dataset_order, tb_dir: str = None):
+    def __init__(self, dataset, labels_in_dataset_order, tb_dir: str = None, names=None):
         super().__init__()
         self.dataset, self.y = dataset, np.asarray(labels_in_dataset_order)
+        self.names = names or metrics.LABELS
         self.writer = tf.summary.create_file_writer(tb_dir) if tb_dir else None
 
     def on_epoch_end(self, epoch, logs=None):
-        m = metrics.classification_metrics(self.y, models.dataset_logits(self.model, self.dataset))
+        m = metrics.classification_metrics(self.y, models.dataset_logits(self.model, self.dataset), self.names)
         if logs is not None:
             logs.update(val_loss=m["loss"], val_accuracy=m["accuracy"], val_macro_f1=m["macro_f1"])
         if self.writer is not None:
-            png = metrics.figure_png(metrics.confusion_figure(m["confusion_matrix"], f"validation, epoch {epoch + 1}"))
+            png = metrics.figure_png(metrics.confusion_figure(m["confusion_matrix"], f"validation, epoch {epoch + 1}",
+                                                              self.names))
             metrics.log_png(self.writer, "validation/confusion_matrix", png, epoch)
 
 

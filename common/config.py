@@ -23,7 +23,17 @@ class Config:
                      choices=["project", "notebook", "hf"])
     # data
     data: str = _f("hub", "Financial PhraseBank: a release folder, the release zip, or 'hub' (download "
-                   "takala/financial_phrasebank from the Hugging Face Hub, cached)")
+                   "takala/financial_phrasebank from the Hugging Face Hub, cached); or your own labelled data: a "
+                   "CSV / TSV / JSONL file, or a folder with train / validation / test files (docs/own-data.md)")
+    text_column: str = _f("", "own data: the column / field with the text (default: text, sentence or headline, "
+                          "or the only column)")
+    label_column: str = _f("label", "own data: the column / field with each row's label")
+    labels: str = _f("negative,neutral,positive", "the class names, comma-separated, in id order (the PhraseBank's "
+                     "by default); own data may name any two or more")
+    label_map: str = _f("", "own data: RAW=NAME,... maps the file's label values onto --labels (default: the values "
+                        "are those names)")
+    split_seed: int = _f(42, "own data given as one file: seed of its stratified 80/10/10 split into train, "
+                         "validation and test (not --seed: the test set stays put across seeds)")
     agreement: str = _f("all", "annotator agreement level to train on", choices=list(LEVEL_CHOICES))
     split: str = _f("hash", "'hash': leak-free, nested across levels; 'notebook': the notebook's own split "
                     "(datasets' train_test_split 0.2 then 0.5, seed 42; duplicates kept); 'seed': the same sizes by "

@@ -1,20 +1,18 @@
-"""The tf.data side of a run's data: tokenising (cached across runs), length-bucketed
+"""The tf.data side of a run's data: tokenising (cached across runs: common/token_cache.py), length-bucketed
 training batches, length-ordered evaluation and inference batches, and `load_data`, which
 decides a run's splits, subsets and loss weights once for every user. The PhraseBank
 itself (labels, parsing, splits) is common/phrasebank.py.
 """
-import hashlib
-import json
-import os
 from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 
-from common import phrasebank
+from common import phrasebank, sources
+from common.token_cache import cache_dir_for, encode, encoded_splits  # noqa: F401  (a run's data, in one import)
 from common.errors import DataError, FlagError
-from common.phrasebank import LABELS, LEVELS
+from common.phrasebank import LEVELS
 
 # Padded widths a batch may have. Steps of 4 where sentences are (mean 30, p95 58 tokens):
 # more real tokens per batch than steps of 8 (docs/performance.md#the-default-recipe-choice-by-choice);
@@ -23,60 +21,6 @@ WIDTHS = tuple(range(8, 65, 4)) + (72, 80, 96, 112, 128, 160, 192, 256, 320, 384
 
 
 # ----------------------------------------------------------------------------- tf.data
-
-def encode(tokenizer, sentences, max_length: int):
-    """Token ids per sentence, unpadded (tokenised once, by the fast tokenizer)."""
-    return tokenizer(list(sentences), truncation=True, max_length=max_length)["input_ids"]
-
-
-CACHE_VERSION = 1
-
-
-def cache_dir_for(run_dir: str) -> str:
-    """The token cache sits beside the run folder (runs/<run> -> runs/.cache/encoded), so a
-    --run-dir elsewhere writes nothing into the working directory."""
-    return os.path.join(os.path.dirname(os.path.abspath(run_dir)), ".cache", "encoded")
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    """What decides the ids: the fast tokenizer's whole definition (vocab, normaliser...)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:  # without the truncation/padding state that each call sets
-        spec = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
-    else:
-        spec = tokenizer.get_vocab()
-    text = json.dumps(spec, sort_keys=True)
-    return hashlib.sha256(f"{type(tokenizer).__name__}\n{text}".encode("utf-8")).hexdigest()
-
-
-def encoded_splits(source: str, agreement: str, split: str, tokenizer, max_length: int, cache_dir: str = None):
-    """(rows, ids): {split: [(sentence, label)]} and {split: [token ids]}, cached across runs.
-
-    Reading, de-duplicating, splitting and tokenising cost about a second per run
-    (docs/performance.md#the-default-recipe-choice-by-choice); a cache hit costs a hash of the release bytes
-    and one JSON read. The key covers every release file (the split depends on all levels),
-    the level, the split rule, the tokenizer's definition and max_length. cache_dir=None: no cache."""
-    key = None
-    if cache_dir:
-        h = hashlib.sha256(f"v{CACHE_VERSION} {agreement} {split} {max_length} "
-                           f"{tokenizer_fingerprint(tokenizer)}".encode())
-        for level, (_, raw) in sorted(phrasebank.release_files(source).items()):
-            h.update(level.encode() + hashlib.sha256(raw).digest())
-        key = os.path.join(cache_dir, h.hexdigest()[:32] + ".json")
-        try:
-            with open(key, encoding="utf-8") as f:
-                cached = json.load(f)
-            rows = {k: [tuple(r) for r in v] for k, v in cached["rows"].items()}
-            return rows, cached["ids"]
-        except (OSError, ValueError, KeyError):
-            pass  # a miss (or an unreadable entry): rebuild and rewrite it
-    rows = phrasebank.load_splits(source, agreement, split)
-    ids = {k: encode(tokenizer, [s for s, _ in v], max_length) for k, v in rows.items()}
-    if key:
-        from common import runs
-        runs.write_json(key, {"rows": rows, "ids": ids})
-    return rows, ids
-
 
 def widths_for(max_length: int):
     return tuple(w for w in WIDTHS if w < max_length) + (max_length,)
@@ -228,6 +172,7 @@ class Splits:
     test_order: np.ndarray
     rows: dict                 # split -> [(sentence, label)]
     train_stats: dict          # steps, examples, real tokens, real-token share, pipeline rate
+    labels: tuple = phrasebank.LABELS  # the class names in id order (--labels)
     class_weights: dict = None  # what the training loss is weighted by, per class (--class-weight)
     weights_in_dataset: bool = False  # the training batches carry them as per-example weights
 
@@ -282,13 +227,14 @@ def looser_training_sentences(cfg, tokenizer, strict_train, cache_dir: str = Non
     if LEVELS.index(cfg.extra_agreement) <= LEVELS.index(cfg.agreement):
         raise FlagError(f"--extra-agreement {cfg.extra_agreement}: must be a looser level than --agreement "
                         f"{cfg.agreement} (one of {', '.join(LEVELS[LEVELS.index(cfg.agreement) + 1:]) or 'none'})")
-    rows, ids = encoded_splits(cfg.data, cfg.extra_agreement, "hash", tokenizer, cfg.max_length, cache_dir)
+    rows, ids = encoded_splits(cfg.data, cfg.extra_agreement, "hash", tokenizer, cfg.max_length,
+                                           cache_dir)
     have = {phrasebank.normalise(s) for s, _ in strict_train}
     keep = [i for i, (s, _) in enumerate(rows["train"]) if phrasebank.normalise(s) not in have]
     return [rows["train"][i] for i in keep], [ids["train"][i] for i in keep]
 
 
-def class_weights(labels, kind: str = "balanced") -> dict | None:
+def class_weights(labels, kind: str = "balanced", n_classes: int = len(phrasebank.LABELS)) -> dict | None:
     """Per-class loss weights for --class-weight: None for 'none'; 'balanced' = scikit-learn's
     n_samples / (n_classes * count(class)); 'sqrt' = their square roots, scaled so the mean
     weight per training example stays 1 (the learning rate means the same). scikit-learn
@@ -296,11 +242,11 @@ def class_weights(labels, kind: str = "balanced") -> dict | None:
     if kind == "none":
         return None
     from sklearn.utils.class_weight import compute_class_weight
-    classes, y = np.arange(len(LABELS)), np.asarray(labels)
+    classes, y = np.arange(n_classes), np.asarray(labels)
     w = compute_class_weight("balanced", classes=classes, y=y)
     if kind == "sqrt":
         w = np.sqrt(w)
-        w = w / (np.bincount(y, minlength=len(LABELS)) * w).sum() * len(y)
+        w = w / (np.bincount(y, minlength=n_classes) * w).sum() * len(y)
     return dict(zip(classes.tolist(), w.tolist()))
 
 
@@ -312,12 +258,13 @@ def training_rows(cfg, tokenizer, rows, ids, cache_dir: str = None):
     rows, ids = subset(rows, ids, cfg.train_examples, cfg.seed)
     rows, ids = rows + extra_rows, ids + extra_ids
     counts = Counter(y for _, y in rows)
-    missing = [LABELS[c] for c in range(len(LABELS)) if not counts[c]]
+    labels = sources.labels_of(cfg.to_dict())
+    missing = [labels[c] for c in range(len(labels)) if not counts[c]]
     if missing:
-        raise DataError(f"--data {cfg.data} --agreement {cfg.agreement}: the training split has no "
-                        f"{' or '.join(missing)} sentences ({len(rows)} in all); the classifier and its class "
-                        f"weights need all of {', '.join(LABELS)}: check the file's labels")
-    cw = class_weights([y for _, y in rows], cfg.class_weight)
+        raise DataError(f"--data {cfg.data}{'' if sources.is_own(cfg.data) else ' --agreement ' + cfg.agreement}: "
+                        f"the training split has no {' or '.join(missing)} sentences ({len(rows)} in all); the "
+                        f"classifier and its class weights need all of {', '.join(labels)}: check the file's labels")
+    cw = class_weights([y for _, y in rows], cfg.class_weight, len(labels))
     weights = None
     if extra_rows:  # --extra-agreement: the looser level's added sentences, at --extra-weight; the class
         # weights folded in here: Keras 2.15's class_weight fails on datasets that carry sample weights
@@ -327,14 +274,24 @@ def training_rows(cfg, tokenizer, rows, ids, cache_dir: str = None):
     return rows, ids, weights, cw, len(extra_rows)
 
 
-def load_data(cfg, tokenizer, replicas: int, cache_dir: str = None) -> Splits:
+def run_encoded(cfg, tokenizer, cache_dir: str = None, split_path: str = None):
+    """(rows, ids) of the run's data: the PhraseBank through the token cache, own data read
+    and tokenised afresh (a user's file is small; its split is the run folder's, split_path)."""
+    if not sources.is_own(cfg.data):
+        return encoded_splits(cfg.data, cfg.agreement, cfg.split, tokenizer, cfg.max_length, cache_dir)
+    rows = sources.own_splits(cfg.to_dict(), split_path)
+    return rows, {k: encode(tokenizer, [s for s, _ in v], cfg.max_length) for k, v in rows.items()}
+
+
+def load_data(cfg, tokenizer, replicas: int, cache_dir: str = None, split_path: str = None) -> Splits:
     """The run's splits as tf.data pipelines: bucketed (or fixed-width) training batches of
     the global --batch-size, length-sorted evaluation batches, and the pipeline's figures.
-    cache_dir: the token cache (cache_dir_for(run folder)); None: no cache."""
+    cache_dir: the token cache (cache_dir_for(run folder)); None: no cache. split_path: where
+    own data's drawn split is kept (sources.SPLIT_FILE in the run folder)."""
     if cfg.batch_size < 1 or cfg.batch_size % replicas:
         raise FlagError(f"--batch-size {cfg.batch_size}: must be a positive multiple of the {replicas} replicas "
                         f"(it is the global batch; each replica gets batch-size / {replicas})")
-    rows, ids = encoded_splits(cfg.data, cfg.agreement, cfg.split, tokenizer, cfg.max_length, cache_dir)
+    rows, ids = run_encoded(cfg, tokenizer, cache_dir, split_path)
     rows, ids = dict(rows), dict(ids)
     rows["train"], ids["train"], weights, cw, extra = training_rows(cfg, tokenizer, rows["train"], ids["train"],
                                                                     cache_dir)
@@ -358,6 +315,7 @@ def load_data(cfg, tokenizer, replicas: int, cache_dir: str = None) -> Splits:
     # depend on the shuffle), and Keras needs it to resume mid-epoch from BackupAndRestore.
     train = train.apply(tf.data.experimental.assert_cardinality(stats["steps"]))
     stats["extra_examples"] = extra
-    return Splits(train, val, test, val_order, test_order, rows, stats, cw, weights is not None)
+    return Splits(train, val, test, val_order, test_order, rows, stats, sources.labels_of(cfg.to_dict()), cw,
+                  weights is not None)
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from common import calibration, data, models, phrasebank, runs
+from common import calibration, data, models, phrasebank, runs, sources
 
 FIGURES_PRECISION = "fp32"
 
@@ -37,7 +37,13 @@ class FinishedRun:
     def open(cls, run_dir: str, flag: str = "run folder") -> "FinishedRun":
         """A clear error if run_dir is not a finished run (see runs.load_run)."""
         config = runs.load_run(run_dir, flag)
-        return cls(run_dir, config, runs.run_flags(config), phrasebank.LABELS, calibration.temperature_of(run_dir))
+        flags = runs.run_flags(config)
+        return cls(run_dir, config, flags, sources.labels_of(flags), calibration.temperature_of(run_dir))
+
+    @property
+    def own_data(self) -> bool:
+        """Trained on the user's own labelled files (not the PhraseBank)."""
+        return sources.is_own(self.flags["data"])
 
     @property
     def model_dir(self) -> str:
@@ -68,14 +74,16 @@ class FinishedRun:
         policy = keras.mixed_precision.global_policy()
         try:
             self.precision = distribute.set_precision(precision)
-            self._model = models.build_classifier(self.model_dir)
+            self._model = models.build_classifier(self.model_dir, labels=self.labels)
         finally:
             keras.mixed_precision.set_global_policy(policy)
         return self._model
 
     def split_rows(self, agreement: str = None, source: str = None) -> dict:
-        """{split: [(sentence, label)]} of a PhraseBank level under this run's split rule
-        (default: its own level and data)."""
+        """{split: [(sentence, label)]}: the run's own data and split (own data: the split
+        recorded in the run folder), or another PhraseBank level or source under its split rule."""
+        if agreement is None and source is None:
+            return sources.splits(self.flags, os.path.join(self.run_dir, sources.SPLIT_FILE))
         return phrasebank.load_splits(source or self.flags["data"], agreement or self.flags["agreement"],
                                       self.flags["split"])
 

@@ -49,12 +49,13 @@ def softmax(logits):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def classification_metrics(y_true, logits) -> dict:
-    """accuracy, macro-F1, per-class precision/recall/F1/support, mean CE loss, confusion matrix."""
+def classification_metrics(y_true, logits, names=LABELS) -> dict:
+    """accuracy, macro-F1, per-class precision/recall/F1/support, mean CE loss, confusion
+    matrix; names: the class names in id order (per_class's keys)."""
     y_true = np.asarray(y_true)
     probs = softmax(logits)
     y_pred = probs.argmax(axis=1)
-    labels = list(range(len(LABELS)))
+    labels = list(range(len(names)))
     p, r, f, n = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     loss = float(-np.log(np.clip(probs[np.arange(len(y_true)), y_true], 1e-12, None)).mean())
     return {
@@ -62,7 +63,7 @@ def classification_metrics(y_true, logits) -> dict:
         "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
         "loss": loss,
         "n": int(len(y_true)),
-        "per_class": {LABELS[i]: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+        "per_class": {names[i]: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
                                   "support": int(n[i])} for i in labels},
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
@@ -89,9 +90,10 @@ def _annotated_grid(ax, grid, rows, cols, xlabel, ylabel, title, fmt, cmap, vmin
                     color="white" if cmap != "Blues" or grid[i, j] > mid else "black")
 
 
-def confusion_figure(cm, title: str = ""):
-    fig, ax = _pyplot().subplots(figsize=(4.2, 3.8), dpi=100)
-    _annotated_grid(ax, np.asarray(cm), LABELS, LABELS, "predicted", "true", title, lambda v: str(int(v)), "Blues")
+def confusion_figure(cm, title: str = "", names=LABELS):
+    size = 3.2 + 0.35 * len(names)
+    fig, ax = _pyplot().subplots(figsize=(size, size * 0.9), dpi=100)
+    _annotated_grid(ax, np.asarray(cm), names, names, "predicted", "true", title, lambda v: str(int(v)), "Blues")
     fig.tight_layout()
     return fig
 
@@ -110,7 +112,7 @@ def log_png(writer, tag: str, png: bytes, step: int) -> None:
     writer.flush()
 
 
-def error_analysis(sentences, y_true, probs, lengths, strictest_level, top: int = 10) -> str:
+def error_analysis(sentences, y_true, probs, lengths, strictest_level, top: int = 10, names=LABELS) -> str:
     """Markdown: the most confident mistakes, mistakes by sentence length and by the
     strictest agreement level that holds the sentence, and the confusion pairs that dominate."""
     y_true, probs = np.asarray(y_true), np.asarray(probs)
@@ -124,7 +126,7 @@ def error_analysis(sentences, y_true, probs, lengths, strictest_level, top: int 
     for t, p in zip(y_true[wrong], pred[wrong]):
         pairs[(t, p)] = pairs.get((t, p), 0) + 1
     for (t, p), n in sorted(pairs.items(), key=lambda kv: -kv[1]):
-        out.append(f"| {LABELS[t]} | {LABELS[p]} | {n} | {n / max(wrong.sum(), 1):.2f} |")
+        out.append(f"| {names[t]} | {names[p]} | {n} | {n / max(wrong.sum(), 1):.2f} |")
 
     def table(title, keys, order):
         rows = [f"\n## Mistakes by {title}\n\n| {title} | sentences | mistakes | error rate |\n|---|---|---|---|"]
@@ -146,7 +148,7 @@ def error_analysis(sentences, y_true, probs, lengths, strictest_level, top: int 
     idx = np.where(wrong)[0]
     for i in idx[np.argsort(-probs[idx].max(1))][:top]:
         s = sentences[i].replace("|", "\\|")
-        out.append(f"| {probs[i].max():.3f} | {LABELS[y_true[i]]} | {LABELS[pred[i]]} | {s} |")
+        out.append(f"| {probs[i].max():.3f} | {names[y_true[i]]} | {names[pred[i]]} | {s} |")
     return "\n".join(out) + "\n"
 
 

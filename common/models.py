@@ -50,14 +50,14 @@ def _pt_safetensors(name: str):
         return None
 
 
-def _load(auto_cls, name: str, config):
+def _load(auto_cls, name: str, config, new_head: bool = False):
     """auto_cls.from_pretrained, falling back to PyTorch safetensors loaded through
     safetensors.numpy without torch (transformers 4.57 cannot: its issue 40028)."""
     has_tf = os.path.exists(os.path.join(name, WEIGHTS_TF)) if os.path.isdir(name) else None
     first_error = FileNotFoundError(f"{name}/{WEIGHTS_TF}")
     if has_tf is not False:
         try:
-            return auto_cls.from_pretrained(name, config=config, **_hub(name))
+            return auto_cls.from_pretrained(name, config=config, ignore_mismatched_sizes=new_head, **_hub(name))
         except Exception as e:  # Hub repo without TF weights (or with only safetensors: issue 40028)
             if has_tf:  # a local TF checkpoint that fails to load is a real error
                 raise
@@ -80,18 +80,32 @@ def _config(name: str, **kwargs):
         raise _not_found(name, e) from e
 
 
-def build_classifier(name: str, dropout: float = -1.0):
-    """A TF sequence classifier for LABELS from `name` (Hub id, folder, or the model/ folder
-    of a run, custom head included). Call inside strategy.scope()."""
+def build_classifier(name: str, dropout: float = -1.0, labels=LABELS):
+    """A TF sequence classifier for `labels` (class names in id order) from `name` (Hub id,
+    folder, or the model/ folder of a run, custom head included). A run's head trained for
+    other classes is replaced by a new one (transformers' ignore_mismatched_sizes where the
+    count differs, re-initialised where only the names do). Call inside strategy.scope()."""
+    labels = tuple(labels)
     if os.path.exists(os.path.join(name, HEAD_CONFIG)):
-        return CustomHeadClassifier.from_pretrained(name)
-    config = _config(name, num_labels=len(LABELS), id2label=dict(enumerate(LABELS)),
-                     label2id={l: i for i, l in enumerate(LABELS)})
+        return CustomHeadClassifier.from_pretrained(name, labels)
+    had = _config(name)
+    trained_for = [had.id2label[i] for i in range(had.num_labels)]
+    if all(n.startswith("LABEL_") for n in trained_for):
+        trained_for = None  # an encoder's config, not a classifier trained for named classes
+    config = _config(name, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                     label2id={l: i for i, l in enumerate(labels)})
     if dropout >= 0:
         for attr in ("seq_classif_dropout", "classifier_dropout"):  # DistilBERT, BERT-likes
             if hasattr(config, attr):
                 setattr(config, attr, dropout)
-    model = _load(TFAutoModelForSequenceClassification, name, config)
+    model = _load(TFAutoModelForSequenceClassification, name, config,
+                  new_head=had.num_labels != len(labels))  # (its config and weights are one checkpoint: only a head
+    # for another number of classes can mismatch)
+    if trained_for and trained_for != list(labels) and len(trained_for) == len(labels):  # other classes
+        for layer in head_layers(model):
+            for w in layer.weights:
+                init = layer.bias_initializer if w is getattr(layer, "bias", None) else layer.kernel_initializer
+                w.assign(init(w.shape, w.dtype))
     float32_logits(model)
     return model
 
@@ -129,7 +143,7 @@ def restore_class_prior(model, class_weights: dict) -> None:
     learning the rare classes. Folded into the bias, so every later path (metrics,
     calibration, model/, serving/) sees the same model. Neither Keras nor transformers has it."""
     bias = logits_layer(model).bias
-    bias.assign(bias - tf.constant(np.log([class_weights[c] for c in range(len(LABELS))]), bias.dtype))
+    bias.assign(bias - tf.constant(np.log([class_weights[c] for c in range(len(class_weights))]), bias.dtype))
 
 
 def float32_copy(model):
@@ -198,8 +212,10 @@ class CustomHeadClassifier(keras.Model):
     """Encoder -> pooling (cls | mean over real tokens) -> Dense hidden layers with dropout
     -> logits. Logits are float32 under mixed precision (softmax/loss stay accurate)."""
 
-    def __init__(self, backbone, pooling="cls", hidden=(256,), dropout=0.1, activation="gelu", **kw):
+    def __init__(self, backbone, pooling="cls", hidden=(256,), dropout=0.1, activation="gelu", labels=LABELS,
+                 **kw):
         super().__init__(**kw)
+        self.labels = tuple(labels)
         if pooling not in ("cls", "mean"):
             raise ValueError(f"--pooling {pooling}: expected cls or mean")
         self.backbone = backbone  # a TFAutoModel (base model, no head)
@@ -208,7 +224,7 @@ class CustomHeadClassifier(keras.Model):
         self.hidden_layers = [keras.layers.Dense(n, activation=activation, name=f"head_dense_{i}")
                               for i, n in enumerate(hidden)]
         self.dropouts = [keras.layers.Dropout(dropout, name=f"head_dropout_{i}") for i in range(len(hidden) + 1)]
-        self.out = keras.layers.Dense(len(LABELS), dtype="float32", name="head_logits")
+        self.out = keras.layers.Dense(len(self.labels), dtype="float32", name="head_logits")
 
     def call(self, inputs, training=False):
         mask = inputs["attention_mask"]
@@ -232,23 +248,27 @@ class CustomHeadClassifier(keras.Model):
         self.backbone.save_pretrained(path)
         self.save_weights(os.path.join(path, HEAD_WEIGHTS))  # encoder + head, h5
         with open(os.path.join(path, HEAD_CONFIG), "w") as f:
-            json.dump({**self.head_config, "labels": list(LABELS)}, f, indent=2)
+            json.dump({**self.head_config, "labels": list(self.labels)}, f, indent=2)
 
     @classmethod
-    def create(cls, name: str, pooling="cls", hidden=(256,), dropout=0.1, activation="gelu"):
+    def create(cls, name: str, pooling="cls", hidden=(256,), dropout=0.1, activation="gelu", labels=LABELS):
         """A new head on the encoder `name` (Hub id or folder). Call inside strategy.scope()."""
         backbone = _load(TFAutoModel, name, _config(name))
-        model = cls(backbone, pooling, hidden, dropout, activation)
+        model = cls(backbone, pooling, hidden, dropout, activation, labels)
         model(model.dummy_inputs)
         return model
 
     @classmethod
-    def from_pretrained(cls, path: str):
+    def from_pretrained(cls, path: str, labels=None):
+        """A saved custom-head classifier; for other `labels` than it was trained for, its
+        encoder with a new head."""
         with open(os.path.join(path, HEAD_CONFIG)) as f:
             head = json.load(f)
-        head.pop("labels", None)
-        model = cls.create(path, **head)
-        model.load_weights(os.path.join(path, HEAD_WEIGHTS))
+        saved = tuple(head.pop("labels", LABELS))
+        labels = saved if labels is None else tuple(labels)
+        model = cls.create(path, labels=labels, **head)  # the encoder: the run's own (saved beside the head)
+        if labels == saved:
+            model.load_weights(os.path.join(path, HEAD_WEIGHTS))
         return model
 
 

@@ -14,7 +14,7 @@ def evaluate_splits(model, splits) -> dict:
     out = {}
     for name, ds, order in (("validation", splits.val, splits.val_order), ("test", splits.test, splits.test_order)):
         logits = models.predict_logits(model, ds, order)
-        out[name] = metrics.classification_metrics([l for _, l in splits.rows[name]], logits)
+        out[name] = metrics.classification_metrics([l for _, l in splits.rows[name]], logits, splits.labels)
         out[name]["logits"] = logits
     return out
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from common import runs
 from common.errors import RunDirError
-from common.phrasebank import LABELS, level_name
+from common.phrasebank import level_name
 
 IGNORED = {"seed", "run_dir", "init_from", "data", "deterministic", "log_every_steps", "backup_every_steps"}
 
@@ -58,9 +58,10 @@ def table(groups: dict, part: str = "test") -> str:
     """Markdown: one row per configuration; mean ± sample std over its runs, the worst seed,
     and the median run's wall time (start to metrics.json; the median, as one run slowed by
     other work on the machine would otherwise decide it)."""
+    names = list(dict.fromkeys(c for rs in groups.values() for r in rs for c in r["metrics"][part]["per_class"]))
     lines = [f"| configuration | n | {part} accuracy | worst | {part} macro-F1 | worst | "
-             + " | ".join(f"F1 {l}" for l in LABELS) + " | wall s/run (median) |",
-             "|---|---|---|---|---|---|" + "---|" * len(LABELS) + "---|"]
+             + " | ".join(f"F1 {l}" for l in names) + " | wall s/run (median) |",
+             "|---|---|---|---|---|---|" + "---|" * len(names) + "---|"]
     for (script, flags), rs in groups.items():
         name = script + "".join(f" {k}={level_name(v) if k in ('agreement', 'extra_agreement') and v != 'none' else v}"
                                 for k, v in flags)
@@ -68,7 +69,8 @@ def table(groups: dict, part: str = "test") -> str:
         wall = float(np.median([r["metrics"].get("wall_seconds", float("nan")) for r in rs]))
         lines.append(f"| {name} | {len(rs)} | {mean_std([m['accuracy'] for m in ms])} | {worst(rs, part, 'accuracy')} | "
                      f"{mean_std([m['macro_f1'] for m in ms])} | {worst(rs, part, 'macro_f1')} | "
-                     + " | ".join(mean_std([m["per_class"][l]["f1"] for m in ms]) for l in LABELS)
+                     + " | ".join(mean_std([m["per_class"][l]["f1"] for m in ms if l in m["per_class"]]) if
+                                  any(l in m["per_class"] for m in ms) else "-" for l in names)
                      + f" | {wall:.0f} |")
     return "\n".join(lines) + "\n"
 
@@ -78,7 +80,10 @@ def shared_errors(runs_: list, min_share: float = 0.5) -> str:
     first, from each run's eval/<level>-test/errors.csv (written by eval/evaluate.py)."""
     counts, true, predicted = Counter(), {}, {}
     for r in runs_:
-        path = os.path.join(r["dir"], "eval", f"{level_name(r['flags']['agreement'])}-test", runs.ERRORS)
+        from common import sources
+        own = sources.is_own(r["flags"].get("data", "hub"))
+        path = os.path.join(r["dir"], "eval", "own-test" if own else f"{level_name(r['flags']['agreement'])}-test",
+                            runs.ERRORS)
         if not os.path.exists(path):
             raise RunDirError(f"{r['dir']}: no {os.path.relpath(path, r['dir'])}; run python eval/evaluate.py {r['dir']} "
                               f"first")

@@ -42,15 +42,17 @@ def format_of(path: str, fmt: str = None) -> str:
     return EXTENSIONS.get(os.path.splitext(path)[1].lower(), "text")
 
 
-def parse_label_map(text: str) -> dict:
-    """'bearish=negative,bullish=positive,neutral=neutral' -> {'bearish': 0, ...}."""
+def parse_label_map(text: str, labels=LABELS) -> dict:
+    """'bearish=negative,bullish=positive,neutral=neutral' -> {'bearish': 0, ...}: the ids of
+    `labels` (the class names in id order)."""
     out = {}
+    names = [l.lower() for l in labels]
     for part in filter(None, (p.strip() for p in (text or "").split(","))):
         theirs, _, ours = part.partition("=")
-        if not _ or ours.strip().lower() not in LABELS:
+        if not _ or ours.strip().lower() not in names:
             raise FlagError(f"--label-map {text!r}: '{part}' is not THEIRS=OURS with OURS one of "
-                            f"{', '.join(LABELS)}")
-        out[theirs.strip()] = LABELS.index(ours.strip().lower())
+                            f"{', '.join(labels)}")
+        out[theirs.strip()] = names.index(ours.strip().lower())
     return out
 
 
@@ -83,8 +85,9 @@ def _pick(columns, wanted, flag, name, defaults=(), line=None):
 
 def read_texts(path: str, fmt: str = None, text_column: str = None, id_column: str = None,
                label_column: str = None, label_map: dict = None, skip_empty: bool = False,
-               stdin=None) -> Texts:
-    """Read texts (and ids, and labels if label_column is given) from `path` ('-': stdin)."""
+               stdin=None, labels=LABELS) -> Texts:
+    """Read texts (and ids, and label ids if label_column is given: the index in `labels`, the
+    class names, after label_map) from `path` ('-': stdin)."""
     fmt = format_of(path, fmt)
     if fmt not in FORMATS:
         raise FlagError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
@@ -104,15 +107,15 @@ def read_texts(path: str, fmt: str = None, text_column: str = None, id_column: s
         first_line, first = next(((l, r) for l, r in records if r is not None), (None, {}))
         text_column = _pick(list(first), text_column, "--text-column", name, TEXT_COLUMNS, line=first_line)
         id_column = _pick(list(first), id_column, "--id-column", name, ("id",))
-    return _texts_of(records, name, fmt, text_column, id_column, label_column, label_map, skip_empty)
+    return _texts_of(records, name, fmt, text_column, id_column, label_column, label_map, skip_empty, labels)
 
 
 def _read_bytes(path: str, stdin=None) -> bytes:
     if path == "-":
         return (stdin or sys.stdin.buffer).read()
+    from common import storage
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return storage.read_bytes(path)
     except OSError as e:
         raise DataError(f"--input {path}: cannot read it ({e.strerror}); pass a CSV, TSV, JSONL or text file, "
                         f"or - for stdin") from None
@@ -162,7 +165,7 @@ def _jsonl_records(text: str, name: str):
     return records
 
 
-def _texts_of(records, name, fmt, text_column, id_column, label_column, label_map, skip_empty) -> Texts:
+def _texts_of(records, name, fmt, text_column, id_column, label_column, label_map, skip_empty, labels) -> Texts:
     """The records' texts, ids and labels, each checked (the line named in every error)."""
     out = Texts([], [], [] if id_column else None, id_column, [] if label_column else None, fmt=fmt)
     for line, rec in records:
@@ -178,27 +181,31 @@ def _texts_of(records, name, fmt, text_column, id_column, label_column, label_ma
             if skip_empty:
                 out.skipped_empty += 1
                 continue
-            raise DataError(f"{name} line {line}: empty text; remove the line or pass --skip-empty")
+            raise DataError(f"{name} line {line}: empty text; remove the line"
+                            + ("" if label_column else " or pass --skip-empty"))
         out.texts.append(value)
         out.lines.append(line)
         if id_column:
             out.ids.append(rec.get(id_column))
         if label_column:
-            out.labels.append(_label(rec.get(label_column), label_map, name, line, label_column))
+            out.labels.append(_label(rec.get(label_column), label_map, name, line, label_column, labels))
     if not out.texts:
         raise DataError(f"{name}: no texts in it" + (f" ({out.skipped_empty} empty skipped)" if out.skipped_empty
                                                      else ""))
     return out
 
 
-def _label(value, label_map, name, line, column) -> int:
-    key = str(value).strip()
+def _label(value, label_map, name, line, column, labels=LABELS) -> int:
+    key = "" if value is None else str(value).strip()
+    if not key:
+        raise DataError(f"{name} line {line}: empty {column}; give every row a label, or remove the row")
     if label_map:
         if key in label_map:
             return label_map[key]
         raise DataError(f"{name} line {line}: {column} '{key}' is not in --label-map ({', '.join(label_map)}); "
-                        f"add {key}=negative|neutral|positive to it")
-    if key.lower() in LABELS:
-        return LABELS.index(key.lower())
-    raise DataError(f"{name} line {line}: {column} '{key}' is not one of {', '.join(LABELS)}; pass --label-map "
-                    f"{key}=negative,... to map your labels to these")
+                        f"add {key}={'|'.join(labels)} to it")
+    names = [l.lower() for l in labels]
+    if key.lower() in names:
+        return names.index(key.lower())
+    raise DataError(f"{name} line {line}: {column} '{key}' is not one of {', '.join(labels)}; pass --label-map "
+                    f"{key}={labels[0]},... to map your labels to these, or --labels to name yours")

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from common import callbacks as cb
-from common import data, metrics, optim, phrasebank, report, runs
+from common import data, metrics, optim, phrasebank, report, runs, sources
 from common.env import keras, tf
 from common.errors import FlagError, ModelError, TrainingFailed
 
@@ -23,7 +23,7 @@ from common.errors import FlagError, ModelError, TrainingFailed
 def make_loss(cfg):
     """Per-example loss on integer labels and logits, in float32 under mixed precision.
     A plain function: compile() wraps it with the reduction that is right under any strategy."""
-    n, smoothing = len(phrasebank.LABELS), cfg.label_smoothing
+    n, smoothing = len(sources.labels_of(cfg.to_dict())), cfg.label_smoothing
     if cfg.loss == "focal":
         def focal_loss(y, logits):
             y = tf.one_hot(tf.reshape(tf.cast(y, tf.int32), [-1]), n)
@@ -53,7 +53,8 @@ def compile_classifier(model, cfg, optimizer, xla: str = "off", replicas: int = 
     xla='on': the train step computes loss and gradients in an XLA-compiled function per
     replica, with aggregation and the update outside it (common/xla.py), on any strategy."""
     model.compile(optimizer=optimizer, loss=make_loss(cfg),
-                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"), metrics.SparseMacroF1()])
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+                           metrics.SparseMacroF1(len(sources.labels_of(cfg.to_dict())))])
     if xla == "on":
         from common import xla as xla_step
         model.train_step = xla_step.compiled_gradients_train_step(model, make_loss(cfg), cfg.batch_size // replicas)
@@ -99,7 +100,8 @@ def fit_model(model, cfg, splits, callbacks=(), epochs: int = None, initial_epoc
     st = splits.train_stats
     throughput = cb.Throughput(st["steps"], st["examples"], st["real_tokens"])
     nan_guard = cb.StopOnNaN()
-    validation = cb.Validation(splits.val, splits.val_labels, os.path.join(tb_dir, "validation") if tb_dir else None)
+    validation = cb.Validation(splits.val, splits.val_labels, os.path.join(tb_dir, "validation") if tb_dir else None,
+                               splits.labels)
     ours = [nan_guard, throughput, validation, cb.LearningRate()]  # before the caller's: they add keys others read
     if optim.uses_layer_schedule(cfg):
         ours.insert(0, optim.UnfreezeSchedule(**optim.layer_schedule(cfg)))
@@ -215,6 +217,7 @@ def check_flags(cfg) -> None:
     if cfg.decay_steps < 0 or cfg.adam_epsilon <= 0:
         raise FlagError(f"--decay-steps {cfg.decay_steps} --adam-epsilon {cfg.adam_epsilon}: need decay-steps >= 0 "
                         f"and epsilon > 0")
+    sources.check_flags(cfg.to_dict())
 
 
 def start(cfg, script: str, run_folder="train") -> Run:
@@ -235,6 +238,8 @@ def start(cfg, script: str, run_folder="train") -> Run:
     run_dir = cfg.run_dir or runs.default_run_dir(script)
     if harness.is_chief and run_folder:
         runs.prepare_run_dir(run_dir, cfg.to_dict() if run_folder == "train" else None, f"{script}.py")
+        if sources.is_own(cfg.data):  # a resume refuses a data file that changed since the run began
+            runs.check_data_files(run_dir, sources.digests(cfg.data))
     if cfg.init_from:
         init = runs.load_run(cfg.init_from, "--init-from")  # a clear error if it is not a finished run
         had = init.get("flags", {}).get("head", "library")
@@ -243,11 +248,13 @@ def start(cfg, script: str, run_folder="train") -> Run:
                              f"pass --head {had} to continue it, or train from --model instead")
     source = os.path.join(cfg.init_from, runs.MODEL) if cfg.init_from else cfg.model
     tokenizer = models.load_tokenizer(source)
-    # run_folder None ("nothing is written", a benchmark): no token cache either
-    splits = data.load_data(cfg, tokenizer, harness.replicas, data.cache_dir_for(run_dir) if run_folder else None)
+    # run_folder None ("nothing is written", a benchmark): no token cache, no drawn split kept
+    splits = data.load_data(cfg, tokenizer, harness.replicas, data.cache_dir_for(run_dir) if run_folder else None,
+                            os.path.join(run_dir, sources.SPLIT_FILE) if run_folder else None)
     st = splits.train_stats
-    print(f"data: {phrasebank.level_name(cfg.agreement)}, split={cfg.split}: "
-          + ", ".join(f"{k} {len(v)}" for k, v in splits.rows.items())
+    what = (f"{cfg.data} ({','.join(splits.labels)})" if sources.is_own(cfg.data) else
+            f"{phrasebank.level_name(cfg.agreement)}, split={cfg.split}")
+    print(f"data: {what}: " + ", ".join(f"{k} {len(v)}" for k, v in splits.rows.items())
           + (f" (train includes {st['extra_examples']} sentences {phrasebank.level_name(cfg.extra_agreement)} adds, at "
              f"weight {cfg.extra_weight:g})" if st["extra_examples"] else "")
           + f" | {st['steps']} steps/epoch, widths {st['widths']}, real-token share {st['real_token_share']:.3f}")
@@ -262,9 +269,9 @@ def build_model(run: Run):
     try:
         if cfg.head == "custom" and not cfg.init_from:
             model = models.CustomHeadClassifier.create(run.source, cfg.pooling, models.parse_hidden(cfg.head_hidden),
-                                                      cfg.head_dropout, cfg.head_activation)
+                                                      cfg.head_dropout, cfg.head_activation, run.splits.labels)
         else:
-            model = models.build_classifier(run.source, cfg.dropout)
+            model = models.build_classifier(run.source, cfg.dropout, run.splits.labels)
     except (ValueError, OSError, KeyError, tf.errors.OpError) as e:  # weights of another shape or architecture
         what = f"--init-from {cfg.init_from}" if cfg.init_from else f"--model {cfg.model}"
         raise ModelError(f"{what}: its weights do not load as a sequence classifier ({type(e).__name__}: "
@@ -281,7 +288,10 @@ def resolved_settings(run: Run) -> dict:
     harness = run.harness
     out = {"precision": harness.precision, "xla": harness.xla != "off", "xla_mode": harness.xla,
            "replicas": harness.replicas, "strategy": harness.strategy_name, "notes": harness.notes,
-           "train_size": len(run.splits.rows["train"]), "extra_examples": run.splits.train_stats["extra_examples"]}
+           "train_size": len(run.splits.rows["train"]), "extra_examples": run.splits.train_stats["extra_examples"],
+           "labels": list(run.splits.labels)}
+    if sources.is_own(run.cfg.data):
+        out["data_files"] = sources.digests(run.cfg.data)
     if run.cfg.class_weight != "none":
         out["class_weight"] = run.splits.class_weights
     from common import recipes

@@ -53,6 +53,9 @@ def main(argv=None):
     for run_dir in run_dirs:
         run = FinishedRun.open(run_dir)
         flags = run.flags
+        if run.own_data:
+            raise errors.RunDirError(f"{run_dir}: trained on your own data ({flags['data']}); the agreement matrix "
+                                     f"compares the PhraseBank's agreement levels: evaluate it with eval/evaluate.py")
         if flags["split"] != "hash":
             raise errors.RunDirError(f"{run_dir}: trained with --split {flags['split']}, whose splits are not nested "
                                      f"across levels; the matrix would test it on sentences it trained on. "

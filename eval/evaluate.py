@@ -36,7 +36,7 @@ def parse(argv=None):
     own.add_argument("--csv", help="CSV / TSV / JSONL file with a text and a label per row")
     own.add_argument("--text-column", help=f"default: {', '.join(texts.TEXT_COLUMNS)} or the only column")
     own.add_argument("--label-column", default="label", help="the column with each row's label")
-    own.add_argument("--label-map", help="YOURS=OURS,... mapping your labels to negative/neutral/positive "
+    own.add_argument("--label-map", help="YOURS=OURS,... mapping your labels to the run's class names "
                                          "(default: your labels are those names)")
     return p.parse_args(argv)
 
@@ -87,13 +87,25 @@ def evaluate_run(run, agreement=None, source=None, part="test", batch_size=64):
                         [strictest[phrasebank.normalise(s)] for s, _ in rows], extra)
 
 
+def evaluate_own(run, part="test", batch_size=64):
+    """Evaluate a FinishedRun trained on own data on its own split (the one recorded in the
+    run folder); writes <run>/eval/own-<part>/."""
+    rows = run.split_rows()[part]
+    ids, _ = run.encode([s for s, _ in rows])
+    logits = run.logits(ids, batch_size)
+    out = os.path.join(run.run_dir, "eval", f"own-{part}")
+    return write_report(run, out, f"{os.path.basename(run.flags['data'].rstrip('/'))} {part}", [s for s, _ in rows],
+                        [l for _, l in rows], logits, [len(x) for x in ids], None,
+                        {"part": part, "data": run.flags["data"]})
+
+
 def write_report(run, out, title, sentences, y, logits, lengths, strictest=None, extra=None):
     """The report files for one labelled set (see the module docstring). Returns
     (metrics, sklearn report text, folder, mistakes)."""
     from sklearn.metrics import classification_report
-    m = metrics.classification_metrics(y, logits)
-    m.update(extra or {})
     t, labels = run.temperature, run.labels
+    m = metrics.classification_metrics(y, logits, labels)
+    m.update(extra or {})
     m["calibration"] = {"temperature": t, "before": calibration.figures(logits, y),
                         "after": calibration.figures(logits, y, t)}
     report = classification_report(y, logits.argmax(1), labels=range(len(labels)), target_names=labels, digits=4,
@@ -108,7 +120,7 @@ def write_report(run, out, title, sentences, y, logits, lengths, strictest=None,
     runs.write_text(os.path.join(out, "report.txt"), report)
     writer = tf.summary.create_file_writer(os.path.join(run.run_dir, runs.TB, "eval"))
     tag = os.path.basename(out)
-    png = metrics.figure_png(metrics.confusion_figure(m["confusion_matrix"], title))
+    png = metrics.figure_png(metrics.confusion_figure(m["confusion_matrix"], title, labels))
     runs.write_bytes(os.path.join(out, "confusion_matrix.png"), png)
     metrics.log_png(writer, f"eval/{tag}/confusion_matrix", png, 0)
     png = metrics.figure_png(calibration.reliability_figure(logits, y, t, tag))
@@ -120,7 +132,7 @@ def write_report(run, out, title, sentences, y, logits, lengths, strictest=None,
     runs.write_csv(os.path.join(out, runs.ERRORS), ["sentence", "true", "predicted", "confidence", "tokens"],
                    [(sentences[i], labels[y[i]], labels[int(probs[i].argmax())],
                      f"{probs[i].max():.4f}", lengths[i]) for i in wrong])
-    analysis = metrics.error_analysis(sentences, y, probs, lengths, strictest)
+    analysis = metrics.error_analysis(sentences, y, probs, lengths, strictest, names=labels)
     runs.write_text(os.path.join(out, "error_analysis.md"), analysis)
     c = m["calibration"]
     print(f"{title}: n={m['n']} accuracy {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f} | ECE "
@@ -130,7 +142,8 @@ def write_report(run, out, title, sentences, y, logits, lengths, strictest=None,
 
 def evaluate_file(run, path, text_column=None, label_column="label", label_map=None, batch_size=64):
     """Evaluate a FinishedRun on a user's labelled CSV / TSV / JSONL; writes <run>/eval/file-<name>/."""
-    table = texts.read_texts(path, None, text_column, None, label_column, texts.parse_label_map(label_map))
+    table = texts.read_texts(path, None, text_column, None, label_column, texts.parse_label_map(label_map, run.labels),
+                             labels=run.labels)
     ids, truncated = run.encode(table.texts)
     logits = run.logits(ids, batch_size)  # in float32 (FinishedRun's precision rule)
     if truncated:
@@ -152,6 +165,12 @@ def main(argv=None):
                                    "split)")
         m, report, out, mistakes = evaluate_file(run, args.csv, args.text_column, args.label_column,
                                                  args.label_map, args.batch_size)
+    elif run.own_data:
+        if args.agreement or args.data:
+            raise errors.FlagError(f"--agreement/--data: {args.run_dir} trained on your own data "
+                                   f"({run.flags['data']}); it is evaluated on its own split (--part), or on a file "
+                                   f"with --csv")
+        m, report, out, mistakes = evaluate_own(run, args.part, args.batch_size)
     else:
         m, report, out, mistakes = evaluate_run(run, args.agreement, args.data, args.part, args.batch_size)
     print(report)

@@ -59,6 +59,10 @@ case "$ON_FAILURE" in delete|stop|keep) ;; *) echo "gcp_vm.sh: --on-failure take
 . "$HERE/repo_check.sh"
 check_repo gcp_vm.sh "$REPO" "$REF" || exit 2
 MACHINE=${MACHINE:-n1-standard-$((8 * GPUS))}
+# your own --data goes to the bucket beside the run; the VM reads it there (tf.io.gfile)
+. "$HERE/stage_data.sh"
+stage_data gcp_vm.sh "$BUCKET/runs/$NAME/data" "$BUCKET/runs/$NAME/data" "$@" || exit 2
+set -- "${STAGED_ARGS[@]}"
 # the command: the user's script and flags, with --gpus added unless given
 COMMAND="$*"
 case " $COMMAND " in *" --gpus "*) ;; *) COMMAND="$COMMAND --gpus $GPUS";; esac
@@ -74,10 +78,12 @@ CMD=(gcloud compute instances create "$NAME" --zone "$ZONE" --machine-type "$MAC
 [ "$SPOT" = 0 ] || CMD+=(--provisioning-model SPOT --instance-termination-action STOP)
 
 if [ "$DRY" = 1 ]; then
+    [ ${#UPLOAD[@]} -eq 0 ] || { printf '%q ' "${UPLOAD[@]}"; echo; }
     printf '%q ' "${CMD[@]}"; echo
     echo "# startup script: $HERE/gce_startup.sh; results: $BUCKET/runs/$NAME"
     exit 0
 fi
+[ ${#UPLOAD[@]} -eq 0 ] || "${UPLOAD[@]}"
 "${CMD[@]}"
 echo "VM $NAME created. Follow: gcloud compute ssh $NAME --zone $ZONE -- sudo journalctl -u google-startup-scripts -f"
 echo "Results: $BUCKET/runs/$NAME   TensorBoard: tensorboard --logdir $BUCKET/runs"

@@ -49,6 +49,10 @@ done
 . "$HERE/repo_check.sh"
 check_repo vertex_job.sh "$REPO" "$REF" || exit 2
 MACHINE=${MACHINE:-n1-standard-$((8 * GPUS))}
+# your own --data goes to the bucket beside the run; the job reads it through Vertex's /gcs/ mount
+. "$HERE/stage_data.sh"
+stage_data vertex_job.sh "$BUCKET/runs/$NAME/data" "/gcs/${BUCKET#gs://}/runs/$NAME/data" "$@" || exit 2
+set -- "${STAGED_ARGS[@]}"
 COMMAND="$*"
 case " $COMMAND " in *" --gpus "*) ;; *) COMMAND="$COMMAND --gpus $GPUS";; esac
 RUN_DIR="/gcs/${BUCKET#gs://}/runs/$NAME"
@@ -80,10 +84,12 @@ CMD=(gcloud ai custom-jobs create --region "$REGION" --display-name "$NAME" --co
 [ -z "$PROJECT" ] || CMD+=(--project "$PROJECT")
 
 if [ "$DRY" = 1 ]; then
+    [ ${#UPLOAD[@]} -eq 0 ] || { printf '%q ' "${UPLOAD[@]}"; echo; }
     printf '%q ' "${CMD[@]}"; echo
     echo "# job spec (--config):"; cat "$SPEC"
     rm -f "$SPEC"
     exit 0
 fi
+[ ${#UPLOAD[@]} -eq 0 ] || "${UPLOAD[@]}"
 "${CMD[@]}"
 echo "Results: $BUCKET/runs/$NAME   TensorBoard: tensorboard --logdir $BUCKET/runs"

@@ -1,0 +1,180 @@
+"""Where a run's sentences come from: the Financial PhraseBank release, or a user's own
+labelled files. One entry point, `splits(flags)`, for training, evaluation and resume;
+no TensorFlow here.
+
+Own data (`--data` a CSV / TSV / JSONL file, or a folder holding train / validation / test
+files) is read by the same reader as eval/evaluate.py --csv and predict (common/texts.py).
+Given only a training file, validation and test are drawn from it: stratified 80/10/10
+with --split-seed, identical texts (after the normalisation the PhraseBank's hash split
+uses) kept in one split. The drawn split is written into the run folder (SPLIT_FILE), and
+every later use of the run reads it from there.
+"""
+import hashlib
+import json
+import os
+from collections import defaultdict
+
+from common import phrasebank, storage, texts
+from common.errors import DataError, FlagError
+
+PARTS = ("train", "validation", "test")
+EXTENSIONS = (".csv", ".tsv", ".jsonl", ".ndjson", ".json")
+SPLIT_FILE = "data_split.json"  # in the run folder: the own-data split drawn for the run
+# Flags that only mean something for the PhraseBank release, and their defaults
+PHRASEBANK_ONLY = {"agreement": "all", "extra_agreement": "none", "split": "hash"}
+
+
+def is_own(source: str) -> bool:
+    """A labelled file, or a folder with a train file: not the PhraseBank release."""
+    if source.lower().endswith(EXTENSIONS):
+        return True
+    return storage.isdir(source) and any(storage.exists(storage.join(source, "train" + e)) for e in EXTENSIONS)
+
+
+def labels_of(flags: dict) -> tuple:
+    """The run's class names in id order (--labels); runs made before the flag: the PhraseBank's."""
+    return tuple(x.strip() for x in flags.get("labels", ",".join(phrasebank.LABELS)).split(",") if x.strip())
+
+
+def files(source: str) -> dict:
+    """{part: path} of own data: one file is the training file; a folder gives each part it has."""
+    if not storage.exists(source):
+        raise DataError(f"--data {source}: no such file or folder; pass a CSV / TSV / JSONL file, a folder with "
+                        f"train / validation / test files, a FinancialPhraseBank-v1.0 folder or zip, or 'hub'")
+    if not storage.isdir(source):
+        return {"train": source}
+    out = {}
+    for part in PARTS:
+        found = [storage.join(source, part + e) for e in EXTENSIONS if storage.exists(storage.join(source, part + e))]
+        if len(found) > 1:
+            raise DataError(f"--data {source}: {' and '.join(found)} are both a {part} file; keep one")
+        if found:
+            out[part] = found[0]
+    if "validation" in out and "test" not in out or "test" in out and "validation" not in out:
+        raise DataError(f"--data {source}: has a {'validation' if 'validation' in out else 'test'} file but no "
+                        f"{'test' if 'validation' in out else 'validation'} file; give both, or neither (then they "
+                        f"are drawn from train, 80/10/10)")
+    return out
+
+
+def digests(source: str) -> dict:
+    """{path: sha256} of own data's files (config.json keeps them: a resume refuses a changed file)."""
+    out = {}
+    for path in files(source).values():
+        out[storage.absolute(path)] = hashlib.sha256(storage.read_bytes(path)).hexdigest()
+    return out
+
+
+def check_flags(flags: dict) -> None:
+    """Own-data flags with the PhraseBank, PhraseBank flags with own data: one line each."""
+    labels = labels_of(flags)
+    if len(labels) < 2 or len(set(l.lower() for l in labels)) != len(labels):
+        raise FlagError(f"--labels {flags['labels']!r}: name two or more different classes, comma-separated")
+    if is_own(flags["data"]):
+        given = [f"--{k.replace('_', '-')} {flags[k]}" for k, default in PHRASEBANK_ONLY.items()
+                 if flags.get(k, default) != default]
+        if given:
+            raise FlagError(f"{', '.join(given)}: PhraseBank-only (its agreement levels and splits); --data "
+                            f"{flags['data']} is your own data: drop {'them' if len(given) > 1 else 'it'}")
+        return
+    if labels != phrasebank.LABELS or flags.get("label_map"):
+        raise FlagError(f"--labels / --label-map: the Financial PhraseBank's classes are "
+                        f"{','.join(phrasebank.LABELS)}; these flags are for your own data (--data FILE)")
+
+
+def read(path: str, flags: dict, labels: tuple):
+    """(rows [(text, label id)], line numbers) of one labelled file."""
+    label_map = texts.parse_label_map(flags.get("label_map", ""), labels)
+    table = texts.read_texts(path, None, flags.get("text_column") or None, None, flags.get("label_column", "label"),
+                             label_map, labels=labels)
+    return list(zip(table.texts, table.labels)), table.lines
+
+
+def one_label_per_text(path: str, rows, lines) -> None:
+    """The same text (normalised) given two labels: refused, both lines named."""
+    seen = {}
+    for (text, y), line in zip(rows, lines):
+        first = seen.setdefault(phrasebank.normalise(text), (y, line))
+        if first[0] != y:
+            raise DataError(f"{path} lines {first[1]} and {line}: the same text with two labels; keep one label "
+                            f"for it (or drop one of the lines)")
+
+
+def draw(rows, lines, seed: int, path: str, labels: tuple) -> dict:
+    """{part: [line numbers]}: stratified 80/10/10 of the distinct texts (scikit-learn's
+    train_test_split, twice), each text's every line in one part."""
+    from sklearn.model_selection import train_test_split
+    groups = defaultdict(list)  # normalised text -> its lines (one label each: checked)
+    label = {}
+    for (text, y), line in zip(rows, lines):
+        key = phrasebank.normalise(text)
+        groups[key].append(line)
+        label[key] = y
+    keys = sorted(groups)
+    counts = defaultdict(int)
+    for k in keys:
+        counts[label[k]] += 1
+    few = [f"{labels[y]} ({n})" for y, n in sorted(counts.items()) if n < 10]
+    if few:
+        raise DataError(f"{path}: too few distinct texts to split 80/10/10 by class: {', '.join(few)}; a class needs "
+                        f"at least 10, or give validation and test files (--data FOLDER with train/validation/test)")
+    try:
+        train, rest = train_test_split(keys, test_size=0.2, random_state=seed, stratify=[label[k] for k in keys])
+        validation, test = train_test_split(rest, test_size=0.5, random_state=seed, stratify=[label[k] for k in rest])
+    except ValueError as e:  # scikit-learn's own limit on a stratified split
+        raise DataError(f"{path}: cannot split it 80/10/10 by class ({e}); give validation and test files") from e
+    return {part: sorted(line for k in chosen for line in groups[k])
+            for part, chosen in (("train", train), ("validation", validation), ("test", test))}
+
+
+def own_splits(flags: dict, split_path: str = None) -> dict:
+    """{part: [(text, label id)]} of own data, each part in its file's order. split_path: the
+    run folder's SPLIT_FILE, read if it exists (the run's own draw), else written there."""
+    labels = labels_of(flags)
+    paths = files(flags["data"])
+    read_parts = {part: read(path, flags, labels) for part, path in paths.items()}
+    for part, (rows, lines) in read_parts.items():
+        one_label_per_text(paths[part], rows, lines)
+        present = {y for _, y in rows}
+        if part == "train" and len(present) < 2:
+            raise DataError(f"{paths[part]}: every row is {labels[next(iter(present))]}; a classifier needs two or "
+                            f"more classes")
+    if "validation" not in paths:
+        rows, lines = read_parts["train"]
+        drawn = None
+        if split_path and os.path.exists(split_path):
+            with open(split_path, encoding="utf-8") as f:
+                drawn = json.load(f)["lines"]
+        drawn = drawn or draw(rows, lines, int(flags.get("split_seed", 42)), paths["train"], labels)
+        if split_path and not os.path.exists(split_path):
+            from common import runs
+            runs.write_json(split_path, {"file": storage.absolute(paths["train"]), "split_seed": flags.get("split_seed"),
+                                         "lines": drawn})
+        at = dict(zip(lines, rows))
+        return {part: [at[line] for line in drawn[part]] for part in PARTS}
+    given_parts(paths, read_parts, labels)
+    return {part: read_parts[part][0] for part in PARTS}
+
+
+def given_parts(paths: dict, read_parts: dict, labels: tuple) -> None:
+    """Given validation and test files: every training class in each, no text in two parts."""
+    train_classes = {y for _, y in read_parts["train"][0]}
+    where = {}
+    for part in PARTS:
+        rows, lines = read_parts[part]
+        missing = sorted(train_classes - {y for _, y in rows})
+        if missing and part != "train":
+            raise DataError(f"{paths[part]}: no {', '.join(labels[y] for y in missing)} rows; the {part} file needs "
+                            f"every class the training file has")
+        for (text, _), line in zip(rows, lines):
+            other = where.setdefault(phrasebank.normalise(text), (part, line))
+            if other[0] != part:
+                raise DataError(f"{paths[other[0]]} line {other[1]} and {paths[part]} line {line}: the same text in "
+                                f"{other[0]} and {part}; a text belongs to one part (remove one)")
+
+
+def splits(flags: dict, split_path: str = None) -> dict:
+    """{train|validation|test: [(sentence, label id)]} of a run's data (its flags)."""
+    if is_own(flags["data"]):
+        return own_splits(flags, split_path)
+    return phrasebank.load_splits(flags["data"], flags["agreement"], flags["split"])

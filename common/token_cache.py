@@ -1,0 +1,61 @@
+"""The token cache: a PhraseBank split's rows and token ids, kept across runs beside the run
+folders (runs/.cache/encoded), keyed by everything that decides them."""
+import hashlib
+import json
+import os
+
+from common import phrasebank
+
+
+def encode(tokenizer, sentences, max_length: int):
+    """Token ids per sentence, unpadded (tokenised once, by the fast tokenizer)."""
+    return tokenizer(list(sentences), truncation=True, max_length=max_length)["input_ids"]
+
+
+CACHE_VERSION = 1
+
+
+def cache_dir_for(run_dir: str) -> str:
+    """The token cache sits beside the run folder (runs/<run> -> runs/.cache/encoded), so a
+    --run-dir elsewhere writes nothing into the working directory."""
+    return os.path.join(os.path.dirname(os.path.abspath(run_dir)), ".cache", "encoded")
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """What decides the ids: the fast tokenizer's whole definition (vocab, normaliser...)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # without the truncation/padding state that each call sets
+        spec = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+    else:
+        spec = tokenizer.get_vocab()
+    text = json.dumps(spec, sort_keys=True)
+    return hashlib.sha256(f"{type(tokenizer).__name__}\n{text}".encode("utf-8")).hexdigest()
+
+
+def encoded_splits(source: str, agreement: str, split: str, tokenizer, max_length: int, cache_dir: str = None):
+    """(rows, ids): {split: [(sentence, label)]} and {split: [token ids]}, cached across runs.
+
+    Reading, de-duplicating, splitting and tokenising cost about a second per run
+    (docs/performance.md#the-default-recipe-choice-by-choice); a cache hit costs a hash of the release bytes
+    and one JSON read. The key covers every release file (the split depends on all levels),
+    the level, the split rule, the tokenizer's definition and max_length. cache_dir=None: no cache."""
+    key = None
+    if cache_dir:
+        h = hashlib.sha256(f"v{CACHE_VERSION} {agreement} {split} {max_length} "
+                           f"{tokenizer_fingerprint(tokenizer)}".encode())
+        for level, (_, raw) in sorted(phrasebank.release_files(source).items()):
+            h.update(level.encode() + hashlib.sha256(raw).digest())
+        key = os.path.join(cache_dir, h.hexdigest()[:32] + ".json")
+        try:
+            with open(key, encoding="utf-8") as f:
+                cached = json.load(f)
+            rows = {k: [tuple(r) for r in v] for k, v in cached["rows"].items()}
+            return rows, cached["ids"]
+        except (OSError, ValueError, KeyError):
+            pass  # a miss (or an unreadable entry): rebuild and rewrite it
+    rows = phrasebank.load_splits(source, agreement, split)
+    ids = {k: encode(tokenizer, [s for s, _ in v], max_length) for k, v in rows.items()}
+    if key:
+        from common import runs
+        runs.write_json(key, {"rows": rows, "ids": ids})
+    return rows, ids
