@@ -83,6 +83,7 @@ def test_a_csv_with_its_own_label_names_trains_evaluates_predicts_and_serves_wit
     assert label in NAMES.values() and width == "3", s.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_a_resume_refuses_a_changed_file_and_other_flags(desk_run, desk_csv, tiny_distilbert, tmp_path):
     run, _ = desk_run
     changed = tmp_path / "desk.csv"
@@ -105,7 +106,7 @@ def test_a_resume_refuses_a_changed_file_and_other_flags(desk_run, desk_csv, tin
     assert p.returncode == 2 and "its run began on other data" in last and "000000000000 ->" in last
 
 
-@pytest.mark.parametrize("classes", [2, 5])
+@pytest.mark.parametrize("classes", [2, pytest.param(5, marks=pytest.mark.slow)])
 def test_two_and_five_classes_train_end_to_end(classes, allagree, tiny_distilbert, tmp_path):
     """Any label set: head size, class weights, metrics, predict's columns, serving's width."""
     if classes == 2:
@@ -133,6 +134,7 @@ def test_two_and_five_classes_train_end_to_end(classes, allagree, tiny_distilber
     assert cal["test"]["after"]["accuracy"] == m["test"]["accuracy"]
 
 
+@pytest.mark.slow
 def test_the_phrasebank_split_as_three_csv_files_trains_to_the_phrasebank_paths_figures(allagree, data_dir,
                                                                                         tiny_distilbert, tmp_path):
     folder = tmp_path / "pb"
@@ -230,6 +232,7 @@ def test_init_from_keeps_the_encoder_and_the_head_only_for_the_same_classes(desk
         assert same_head == all(a.shape == w.shape and np.array_equal(a, w.numpy()) for a, w in zip(head, out.weights))
 
 
+@pytest.mark.slow
 def test_tuning_and_seeds_work_on_own_data(desk_csv, tiny_distilbert, tmp_path):
     search = tmp_path / "search"
     run_script("tune/lr_search.py", "--model", tiny_distilbert, "--data", desk_csv, *DESK, "--max-trials", 1,
@@ -244,6 +247,7 @@ def test_tuning_and_seeds_work_on_own_data(desk_csv, tiny_distilbert, tmp_path):
     assert splits[0] == splits[1]  # --split-seed, not --seed: the test set stays put across seeds
 
 
+@pytest.mark.slow
 def test_every_train_script_the_other_tuner_and_the_learning_curve_run_on_own_data(allagree, tiny_distilbert,
                                                                                    data_dir, tmp_path):
     rows = [(s, NAMES[y]) for part in phrasebank.SPLITS for s, y in allagree[part]][::4]
