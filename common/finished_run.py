@@ -83,7 +83,9 @@ class FinishedRun:
         """{split: [(sentence, label)]}: the run's own data and split (own data: the split
         recorded in the run folder), or another PhraseBank level or source under its split rule."""
         if agreement is None and source is None:
-            return sources.splits(self.flags, os.path.join(self.run_dir, sources.SPLIT_FILE))
+            if self.own_data:  # the files it trained on, unchanged (their sha256 in config.json)
+                runs.check_data_files(self.run_dir, sources.digests(self.flags["data"]), "run folder")
+            return sources.splits(self.flags, os.path.join(self.run_dir, sources.SPLIT_FILE), record=False)
         return phrasebank.load_splits(source or self.flags["data"], agreement or self.flags["agreement"],
                                       self.flags["split"])
 

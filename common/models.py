@@ -83,8 +83,9 @@ def _config(name: str, **kwargs):
 def build_classifier(name: str, dropout: float = -1.0, labels=LABELS):
     """A TF sequence classifier for `labels` (class names in id order) from `name` (Hub id,
     folder, or the model/ folder of a run, custom head included). A run's head trained for
-    other classes is replaced by a new one (transformers' ignore_mismatched_sizes where the
-    count differs, re-initialised where only the names do). Call inside strategy.scope()."""
+    other classes gets a new output (logits) layer: transformers' ignore_mismatched_sizes
+    where the count differs, re-initialised here where only the names do; the layers below
+    it stay as trained. Call inside strategy.scope()."""
     labels = tuple(labels)
     if os.path.exists(os.path.join(name, HEAD_CONFIG)):
         return CustomHeadClassifier.from_pretrained(name, labels)
@@ -102,10 +103,9 @@ def build_classifier(name: str, dropout: float = -1.0, labels=LABELS):
                   new_head=had.num_labels != len(labels))  # (its config and weights are one checkpoint: only a head
     # for another number of classes can mismatch)
     if trained_for and trained_for != list(labels) and len(trained_for) == len(labels):  # other classes
-        for layer in head_layers(model):
-            for w in layer.weights:
-                init = layer.bias_initializer if w is getattr(layer, "bias", None) else layer.kernel_initializer
-                w.assign(init(w.shape, w.dtype))
+        out = logits_layer(model)
+        out.kernel.assign(out.kernel_initializer(out.kernel.shape, out.kernel.dtype))
+        out.bias.assign(out.bias_initializer(out.bias.shape, out.bias.dtype))
     float32_logits(model)
     return model
 

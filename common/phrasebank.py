@@ -24,6 +24,7 @@ HUB_REPO = "takala/financial_phrasebank"
 HUB_FILE = "data/FinancialPhraseBank-v1.0.zip"
 SPLITS = ("train", "validation", "test")
 SPLIT_SHARES = (0.8, 0.1, 0.1)
+OWN_DATA = "; or your own labelled data: a .csv / .tsv / .jsonl file, or a folder with train.csv (docs/own-data.md)"
 
 
 def level_name(agreement: str) -> str:
@@ -82,12 +83,13 @@ def release_files(source: str) -> dict:
                         found[level] = (f"{source}:{member}", z.read(member))
     elif os.path.exists(source):
         raise DataError(f"--data {source}: neither a folder nor a zip archive; pass the release "
-                        f"folder FinancialPhraseBank-v1.0/, its zip, or 'hub'")
+                        f"folder FinancialPhraseBank-v1.0/, its zip, or 'hub'{OWN_DATA}")
     else:
-        raise DataError(f"--data {source}: no such file or folder; pass the release folder, its zip, or 'hub'")
+        raise DataError(f"--data {source}: no such file or folder; pass the release folder, its zip, or 'hub'"
+                        f"{OWN_DATA}")
     if not found:
         raise DataError(f"--data {source}: no Sentences_*Agree.txt files in it; pass the "
-                        f"FinancialPhraseBank-v1.0 folder or zip")
+                        f"FinancialPhraseBank-v1.0 folder or zip{OWN_DATA}")
     return found
 
 

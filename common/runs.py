@@ -146,15 +146,16 @@ def prepare_run_dir(run_dir: str, flags: dict = None, script: str = "") -> None:
                           f"(config.json 'argv'), or pass a new --run-dir to start fresh")
 
 
-def check_data_files(run_dir: str, now: dict) -> None:
-    """A run on own data resumes only on the files it started with (config.json's sha256s)."""
+def check_data_files(run_dir: str, now: dict, flag: str = "--run-dir") -> None:
+    """A run on own data resumes, and is evaluated, only on the files it started with
+    (config.json's sha256s)."""
     path = os.path.join(run_dir, CONFIG)
     if not os.path.exists(path):
         return
     before = read_json(path).get("resolved", {}).get("data_files") or {}
     changed = sorted(p for p in set(before) | set(now) if before.get(p) != now.get(p))
     if changed:
-        raise RunDirError(f"--run-dir {run_dir}: its run began on other data ({changed[0]} "
+        raise RunDirError(f"{flag} {run_dir}: its run began on other data ({changed[0]} "
                           f"{'changed' if changed[0] in before and changed[0] in now else 'differs'}: sha256 "
                           f"{(before.get(changed[0]) or 'none')[:12]} -> {(now.get(changed[0]) or 'none')[:12]}); "
                           f"restore the file to resume, or pass a new --run-dir")

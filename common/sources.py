@@ -17,8 +17,8 @@ from collections import defaultdict
 from common import phrasebank, storage, texts
 from common.errors import DataError, FlagError
 
-PARTS = ("train", "validation", "test")
-EXTENSIONS = (".csv", ".tsv", ".jsonl", ".ndjson", ".json")
+PARTS = phrasebank.SPLITS  # train, validation, test
+EXTENSIONS = tuple(e for e, fmt in texts.EXTENSIONS.items() if fmt != "text")  # the labelled formats texts.py reads
 SPLIT_FILE = "data_split.json"  # in the run folder: the own-data split drawn for the run
 # Flags that only mean something for the PhraseBank release, and their defaults
 PHRASEBANK_ONLY = {"agreement": "all", "extra_agreement": "none", "split": "hash"}
@@ -61,7 +61,11 @@ def digests(source: str) -> dict:
     """{path: sha256} of own data's files (config.json keeps them: a resume refuses a changed file)."""
     out = {}
     for path in files(source).values():
-        out[storage.absolute(path)] = hashlib.sha256(storage.read_bytes(path)).hexdigest()
+        try:
+            out[storage.absolute(path)] = hashlib.sha256(storage.read_bytes(path)).hexdigest()
+        except OSError as e:
+            raise DataError(f"--data {path}: cannot read it ({e.strerror or e}); check the path and its "
+                            f"permissions") from None
     return out
 
 
@@ -86,7 +90,7 @@ def read(path: str, flags: dict, labels: tuple):
     """(rows [(text, label id)], line numbers) of one labelled file."""
     label_map = texts.parse_label_map(flags.get("label_map", ""), labels)
     table = texts.read_texts(path, None, flags.get("text_column") or None, None, flags.get("label_column", "label"),
-                             label_map, labels=labels)
+                             label_map, labels=labels, flag="--data")
     return list(zip(table.texts, table.labels)), table.lines
 
 
@@ -127,9 +131,10 @@ def draw(rows, lines, seed: int, path: str, labels: tuple) -> dict:
             for part, chosen in (("train", train), ("validation", validation), ("test", test))}
 
 
-def own_splits(flags: dict, split_path: str = None) -> dict:
+def own_splits(flags: dict, split_path: str = None, record: bool = True) -> dict:
     """{part: [(text, label id)]} of own data, each part in its file's order. split_path: the
-    run folder's SPLIT_FILE, read if it exists (the run's own draw), else written there."""
+    run folder's SPLIT_FILE, read if it holds a draw of this very file and --split-seed (the
+    run's own), else drawn and (record) written there."""
     labels = labels_of(flags)
     paths = files(flags["data"])
     read_parts = {part: read(path, flags, labels) for part, path in paths.items()}
@@ -141,15 +146,20 @@ def own_splits(flags: dict, split_path: str = None) -> dict:
                             f"more classes")
     if "validation" not in paths:
         rows, lines = read_parts["train"]
-        drawn = None
+        seed = int(flags.get("split_seed", 42))
+        this = {"file": storage.absolute(paths["train"]), "sha256": digests(flags["data"])[storage.absolute(paths["train"])],
+                "split_seed": seed}
+        kept = None
         if split_path and os.path.exists(split_path):
             with open(split_path, encoding="utf-8") as f:
-                drawn = json.load(f)["lines"]
-        drawn = drawn or draw(rows, lines, int(flags.get("split_seed", 42)), paths["train"], labels)
-        if split_path and not os.path.exists(split_path):
-            from common import runs
-            runs.write_json(split_path, {"file": storage.absolute(paths["train"]), "split_seed": flags.get("split_seed"),
-                                         "lines": drawn})
+                kept = json.load(f)
+        if kept and {k: kept.get(k) for k in this} == this:
+            drawn = kept["lines"]
+        else:  # none yet, or one of another file or seed (a first attempt that stopped before training)
+            drawn = draw(rows, lines, seed, paths["train"], labels)
+            if split_path and record:
+                from common import runs
+                runs.write_json(split_path, {**this, "lines": drawn})
         at = dict(zip(lines, rows))
         return {part: [at[line] for line in drawn[part]] for part in PARTS}
     given_parts(paths, read_parts, labels)
@@ -173,8 +183,8 @@ def given_parts(paths: dict, read_parts: dict, labels: tuple) -> None:
                                 f"{other[0]} and {part}; a text belongs to one part (remove one)")
 
 
-def splits(flags: dict, split_path: str = None) -> dict:
+def splits(flags: dict, split_path: str = None, record: bool = True) -> dict:
     """{train|validation|test: [(sentence, label id)]} of a run's data (its flags)."""
     if is_own(flags["data"]):
-        return own_splits(flags, split_path)
+        return own_splits(flags, split_path, record)
     return phrasebank.load_splits(flags["data"], flags["agreement"], flags["split"])

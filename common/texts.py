@@ -85,14 +85,14 @@ def _pick(columns, wanted, flag, name, defaults=(), line=None):
 
 def read_texts(path: str, fmt: str = None, text_column: str = None, id_column: str = None,
                label_column: str = None, label_map: dict = None, skip_empty: bool = False,
-               stdin=None, labels=LABELS) -> Texts:
+               stdin=None, labels=LABELS, flag: str = "--input") -> Texts:
     """Read texts (and ids, and label ids if label_column is given: the index in `labels`, the
     class names, after label_map) from `path` ('-': stdin)."""
     fmt = format_of(path, fmt)
     if fmt not in FORMATS:
         raise FlagError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
     name = "<stdin>" if path == "-" else path
-    text = _decode(_read_bytes(path, stdin), name)
+    text = _decode(_read_bytes(path, stdin, flag), name)
     if fmt == "text":
         records = [(i + 1, {"text": line}) for i, line in enumerate(text.splitlines())]
         text_column, id_column = "text", None
@@ -110,15 +110,15 @@ def read_texts(path: str, fmt: str = None, text_column: str = None, id_column: s
     return _texts_of(records, name, fmt, text_column, id_column, label_column, label_map, skip_empty, labels)
 
 
-def _read_bytes(path: str, stdin=None) -> bytes:
+def _read_bytes(path: str, stdin=None, flag: str = "--input") -> bytes:
     if path == "-":
         return (stdin or sys.stdin.buffer).read()
     from common import storage
     try:
         return storage.read_bytes(path)
     except OSError as e:
-        raise DataError(f"--input {path}: cannot read it ({e.strerror}); pass a CSV, TSV, JSONL or text file, "
-                        f"or - for stdin") from None
+        raise DataError(f"{flag} {path}: cannot read it ({e.strerror}); pass a CSV, TSV, JSONL"
+                        + (" or text file, or - for stdin" if flag == "--input" else " file")) from None
 
 
 def _csv_records(text: str, fmt: str, name: str):

@@ -1,13 +1,14 @@
 #!/usr/bin/env python
 """Evaluate a finished run on any agreement level's test (or validation) split, or on
-your own labeled text.
+your own labeled text. A run trained on your own data (--data FILE) is evaluated on its
+own split (eval/own-<part>/), or on a file with --csv.
 
     python eval/evaluate.py runs/<run>
     python eval/evaluate.py runs/<run> --agreement 50
     python eval/evaluate.py runs/<run> --csv mine.csv --text-column headline --label-column tone \
         --label-map bearish=negative,bullish=positive,neutral=neutral
 
-Writes runs/<run>/eval/<level>-<part>/ (or eval/<csv name>/): report.txt (sklearn
+Writes runs/<run>/eval/<level>-<part>/ (or eval/file-<csv name>/): report.txt (sklearn
 classification report), error_analysis.md (most confident mistakes; mistakes by length,
 by agreement level; dominant confusion pairs), metrics.json (with calibration: ECE, NLL,
 Brier before and after the run's temperature), confusion_matrix.png, reliability.png,
@@ -143,7 +144,7 @@ def write_report(run, out, title, sentences, y, logits, lengths, strictest=None,
 def evaluate_file(run, path, text_column=None, label_column="label", label_map=None, batch_size=64):
     """Evaluate a FinishedRun on a user's labelled CSV / TSV / JSONL; writes <run>/eval/file-<name>/."""
     table = texts.read_texts(path, None, text_column, None, label_column, texts.parse_label_map(label_map, run.labels),
-                             labels=run.labels)
+                             labels=run.labels, flag="--csv")
     ids, truncated = run.encode(table.texts)
     logits = run.logits(ids, batch_size)  # in float32 (FinishedRun's precision rule)
     if truncated:

@@ -10,7 +10,8 @@ Input: CSV / TSV (header row), JSONL (one object per line) or plain text (one te
 line; also stdin, --input -). The format follows the extension, or --format. Output:
 CSV or JSONL (by --output's extension, or --output-format), one row per input text in
 input order, with the id column if the input has one: id, text, label, confidence,
-p_negative, p_neutral, p_positive. Probabilities are calibrated with the run's
+p_<class> for each of the run's classes (p_negative, p_neutral, p_positive for the
+PhraseBank's). Probabilities are calibrated with the run's
 temperature (calibration.json; eval/calibrate.py for runs older than it).
 --min-confidence p labels rows whose top probability is below p `abstain` (docs/using-the-model.md
 shows the accuracy / coverage trade-off).

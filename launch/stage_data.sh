@@ -16,13 +16,14 @@ stage_data() {
             *) STAGED_ARGS+=("$1"); shift; continue;;
         esac
         case "$value" in
-            *://*|hub) STAGED_ARGS+=(--data "$value"); continue;;
+            *://*|hub|/gcs/*) STAGED_ARGS+=(--data "$value"); continue;;  # already where the job reads
         esac
         [ -e "$value" ] || { echo "$me: --data $value: no such file or folder here; pass your labelled file or" \
                                   "folder, a gs:// URL, or hub" >&2; return 2; }
         case "$value" in
             *.csv|*.tsv|*.jsonl|*.ndjson|*.json) ;;
-            *) ls "$value"/train.csv "$value"/train.tsv "$value"/train.jsonl >/dev/null 2>&1 || {
+            *) ls "$value"/train.csv "$value"/train.tsv "$value"/train.jsonl "$value"/train.ndjson \
+                  "$value"/train.json 2>/dev/null | grep -q . || {
                    echo "$me: --data $value: not your own labelled data (a CSV / TSV / JSONL file, or a folder with" \
                         "train / validation / test files); for the Financial PhraseBank the job reads it from the" \
                         "Hub: drop --data (its default is hub)" >&2; return 2; };;

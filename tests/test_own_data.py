@@ -310,3 +310,38 @@ def test_own_data_is_read_from_a_bucket_url_through_tf_io_gfile():
     assert [len(rows[k]) for k in sources.PARTS] == [32, 4, 4]
     assert {y for _, y in rows["test"]} == {0, 1}
     assert list(sources.digests("ram://bucket/own")) == ["ram://bucket/own/train.csv"]
+
+
+def test_a_kept_split_is_reused_only_for_the_same_file_and_seed(tmp_path):
+    """data_split.json is the run's draw; a first attempt that stopped before training leaves
+    one behind, and a rerun on an edited file (or another --split-seed) draws again."""
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\n" + "".join(f"good {i} .,up\nbad {i} .,down\n" for i in range(20)))
+    keep = str(tmp_path / "run" / sources.SPLIT_FILE)
+    flags = {"data": str(data), "labels": "down,up", "split_seed": 42}
+    first = sources.own_splits(flags, keep)
+    assert sources.own_splits(flags, keep) == first
+    data.write_text(data.read_text() + "".join(f"fine {i} .,up\n" for i in range(10)))
+    edited = sources.own_splits(flags, keep)
+    assert sum(len(v) for v in edited.values()) == 50  # the added rows are in the new draw
+    assert json.loads(open(keep).read())["sha256"] == sources.digests(str(data))[str(data)]
+    other_seed = sources.own_splits({**flags, "split_seed": 7}, keep)
+    assert other_seed["test"] != edited["test"]
+
+
+def test_evaluate_refuses_a_data_file_that_changed_since_the_run(desk_run, desk_csv, tmp_path, capsys):
+    import shutil
+    from eval import evaluate
+    run, _ = desk_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    moved = tmp_path / "desk.csv"
+    shutil.copy(desk_csv, moved)
+    cfg = json.loads((copy / "config.json").read_text())
+    cfg["flags"]["data"] = str(moved)
+    cfg["resolved"]["data_files"] = {str(moved): cfg["resolved"]["data_files"][os.path.abspath(desk_csv)]}
+    (copy / "config.json").write_text(json.dumps(cfg))
+    evaluate.main([str(copy)])  # the same bytes: evaluated
+    moved.write_text(moved.read_text() + "One more line .,neutral\n")
+    code, err = _refused(capsys, evaluate.main, [str(copy)])
+    assert code == 2 and len(err) == 1 and "its run began on other data" in err[0] and str(moved) in err[0]
