@@ -250,7 +250,8 @@ def start(cfg, script: str, run_folder="train") -> Run:
     tokenizer = models.load_tokenizer(source)
     # run_folder None ("nothing is written", a benchmark): no token cache, no drawn split kept
     splits = data.load_data(cfg, tokenizer, harness.replicas, data.cache_dir_for(run_dir) if run_folder else None,
-                            os.path.join(run_dir, sources.SPLIT_FILE) if run_folder else None)
+                            os.path.join(run_dir, sources.SPLIT_FILE) if run_folder and harness.is_chief else None)
+    # (other workers draw the same split in memory: the draw depends only on the file and --split-seed)
     st = splits.train_stats
     what = (f"{cfg.data} ({','.join(splits.labels)})" if sources.is_own(cfg.data) else
             f"{phrasebank.level_name(cfg.agreement)}, split={cfg.split}")
