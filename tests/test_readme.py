@@ -29,7 +29,9 @@ def readme_commands() -> list:
     """The command lines of README's code blocks, in order (comment lines and blanks dropped)."""
     text = open(README, encoding="utf-8").read()
     lines = []
-    for block in re.findall(r"^```[a-z]*\n(.*?)^```", text, re.S | re.M):
+    for lang, block in re.findall(r"^```([a-z]*)\n(.*?)^```", text, re.S | re.M):
+        if lang == "text":  # a listing (the layout), not commands
+            continue
         lines += [line.strip() for line in block.splitlines() if line.strip() and not line.strip().startswith("#")]
     return lines
 
