@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from common import metrics, models
+from common.phrasebank import LABELS
 from common.env import keras, tf
 
 
@@ -57,10 +58,10 @@ class Validation(keras.callbacks.Callback):
     confusion matrix cost ~10% of a MiniLM run (docs/performance.md#the-default-recipe-choice-by-choice). Runs on every
     worker: dataset_logits is local, and the weights are the same on all of them."""
 
-    def __init__(self, dataset, labels_in_dataset_order, tb_dir: str = None, names=None):
+    def __init__(self, dataset, labels_in_dataset_order, tb_dir: str = None, names=LABELS):
         super().__init__()
         self.dataset, self.y = dataset, np.asarray(labels_in_dataset_order)
-        self.names = names or metrics.LABELS
+        self.names = names  # the class names in id order
         self.writer = tf.summary.create_file_writer(tb_dir) if tb_dir else None
 
     def on_epoch_end(self, epoch, logs=None):

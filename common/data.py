@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from common import phrasebank, sources
-from common.token_cache import cache_dir_for, encode, encoded_splits  # noqa: F401  (a run's data, in one import)
+from common.token_cache import encode, encoded_splits
 from common.errors import DataError, FlagError
 from common.phrasebank import LEVELS
 
@@ -286,7 +286,7 @@ def run_encoded(cfg, tokenizer, cache_dir: str = None, split_path: str = None):
 def load_data(cfg, tokenizer, replicas: int, cache_dir: str = None, split_path: str = None) -> Splits:
     """The run's splits as tf.data pipelines: bucketed (or fixed-width) training batches of
     the global --batch-size, length-sorted evaluation batches, and the pipeline's figures.
-    cache_dir: the token cache (cache_dir_for(run folder)); None: no cache. split_path: where
+    cache_dir: the token cache (token_cache.cache_dir_for(run folder)); None: no cache. split_path: where
     own data's drawn split is kept (sources.SPLIT_FILE in the run folder)."""
     if cfg.batch_size < 1 or cfg.batch_size % replicas:
         raise FlagError(f"--batch-size {cfg.batch_size}: must be a positive multiple of the {replicas} replicas "

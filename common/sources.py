@@ -12,7 +12,7 @@ every later use of the run reads it from there.
 import hashlib
 import json
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from common import phrasebank, storage, texts
 from common.errors import DataError, FlagError
@@ -115,9 +115,7 @@ def draw(rows, lines, seed: int, path: str, labels: tuple) -> dict:
         groups[key].append(line)
         label[key] = y
     keys = sorted(groups)
-    counts = defaultdict(int)
-    for k in keys:
-        counts[label[k]] += 1
+    counts = Counter(label.values())
     few = [f"{labels[y]} ({n})" for y, n in sorted(counts.items()) if n < 10]
     if few:
         raise DataError(f"{path}: too few distinct texts to split 80/10/10 by class: {', '.join(few)}; a class needs "

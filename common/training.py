@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from common import callbacks as cb
-from common import data, metrics, optim, phrasebank, report, runs, sources
+from common import data, metrics, optim, phrasebank, report, runs, sources, token_cache
 from common.env import keras, tf
 from common.errors import FlagError, ModelError, TrainingFailed
 
@@ -249,7 +249,7 @@ def start(cfg, script: str, run_folder="train") -> Run:
     source = os.path.join(cfg.init_from, runs.MODEL) if cfg.init_from else cfg.model
     tokenizer = models.load_tokenizer(source)
     # run_folder None ("nothing is written", a benchmark): no token cache, no drawn split kept
-    splits = data.load_data(cfg, tokenizer, harness.replicas, data.cache_dir_for(run_dir) if run_folder else None,
+    splits = data.load_data(cfg, tokenizer, harness.replicas, token_cache.cache_dir_for(run_dir) if run_folder else None,
                             os.path.join(run_dir, sources.SPLIT_FILE) if run_folder and harness.is_chief else None)
     # (other workers draw the same split in memory: the draw depends only on the file and --split-seed)
     st = splits.train_stats

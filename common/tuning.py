@@ -8,7 +8,7 @@ import os
 import sys
 import tempfile
 
-from common import REPO_ROOT, config, data, errors, runs, sources, training
+from common import REPO_ROOT, config, data, errors, runs, sources, token_cache, training
 from common.env import keras
 
 import keras_tuner as kt  # noqa: E402  (common.env first: the same Keras 2.15)
@@ -44,7 +44,7 @@ class ConfigHyperModel(kt.HyperModel):
         key = (cfg.batch_size, cfg.seed)
         if key not in self._splits:
             self._splits[key] = data.load_data(cfg, self.run.tokenizer, self.run.harness.replicas,
-                                               data.cache_dir_for(self.run.run_dir),
+                                               token_cache.cache_dir_for(self.run.run_dir),
                                                os.path.join(self.run.run_dir, sources.SPLIT_FILE))
         return dataclasses.replace(self.run, cfg=cfg, splits=self._splits[key])
 
