@@ -18,6 +18,9 @@
 # variables of the same names, which take precedence (tests use them, with a folder
 # standing in for the bucket). FINSENT_SYNC (default: gcloud storage rsync --recursive),
 # FINSENT_DELETE_VM and FINSENT_STOP_VM are the only cloud commands; all can be pointed elsewhere.
+# A delete or stop that fails (say the VM's service account lacks the right) falls back to
+# FINSENT_SHUTDOWN (default: shutdown -h now): a VM that shuts itself down is stopped, and a
+# stopped VM bills its disk only, not its GPUs.
 set -uo pipefail
 
 md() {  # metadata attribute $1, unless FINSENT_<NAME> is set
@@ -34,7 +37,7 @@ SYNC_EVERY=${FINSENT_SYNC_EVERY:-300}
 ZONE_OF_VM() { curl -fsS -H 'Metadata-Flavor: Google' http://metadata.google.internal/computeMetadata/v1/instance/zone | sed 's|.*/||'; }
 DELETE_VM=${FINSENT_DELETE_VM:-gcloud compute instances delete "$(hostname)" --zone "$(ZONE_OF_VM)" --quiet}
 STOP_VM=${FINSENT_STOP_VM:-gcloud compute instances stop "$(hostname)" --zone "$(ZONE_OF_VM)" --quiet}
-PYTHON=${FINSENT_PYTHON:-python3}
+SHUTDOWN=${FINSENT_SHUTDOWN:-shutdown -h now}
 REMOTE="$BUCKET/runs/$RUN"
 log() { echo "gce_startup $(date -u +%FT%TZ): $*"; }
 
@@ -65,15 +68,24 @@ finish() {
     if [ "$TERMINATED" = 1 ]; then
         log "the VM is shutting down; not deleting it (a restart resumes the run)"
     elif [ "$synced" = 0 ] && [ "$ON_FAILURE" != keep ]; then
-        log "stopping (not deleting) this VM: the run folder on its disk could not be synced"; $STOP_VM
+        log "stopping (not deleting) this VM: the run folder on its disk could not be synced"; end_vm stop
     elif [ "$code" -ne 0 ] && [ "$ON_FAILURE" = keep ]; then
         log "finsent-on-failure=keep: leaving this VM running (it bills until you delete it)"
     elif [ "$code" -ne 0 ] && [ "$ON_FAILURE" = stop ]; then
-        log "stopping this VM (finsent-on-failure=stop)"; $STOP_VM
+        log "stopping this VM (finsent-on-failure=stop)"; end_vm stop
     else
-        log "deleting this VM"; $DELETE_VM
+        log "deleting this VM"; end_vm delete
     fi
     exit "$code"
+}
+end_vm() {  # delete|stop: the call, checked; if it fails, the VM shuts itself down (= stopped)
+    local how=$1 cmd=$DELETE_VM status
+    [ "$how" = stop ] && cmd=$STOP_VM
+    $cmd && return 0
+    status=$?
+    log "could not $how this VM (exit $status; its service account needs compute.instances.$how, see README):" \
+        "shutting it down instead (a stopped VM bills its disk only)"
+    $SHUTDOWN
 }
 # The run folder goes up as it is, except backup/: Keras rewrites it while training, so a
 # plain rsync could upload a pointer ("checkpoint") to files not yet (or no longer) there.
@@ -124,25 +136,15 @@ STEP="checking out $REF"
 cd "$WORK/repo" || exit 1
 LOCAL="runs/$RUN"
 
-# 2. its environment (once per disk)
-STEP="installing requirements"
+# 2. its environment: the one install path (a Python 3.10/3.11 venv, the CUDA packages, and
+# the check that TensorFlow sees the GPUs: a GPU VM training on its CPU would bill for days).
+# Every boot runs it; on a disk that has the venv it only confirms it.
+STEP="installing requirements (launch/install.sh)"
 VENV=${FINSENT_VENV:-$WORK/venv}
-if [ ! -x "$VENV/bin/python" ]; then "$PYTHON" -m venv "$VENV" || exit 1; fi
-if [ ! -f "$VENV/.finsent-installed" ] || [ "${FINSENT_VENV:-}" ]; then
-    log "installing requirements"
-    "$VENV/bin/python" -m pip install --quiet -r requirements.txt || exit 1
-    if command -v nvidia-smi >/dev/null; then  # CUDA 12.2 / cuDNN 8.9 for TF 2.15 come as pip packages
-        "$VENV/bin/python" -m pip install --quiet "tensorflow[and-cuda]==2.15.1" || exit 1
-    fi
-    touch "$VENV/.finsent-installed"
-fi
-
-# 2b. a GPU VM whose TensorFlow sees no GPU would train on its CPU for days: stop here
-if command -v nvidia-smi >/dev/null || [ -n "${FINSENT_EXPECT_GPU:-}" ]; then
-    STEP="checking that TensorFlow sees the GPUs"
-    "$VENV/bin/python" -c "import sys, tensorflow as tf; g = tf.config.list_physical_devices('GPU'); print('GPUs:', g); sys.exit(0 if g else 1)" \
-        || { log "TensorFlow sees no GPU on this GPU VM (driver / CUDA libraries?)"; exit 3; }
-fi
+bash launch/install.sh --venv "$VENV"
+code=$?
+[ "$code" -ne 3 ] || STEP="checking that TensorFlow sees the GPUs"
+[ "$code" -eq 0 ] || exit "$code"
 
 # 3. finished already? (a restart after the last sync)
 STEP="checking $REMOTE"

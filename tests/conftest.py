@@ -73,6 +73,17 @@ def saved_tiny_model(folder, model_class, config_class, **config) -> str:
 
 
 @pytest.fixture(scope="session")
+def stack_venv(tmp_path_factory) -> str:
+    """A venv (pip included) that sees this suite's installed stack but not the test model
+    (tests/standin_venv.py): where launch/install.sh runs as a VM would, it finds the pinned
+    stack there and pip check clean, without downloading it again."""
+    from tests import standin_venv
+    venv = str(tmp_path_factory.mktemp("stack") / "venv")
+    standin_venv.create(venv)
+    return venv
+
+
+@pytest.fixture(scope="session")
 def tiny_distilbert(tmp_path_factory):
     """A tiny random DistilBERT (2 layers, 32 wide), like the Hub's distilbert-base-uncased."""
     from transformers import DistilBertConfig, TFDistilBertForSequenceClassification

@@ -50,3 +50,100 @@ def test_requirements_resolve_for_every_supported_python(tmp_path):
                     for i in json.loads((tmp_path / f"report-{version}.json").read_text())["install"]}
         assert "tf-keras" not in resolved, f"Python {version}"
         assert {"tensorflow-text", "datasets"} <= resolved and "tensorflow-addons" not in resolved
+
+
+# ----------------------------------------------------------------------------- launch/install.sh
+# The machine is a PATH: the system's tools minus every Python, pip, uv, apt and sudo, plus
+# the stand-ins a test puts in front. The stand-ins' venvs see this suite's installed stack
+# (tests/standin_venv.py): the install path runs whole, pip only finds nothing to download.
+INSTALL = os.path.join(REPO_ROOT, "launch", "install.sh")
+STANDIN_VENV = os.path.join(REPO_ROOT, "tests", "standin_venv.py")
+NOT_ON_THE_MACHINE = re.compile(r"^(python|pip|pydoc|2to3|idle|uv|uvx|pipx|apt|sudo|nvidia-smi)")
+PYTHON_312 = """#!/bin/sh
+# python3.12 without venv or pip, as Ubuntu 24.04 before `apt install python3-venv`
+case "$*" in *version_info*) echo 3.12; exit 0;; esac
+echo "/usr/bin/python3.12: No module named ensurepip" >&2; exit 1
+"""
+
+
+def _machine(tmp_path, **standins):
+    """A bin folder: links to the system's tools but the excluded ones, and `standins`
+    (name -> script text)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for folder in ("/usr/bin", "/bin"):
+        for name in os.listdir(folder):
+            if not NOT_ON_THE_MACHINE.match(name) and not (bin_dir / name).exists():
+                os.symlink(os.path.join(folder, name), bin_dir / name)
+    for name, text in standins.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    return str(bin_dir)
+
+
+def _install(tmp_path, path, *args):
+    env = {"PATH": path, "HOME": str(tmp_path), "TMPDIR": str(tmp_path)}
+    return subprocess.run(["bash", INSTALL, "--venv", str(tmp_path / "venv"), *args], capture_output=True,
+                          text=True, env=env, timeout=600)
+
+
+def _python_version_and_tensorflow(venv):
+    p = subprocess.run([str(venv / "bin" / "python"), "-c", "import sys, tensorflow as tf; "
+                        "print('%d.%d' % sys.version_info[:2], tf.__version__)"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return p.stdout.split()
+
+
+def test_install_gets_python_311_with_uv_where_python3_is_312(tmp_path):
+    calls = tmp_path / "uv-calls"
+    uv = f"""#!/bin/sh
+# uv, as far as the install path uses it; `uv python install` cannot download here
+echo "uv $*" >> {calls}
+case "$1 $2" in
+    "python install") exit 0;;
+    "venv --python") [ "$3" = 3.11 ] || exit 2; for last; do :; done; exec {sys.executable} {STANDIN_VENV} "$last";;
+esac
+exit 2
+"""
+    path = _machine(tmp_path, python3=PYTHON_312, **{"python3.12": PYTHON_312, "uv": uv})
+    p = _install(tmp_path, path)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert calls.read_text().splitlines() == ["uv python install 3.11", f"uv venv --python 3.11 --seed {tmp_path / 'venv'}"]
+    assert "no Python 3.10/3.11 here (python3 is 3.12,python3.12 is 3.12)" in p.stdout
+    assert _python_version_and_tensorflow(tmp_path / "venv") == ["3.11", "2.15.1"]
+
+
+def test_install_without_a_python_it_can_use_nor_uv_nor_pip_is_one_line(tmp_path):
+    path = _machine(tmp_path, python3=PYTHON_312)
+    p = _install(tmp_path, path)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 1 and len(lines) == 1, p.stderr
+    assert lines[0].startswith("install.sh: no Python 3.10 or 3.11 here (python3 is 3.12), and no uv or pip"), lines
+    assert "install uv (https://docs.astral.sh/uv/" in lines[0] and not (tmp_path / "venv").exists()
+
+
+def test_install_puts_the_missing_venv_module_in_with_apt(tmp_path):
+    """Ubuntu 22.04 (the GCE image): /usr/bin/python3.10 is there, its venv module is the
+    separate python3.10-venv package."""
+    marker, calls = tmp_path / "venv-module-installed", tmp_path / "apt-calls"
+    python311 = f"""#!/bin/sh
+# the real interpreter, without ensurepip/venv until apt-get has installed python3.11-venv
+if [ ! -e {marker} ]; then
+    case "$*" in *ensurepip*|"-m venv"*) echo "No module named ensurepip" >&2; exit 1;; esac
+fi
+[ "$1 $2" = "-m venv" ] && exec {sys.executable} {STANDIN_VENV} "$3"
+exec {sys.executable} "$@"
+"""
+    apt_get = f"""#!/bin/sh
+echo "apt-get $*" >> {calls}
+case "$*" in *"install -y -qq python3.11-venv"*) touch {marker};; esac
+"""
+    path = _machine(tmp_path, python3=PYTHON_312, **{"python3.11": python311, "apt-get": apt_get,
+                                                      "sudo": '#!/bin/sh\nexec "$@"\n'})
+    p = _install(tmp_path, path)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert calls.read_text().splitlines() == ["apt-get update -qq", "apt-get install -y -qq python3.11-venv"]
+    assert "has no venv module: installing python3.11-venv with apt-get" in p.stdout
+    assert _python_version_and_tensorflow(tmp_path / "venv") == ["3.11", "2.15.1"]
+    again = _install(tmp_path, path)  # a second boot of the VM: the venv is reused, nothing recreated
+    assert again.returncode == 0 and "reusing" in again.stdout and len(calls.read_text().splitlines()) == 2

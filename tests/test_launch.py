@@ -126,18 +126,20 @@ def _startup(env, log):
                             stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
-def _startup_env(tmp_path, command, **overrides):
+def _startup_env(tmp_path, command, venv, **overrides):
     """The startup script's settings for a VM whose disk, bucket and cloud commands are local
-    stand-ins: a folder for the bucket, touch-a-file for deleting / stopping the VM."""
+    stand-ins: a folder for the bucket, touch-a-file for deleting / stopping / shutting down
+    the VM, and a venv that has the stack (launch/install.sh runs, and finds it there)."""
     (tmp_path / "bucket").mkdir(exist_ok=True)
     head = subprocess.run(["git", "-C", REPO_ROOT, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     env = {**os.environ,
            "FINSENT_REPO": REPO_ROOT, "FINSENT_REF": head, "FINSENT_BUCKET": str(tmp_path / "bucket"),
            "FINSENT_RUN": "job1", "FINSENT_COMMAND": command,
-           "FINSENT_WORKDIR": str(tmp_path / "vm-disk"), "FINSENT_VENV": sys.prefix,  # the test's env stands in
+           "FINSENT_WORKDIR": str(tmp_path / "vm-disk"), "FINSENT_VENV": venv,
            "FINSENT_SYNC": f"{sys.executable} {os.path.join(REPO_ROOT, 'tests', 'folder_bucket_sync.py')}",
            "FINSENT_SYNC_EVERY": "2",
-           "FINSENT_DELETE_VM": f"touch {tmp_path / 'vm-deleted'}", "FINSENT_STOP_VM": f"touch {tmp_path / 'vm-stopped'}"}
+           "FINSENT_DELETE_VM": f"touch {tmp_path / 'vm-deleted'}", "FINSENT_STOP_VM": f"touch {tmp_path / 'vm-stopped'}",
+           "FINSENT_SHUTDOWN": f"touch {tmp_path / 'vm-shut-down'}"}
     env.update(overrides)
     return env
 
@@ -170,14 +172,15 @@ SLOW_FAILURES = ("no-gpu", "train", "sync")  # these start TensorFlow on the "VM
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c[0], marks=[pytest.mark.slow] if c[0] in SLOW_FAILURES else [])
                                   for c in FAILURES])
-def test_gce_startup_every_failure_syncs_reports_and_deletes_the_vm(case, tiny_distilbert, data_dir, tmp_path):
+def test_gce_startup_every_failure_syncs_reports_and_deletes_the_vm(case, tiny_distilbert, data_dir, tmp_path,
+                                                                   stack_venv):
     name, overrides, step, action = case
     env = _startup_env(tmp_path, f"train/full_finetune.py --model {tiny_distilbert} --data {data_dir} --epochs 1",
-                       **overrides(tmp_path, tiny_distilbert, data_dir))
+                       stack_venv, **overrides(tmp_path, tiny_distilbert, data_dir))
     log = tmp_path / "startup.log"
     code = _startup(env, log).wait(timeout=300)
     assert code != 0, log.read_text()[-2000:]
-    for a in ("vm-deleted", "vm-stopped"):  # exactly the expected action on the VM, or none when asked to keep it
+    for a in ("vm-deleted", "vm-stopped", "vm-shut-down"):  # exactly the expected action on the VM, or none when asked to keep it
         assert (tmp_path / a).exists() == (a == action), (a, log.read_text()[-2000:])
     if step:  # the reason is in the bucket, beside whatever of the run folder existed
         report = (tmp_path / "bucket" / "runs" / "job1" / "EXIT").read_text()
@@ -187,14 +190,29 @@ def test_gce_startup_every_failure_syncs_reports_and_deletes_the_vm(case, tiny_d
         assert "status: failed" in report
 
 
+@pytest.mark.parametrize("refused", ["delete", "stop"])
+def test_gce_startup_shuts_the_vm_down_when_it_may_not_delete_or_stop_it(refused, tmp_path, stack_venv):
+    """An organisation policy can leave the VM's service account without the right to delete
+    or stop the VM: the GPUs must not go on billing, so the VM shuts itself down (= stopped)."""
+    env = _startup_env(tmp_path, "train/full_finetune.py", stack_venv, FINSENT_REPO=str(tmp_path / "no-such-repo"),
+                       FINSENT_ON_FAILURE=refused,
+                       **{f"FINSENT_{refused.upper()}_VM": "false"})
+    log = tmp_path / "startup.log"
+    assert _startup(env, log).wait(timeout=120) == 1
+    assert (tmp_path / "vm-shut-down").exists(), log.read_text()[-2000:]
+    assert f"could not {refused} this VM (exit 1;" in log.read_text()
+    assert not (tmp_path / "vm-deleted").exists() and not (tmp_path / "vm-stopped").exists()
+
+
 @pytest.mark.slow
-def test_gce_startup_script_installs_runs_syncs_and_resumes_after_reboot(tiny_distilbert, data_dir, tmp_path):
+def test_gce_startup_script_installs_runs_syncs_and_resumes_after_reboot(tiny_distilbert, data_dir, tmp_path,
+                                                                         stack_venv):
     """A spot VM killed in the middle of uploading a checkpoint: the bucket still names a
     checkpoint that is all there, and a new disk resumes from it and finishes the plan."""
     bucket, work = tmp_path / "bucket", tmp_path / "vm-disk"
     mark = tmp_path / "uploading-backup"
     env = _startup_env(tmp_path, f"train/full_finetune.py --model {tiny_distilbert} --data {data_dir} --epochs 6 "
-                                 f"--precision fp32 --backup-every-steps 10",
+                                 f"--precision fp32 --backup-every-steps 10", stack_venv,
                        FOLDER_SYNC_DELAY="0.2", FOLDER_SYNC_MARK=str(mark))
     log = tmp_path / "startup.log"
     first = _startup(env, log)
@@ -258,10 +276,10 @@ def test_local_cluster_stops_every_worker_on_hup_int_term(sig, tiny_distilbert, 
 
 
 @pytest.mark.slow
-def test_gce_startup_restore_never_overwrites_the_newer_local_run(tiny_distilbert, tmp_path):
+def test_gce_startup_restore_never_overwrites_the_newer_local_run(tiny_distilbert, tmp_path, stack_venv):
     """A spot VM stopped and started again keeps its disk: what is there is newer than the
     bucket (which only receives copies of it), so the restore leaves it alone."""
-    env = _startup_env(tmp_path, f"train/full_finetune.py --model {tiny_distilbert} --data {tmp_path / 'nowhere'}")
+    env = _startup_env(tmp_path, f"train/full_finetune.py --model {tiny_distilbert} --data {tmp_path / 'nowhere'}", stack_venv)
     subprocess.run(["git", "clone", "--quiet", REPO_ROOT, str(tmp_path / "vm-disk" / "repo")], check=True)
     local = tmp_path / "vm-disk" / "repo" / "runs" / "job1"
     remote = tmp_path / "bucket" / "runs" / "job1"

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# The one install path: a virtual environment with this project's pinned stack, on any
+# Linux machine whatever its python3 is. The GCE startup script, the SkyPilot setup, the
+# Vertex container build and the README all run it.
+#
+#   bash launch/install.sh                      # .venv/ in this checkout
+#   bash launch/install.sh --venv ~/finsent-venv --gpu
+#
+# TensorFlow 2.15 has wheels for Python 3.9-3.11 only, so a python3 of 3.12+ (Ubuntu 24.04,
+# Colab, the Deep Learning VM images) cannot install requirements.txt. This script:
+#   1. finds python3.11, python3.10, or a python3 that is one of them; where it lacks the
+#      venv module (Ubuntu ships it apart, as python3.X-venv) it installs that with apt-get;
+#   2. else gets Python 3.11 with uv (`uv python install 3.11`); without uv on PATH, uv is
+#      pip-installed into a throw-away venv (never into the system Python: PEP 668);
+#   3. creates the venv (an existing one of 3.10/3.11 is reused), installs requirements.txt,
+#      plus tensorflow[and-cuda] (CUDA/cuDNN as pip packages) where nvidia-smi lists a GPU
+#      or with --gpu (image builds run without one), then runs pip check;
+#   4. on a GPU machine, checks that TensorFlow lists the GPUs.
+# Each failure ends in one line saying what failed and what to do. FINSENT_EXPECT_GPU=1
+# makes step 4 run without nvidia-smi (tests).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+VENV="$ROOT/.venv"
+GPU=0
+UV_VERSION=0.13.9   # pinned, as everything else; only used where no Python 3.10/3.11 is found
+
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+          echo "Options: --venv DIR ($VENV)  --gpu (install the CUDA packages without a GPU here)"; exit "${1:-2}"; }
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --venv) [ $# -ge 2 ] || usage; VENV=$2; shift 2;;
+        --gpu) GPU=1; shift;;
+        -h|--help) usage 0;;
+        *) echo "install.sh: unknown option $1" >&2; usage;;
+    esac
+done
+log() { echo "install.sh: $*"; }
+die() { echo "install.sh: $*" >&2; exit "${CODE:-1}"; }
+SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/finsent-install-XXXXXX")
+trap 'rm -rf "$SCRATCH"' EXIT
+
+version_of() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true; }
+supported() { case "$(version_of "$1")" in 3.10|3.11) return 0;; esac; return 1; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi; }
+has_venv() { "$1" -c 'import venv, ensurepip' >/dev/null 2>&1; }
+ensure_venv() {  # PYTHON: make sure it can create a venv (Debian/Ubuntu ship that module apart)
+    has_venv "$1" && return 0
+    command -v apt-get >/dev/null || return 1
+    local pkg="python$(version_of "$1")-venv"
+    log "$1 has no venv module: installing $pkg with apt-get"
+    as_root apt-get update -qq >/dev/null && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" \
+        || die "apt-get install $pkg failed (run it yourself, as root), then run this again"
+    has_venv "$1"
+}
+run_logged() {  # LOG CMD...: show the output, keep it for the one-line error
+    local logfile=$1; shift
+    "$@" 2>&1 | tee "$logfile"
+}
+last_error() { grep -E '^(ERROR|error)' "$1" | tail -1 || true; }
+
+# 1. a Python the stack installs on
+PYTHON=""
+if [ -x "$VENV/bin/python" ] && supported "$VENV/bin/python"; then
+    log "reusing $VENV (Python $(version_of "$VENV/bin/python"))"
+else
+    [ ! -e "$VENV" ] || die "$VENV exists but is not a Python 3.10/3.11 venv: remove it, or pass another --venv"
+    for name in python3.11 python3.10 python3; do
+        candidate=$(command -v "$name") || continue
+        supported "$candidate" || continue
+        if ensure_venv "$candidate"; then PYTHON=$candidate; break; fi
+    done
+    if [ -n "$PYTHON" ]; then
+        log "creating $VENV with $PYTHON (Python $(version_of "$PYTHON"))"
+        "$PYTHON" -m venv "$VENV" || die "$PYTHON -m venv $VENV failed (see above)"
+    else
+        # 2. no Python 3.10/3.11 here: uv brings one
+        UV=$(command -v uv || true)
+        if [ -z "$UV" ]; then
+            for name in python3 python3.13 python3.12 python3.14; do
+                candidate=$(command -v "$name") || continue
+                ensure_venv "$candidate" 2>/dev/null || continue
+                log "getting uv $UV_VERSION (into a throw-away venv) to install Python 3.11"
+                "$candidate" -m venv "$SCRATCH/uv" && "$SCRATCH/uv/bin/python" -m pip install --quiet "uv==$UV_VERSION" \
+                    && UV="$SCRATCH/uv/bin/uv" && break
+            done
+        fi
+        found=$(for n in python3 python3.12 python3.13; do p=$(command -v $n) && echo "$n is $(version_of "$p")" || true; done | paste -sd, -)
+        [ -n "$UV" ] || die "no Python 3.10 or 3.11 here (${found:-no python3}), and no uv or pip to get one:" \
+            "install uv (https://docs.astral.sh/uv/getting-started/installation/) or python3.11, then run this again"
+        log "no Python 3.10/3.11 here (${found:-no python3}): installing Python 3.11 with uv"
+        "$UV" python install 3.11 || die "uv python install 3.11 failed (see above)"
+        "$UV" venv --python 3.11 --seed "$VENV" || die "uv venv --python 3.11 $VENV failed (see above)"
+    fi
+fi
+PY="$VENV/bin/python"
+supported "$PY" || die "$PY is not Python 3.10/3.11 ($(version_of "$PY")): remove $VENV and run this again"
+
+# 3. the stack (exact pins), the CUDA libraries where there is a GPU, then pip's own consistency check
+if command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then GPU=1; ON_GPU=1; else ON_GPU=0; fi
+PIN=$(grep -E '^tensorflow==' "$ROOT/requirements.txt")
+EXTRA=()
+[ "$GPU" = 0 ] || EXTRA=("tensorflow[and-cuda]==${PIN#tensorflow==}")
+log "installing requirements.txt ${EXTRA[*]:+and ${EXTRA[*]} }into $VENV"
+run_logged "$SCRATCH/pip.log" "$PY" -m pip install -r "$ROOT/requirements.txt" "${EXTRA[@]}" \
+    || die "pip could not install requirements.txt: $(last_error "$SCRATCH/pip.log") (full output above)"
+run_logged "$SCRATCH/check.log" "$PY" -m pip check \
+    || die "pip check found a conflict: $(tail -1 "$SCRATCH/check.log") (do not add packages to this venv)"
+(cd "$ROOT" && "$PY" -c "from common import env; import tensorflow, transformers, keras_tuner") 2>"$SCRATCH/import.log" \
+    || die "the stack does not import: $(tail -1 "$SCRATCH/import.log")"
+
+# 4. a GPU machine whose TensorFlow sees no GPU would train on its CPU for days
+if [ "$ON_GPU" = 1 ] || [ -n "${FINSENT_EXPECT_GPU:-}" ]; then
+    "$PY" -c "import sys, tensorflow as tf; g = tf.config.list_physical_devices('GPU'); print('GPUs:', g); sys.exit(not g)" \
+        || CODE=3 die "TensorFlow sees no GPU on this GPU machine (NVIDIA driver? nvidia-smi should list the GPUs;" \
+                      "the CUDA libraries come from tensorflow[and-cuda])"
+fi
+log "done. Activate it with: . $VENV/bin/activate"
