@@ -3,11 +3,12 @@
 Order matters: these add keys to `logs` at epoch end, so they go before Keras'
 TensorBoard / ModelCheckpoint in the callback list (those read the keys).
 """
+import os
 import time
 
 import numpy as np
 
-from common import metrics, models
+from common import metrics, models, runs
 from common.phrasebank import LABELS
 from common.env import keras, tf
 
@@ -72,6 +73,7 @@ class Validation(keras.callbacks.Callback):
             png = metrics.figure_png(metrics.confusion_figure(m["confusion_matrix"], f"validation, epoch {epoch + 1}",
                                                               self.names))
             metrics.log_png(self.writer, "validation/confusion_matrix", png, epoch)
+            self.writer.flush()  # once an epoch: CopyTensorBoard copies what is on disk
 
 
 class LearningRate(keras.callbacks.Callback):
@@ -95,3 +97,47 @@ class StopOnNaN(keras.callbacks.TerminateOnNaN):
         super().on_batch_end(batch, logs)
         if self.model.stop_training and logs and not np.isfinite(logs.get("loss", 0.0)):
             self.fired = True
+
+
+class CopyTensorBoard(keras.callbacks.Callback):
+    """--tb-staging: TensorBoard writes its event files on the local disk, and this copies
+    them into the run folder's tb/ every `every_seconds`, every `every_steps` steps (the
+    backups' cadence: the logs keep up with the state a restart resumes from), at each
+    epoch's end and at the end.
+
+    Why: a bucket mount uploads a file only once it is closed (SkyPilot's MOUNT_CACHED;
+    Cloud Storage FUSE, Vertex's /gcs/), and TensorBoard keeps its event files open until
+    the run ends, so a preempted run would leave no logs at all. Each copy is a new,
+    closed file (written, then renamed), which the mount uploads. Event files only grow:
+    a file is copied again when its size changed. `writers()` returns the summary writers
+    to flush first (Keras' TensorBoard callback has no public flush; see common/training.py)."""
+
+    def __init__(self, staging: str, run_tb: str, every_seconds: float, every_steps: int = 0, writers=lambda: ()):
+        super().__init__()
+        self.staging, self.run_tb = staging, run_tb
+        self.every_seconds, self.every_steps, self.writers = every_seconds, every_steps, writers
+        self._last, self._steps = time.monotonic(), 0
+
+    def copy(self):
+        for writer in self.writers():
+            writer.flush()
+        for folder, _, names in os.walk(self.staging):
+            for name in names:
+                source = os.path.join(folder, name)
+                target = os.path.join(self.run_tb, os.path.relpath(source, self.staging))
+                if not os.path.exists(target) or os.path.getsize(target) != os.path.getsize(source):
+                    with open(source, "rb") as f:
+                        runs.write_bytes(target, f.read())
+        self._last = time.monotonic()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._steps += 1
+        if (self.every_steps and self._steps % self.every_steps == 0) or \
+                time.monotonic() - self._last >= self.every_seconds:
+            self.copy()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.copy()
+
+    def on_train_end(self, logs=None):
+        self.copy()

@@ -115,6 +115,11 @@ class Config:
     seed: int = _f(42, "seed for weights init, shuffling and dropout")
     deterministic: bool = _f(False, "make TF ops deterministic (slower)")
     log_every_steps: int = _f(0, "also log loss and learning rate to TensorBoard every N steps (0: per epoch only)")
+    tb_staging: str = _f("", "write TensorBoard's event files in this local folder and copy them into the run "
+                             "folder's tb/ every --tb-copy-every seconds, every backup and epoch: for a run folder on "
+                             "a bucket mount, which uploads a file only once it is closed (the launchers set it; "
+                             "docs/scaling.md#tensorboard-on-a-bucket-mount)")
+    tb_copy_every: int = _f(60, "seconds between --tb-staging copies")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

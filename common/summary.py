@@ -10,7 +10,8 @@ from common import runs
 from common.errors import RunDirError
 from common.phrasebank import level_name
 
-IGNORED = {"seed", "run_dir", "init_from", "data", "deterministic", "log_every_steps", "backup_every_steps"}
+IGNORED = {"seed", "run_dir", "init_from", "data", "deterministic", "log_every_steps", "backup_every_steps",
+           "tb_staging", "tb_copy_every"}
 
 
 def find_runs(paths) -> list:

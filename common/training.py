@@ -118,11 +118,14 @@ def fit(model, cfg, run_dir: str, splits, hparams: dict, is_chief: bool = True, 
     class prior put back if the loss was class-weighted (--restore-prior).
     Returns (history, throughput, optimizer steps taken in all)."""
     from tensorboard.plugins.hparams import api as hp
-    tb_dir = os.path.join(run_dir, runs.TB)
+    tb_dir = tb_folder(cfg, run_dir)
     best_path = os.path.join(run_dir, runs.BEST, "weights")
     # Keras' own callbacks are multi-worker aware (non-chief workers write to temporary
     # places and restore from the chief's backup); ours write only on the chief, and are
     # not even built elsewhere (building a summary writer creates its file).
+    tensorboard = keras.callbacks.TensorBoard(tb_dir, update_freq=cfg.log_every_steps or "epoch", write_graph=False,
+                                              profile_batch=0)
+    hparams_writer = tf.summary.create_file_writer(os.path.join(tb_dir, "hparams")) if is_chief else None
     callbacks = [
         keras.callbacks.BackupAndRestore(os.path.join(run_dir, runs.BACKUP),
                                          save_freq=cfg.backup_every_steps or "epoch"),
@@ -130,12 +133,15 @@ def fit(model, cfg, run_dir: str, splits, hparams: dict, is_chief: bool = True, 
         # fit), not the best epoch's weights
         *([] if cfg.ema else [keras.callbacks.ModelCheckpoint(best_path, monitor="val_macro_f1", mode="max",
                                                               save_best_only=True, save_weights_only=True)]),
-        keras.callbacks.TensorBoard(tb_dir, update_freq=cfg.log_every_steps or "epoch", write_graph=False,
-                                    profile_batch=0),
-        *([hp.KerasCallback(os.path.join(tb_dir, "hparams"), hparams, trial_id=os.path.basename(run_dir))]
-          if is_chief else []),
+        tensorboard,
+        *([hp.KerasCallback(hparams_writer, hparams, trial_id=os.path.basename(run_dir))] if is_chief else []),
         *extra_callbacks,
     ]
+    if cfg.tb_staging and is_chief:  # after TensorBoard, which writes the epoch's scalars first
+        # Keras 2.15 (pinned) keeps its TensorBoard callback's writers in _writers, and offers no flush
+        callbacks.append(cb.CopyTensorBoard(tb_dir, os.path.join(run_dir, runs.TB), cfg.tb_copy_every,
+                                            cfg.backup_every_steps,
+                                            lambda: [*tensorboard._writers.values(), hparams_writer]))
     if restores_prior(model, cfg, splits):
         print("note: the epoch lines' and TensorBoard's val_* figures are the model as trained; the final figures "
               "and metrics.json are after the class prior is restored at the end (--restore-prior)")
@@ -161,6 +167,14 @@ def fit(model, cfg, run_dir: str, splits, hparams: dict, is_chief: bool = True, 
         print("class prior restored (--restore-prior): the figures below and metrics.json are after it; the epoch "
               "lines' and TensorBoard's val_* before it")
     return history, throughput, steps_done
+
+
+def tb_folder(cfg, run_dir: str) -> str:
+    """Where TensorBoard writes: the run folder's tb/, or with --tb-staging a local folder
+    named after the run, copied into tb/ as it grows (callbacks.CopyTensorBoard)."""
+    if cfg.tb_staging:
+        return os.path.join(cfg.tb_staging, os.path.basename(os.path.abspath(run_dir)))
+    return os.path.join(run_dir, runs.TB)
 
 
 def restores_prior(model, cfg, splits) -> bool:

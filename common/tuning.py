@@ -9,6 +9,7 @@ import sys
 import tempfile
 
 from common import REPO_ROOT, config, data, errors, runs, sources, token_cache, training
+from common import callbacks as cb
 from common.env import keras
 
 import keras_tuner as kt  # noqa: E402  (common.env first: the same Keras 2.15)
@@ -104,8 +105,13 @@ def search(run, space, args, argv) -> list:
     else:
         tuner = with_trial_configs(kt.BayesianOptimization)(hypermodel, max_trials=args.max_trials, **common)
     # keras-tuner gives each trial its own TensorBoard folder and logs its hyperparameters (HParams)
-    tuner.search(epochs=cfg.epochs, callbacks=[keras.callbacks.TensorBoard(os.path.join(run.run_dir, runs.TB),
-                                                                           write_graph=False, profile_batch=0)],
+    # (--tb-staging: each trial's event files are copied on the timer and at its end, when Keras
+    # closes them; TensorFlow flushes an open one every 2 minutes)
+    tb_dir = training.tb_folder(cfg, run.run_dir)
+    copies = [cb.CopyTensorBoard(tb_dir, os.path.join(run.run_dir, runs.TB), cfg.tb_copy_every)] \
+        if cfg.tb_staging and run.harness.is_chief else []
+    tuner.search(epochs=cfg.epochs, callbacks=[keras.callbacks.TensorBoard(tb_dir, write_graph=False, profile_batch=0),
+                                               *copies],
                  verbose=1 if sys.stdout.isatty() else 2)
     if os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief" or not run.harness.is_chief:
         return []  # a keras-tuner worker, or a non-chief MultiWorkerMirroredStrategy worker

@@ -101,8 +101,7 @@ def test_skypilot_yaml_builds_tf_config_from_node_variables(tmp_path):
     assert spec["resources"]["use_spot"] is True and spec["file_mounts"]["/runs"]["mode"] == "MOUNT_CACHED"
     # run the YAML's own run: section for node 1 of 2, with the training command replaced by printing TF_CONFIG
     run = spec["run"].replace(". ~/finsent-venv/bin/activate", "true").replace(
-        "python ${SCRIPT} ${ARGS} --gpus ${SKYPILOT_NUM_GPUS_PER_NODE} --run-dir /runs/${RUN}",
-        'echo "$TF_CONFIG"; echo "${SCRIPT} ${ARGS} --gpus ${SKYPILOT_NUM_GPUS_PER_NODE} --run-dir /runs/${RUN}"')
+        "python ${SCRIPT}", 'echo "$TF_CONFIG"; echo ${SCRIPT}')
     def node(rank, task_id, **extra):
         env = {**os.environ, **{k: str(v) for k, v in spec["envs"].items()}, "SKYPILOT_NUM_NODES": "2",
                "SKYPILOT_NODE_IPS": "10.0.0.5\n10.0.0.6", "SKYPILOT_NODE_RANK": str(rank),
@@ -115,10 +114,62 @@ def test_skypilot_yaml_builds_tf_config_from_node_variables(tmp_path):
     tf_config, command = node(1, job1)
     assert json.loads(tf_config) == {"cluster": {"worker": ["10.0.0.5:12345", "10.0.0.6:12345"]},
                                      "task": {"type": "worker", "index": 1}}
-    assert command == f"train/full_finetune.py  --gpus 8 --run-dir /runs/{job1}"
+    assert command.startswith(f"train/full_finetune.py --gpus 8 --run-dir /runs/{job1} --tb-staging ")
     assert node(0, job1)[1] == command  # every node of the job, and each recovery (same task id): one folder
     assert node(1, "sky-managed-2026-11-27-11-00-00-000000_finsent_4-0")[1] != command  # another job: another
-    assert node(1, job1, RUN="mine")[1].endswith("--run-dir /runs/mine")
+    assert "--run-dir /runs/mine " in node(1, job1, RUN="mine")[1]
+
+
+def _scalars(folder, tag):
+    """{step: value} of `tag` in the event files under `folder`, read by TensorBoard's own loader."""
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.util import tensor_util
+    if not os.path.isdir(folder):
+        return {}
+    acc = event_accumulator.EventAccumulator(str(folder), size_guidance={event_accumulator.TENSORS: 0})
+    acc.Reload()
+    if tag not in acc.Tags()["tensors"]:
+        return {}
+    return {e.step: float(tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
+
+
+@pytest.mark.slow
+def test_skypilot_job_killed_mid_epoch_leaves_its_tensorboard_scalars_in_the_bucket(tiny_distilbert, data_dir,
+                                                                                    tmp_path):
+    """The YAML's run: section, its run folder on a stand-in MOUNT_CACHED bucket (a file is
+    uploaded once closed). The VM dies mid-epoch: the steps logged up to the last backup
+    are in the bucket, as TensorBoard reads them."""
+    import yaml
+    spec = yaml.safe_load(open(os.path.join(LAUNCH, "skypilot.yaml")))
+    mount, bucket = tmp_path / "mount", tmp_path / "bucket"
+    mount.mkdir()
+    run = spec["run"].replace(". ~/finsent-venv/bin/activate", "true").replace("/runs/", f"{mount}/")
+    env = {**os.environ, **{k: str(v) for k, v in spec["envs"].items()}, "HOME": str(tmp_path),
+           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+           "SKYPILOT_NUM_NODES": "1", "SKYPILOT_NODE_RANK": "0", "SKYPILOT_NUM_GPUS_PER_NODE": "0",
+           "SKYPILOT_TASK_ID": "job1", "ARGS": f"--model {tiny_distilbert} --data {data_dir} --epochs 20 "
+                                               f"--precision fp32 --log-every-steps 1 --backup-every-steps 4"}
+    log = tmp_path / "job.log"
+    job = subprocess.Popen(["bash", "-c", run], cwd=REPO_ROOT, env=env, stdout=open(log, "w"),
+                           stderr=subprocess.STDOUT, start_new_session=True)
+    uploads = subprocess.Popen([sys.executable, os.path.join(REPO_ROOT, "tests", "mount_cached_standin.py"),
+                                str(mount), str(bucket)], start_new_session=True)
+    uploaded = bucket / "job1" / "tb" / "train"
+    try:
+        deadline = time.time() + 300
+        while len(_scalars(uploaded, "batch_loss")) < 8:
+            assert time.time() < deadline and job.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.5)
+    finally:  # the VM is preempted: the job and the mount's uploads die at once
+        for p in (job, uploads):
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    in_bucket = _scalars(uploaded, "batch_loss")
+    written = _scalars(tmp_path / "finsent-tb" / "job1" / "train", "batch_loss")  # on the dead VM's disk
+    assert len(written) < planned_steps(data_dir, epochs=20), "the job finished: not killed mid-run"
+    steps = sorted(in_bucket)
+    assert len(steps) >= 8 and steps == list(range(steps[0], steps[0] + len(steps)))  # no step missing
+    assert in_bucket == {s: written[s] for s in steps}
 
 
 def _startup(env, log):
