@@ -24,7 +24,7 @@ def remote(tmp_path_factory):
     bare = tmp_path_factory.mktemp("remote") / "finsent.git"
     subprocess.run(["git", "init", "--quiet", "--bare", str(bare)], check=True)
     subprocess.run(["git", "-C", REPO_ROOT, "push", "--quiet", str(bare), "HEAD:refs/heads/main"], check=True)
-    return str(bare)
+    return "file://" + str(bare)
 
 
 def _launch(script, *args):
@@ -41,29 +41,46 @@ def _dry(remote):
     return dry
 
 
+def _head():
+    return subprocess.run(["git", "-C", REPO_ROOT, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+
 def test_gcp_vm_dry_run_has_gpus_spot_image_and_command(_dry):
     out = _dry("gcp_vm.sh", "--gpus", "4", "--gpu-type", "nvidia-l4", "--spot", "--bucket", "gs://b",
                "train/full_finetune.py", "--epochs", "3", "--head-hidden", "256,64")
-    assert out.startswith("gcloud compute instances create ")
+    preflight, create = out.splitlines()[:2]
+    assert preflight.startswith(f"bash {LAUNCH}/preflight.sh --zone us-central1-a --gpu-type nvidia-l4 --gpus 4 "
+                                "--bucket gs://b --image-family common-cu129-ubuntu-2204-nvidia-580 ")
+    assert create.startswith("gcloud compute instances create ")
     assert "--accelerator type=nvidia-l4\\,count=4" in out
-    assert "--provisioning-model SPOT --instance-termination-action STOP" in out
-    assert "--image-family common-cu121-debian-11-py310 --image-project deeplearning-platform-release" in out
+    # one termination action for spot preemption and the run-time limit: STOP (the disk stays, the run resumes)
+    assert "--max-run-duration 24h --instance-termination-action STOP --provisioning-model SPOT" in out
+    assert "--image-family common-cu129-ubuntu-2204-nvidia-580 --image-project deeplearning-platform-release" in out
     assert "startup-script=" + os.path.join(LAUNCH, "gce_startup.sh") in out
     assert "finsent-command=train/full_finetune.py\\ --epochs\\ 3\\ --head-hidden\\ 256\\,64\\ --gpus\\ 4" in out
     assert "finsent-bucket=gs://b" in out and "finsent-on-failure=delete" in out
     assert "finsent-on-failure=stop" in _dry("gcp_vm.sh", "--on-failure", "stop", "train/full_finetune.py")
-    no_spot = _dry("gcp_vm.sh", "--gpus", "1", "train/full_finetune.py")
+    no_spot = _dry("gcp_vm.sh", "--gpus", "1", "--max-run-duration", "3h", "--service-account",
+                   "finsent@p.iam.gserviceaccount.com", "train/full_finetune.py")
     assert "SPOT" not in no_spot and "count=1" in no_spot
+    assert "--max-run-duration 3h --instance-termination-action STOP --service-account finsent@p" in no_spot
 
 
-def test_vertex_dry_run_has_pools_gpus_spot_image_and_command(_dry):
-    out = _dry("vertex_job.sh", "--gpus", "2", "--workers", "3", "--spot", "--bucket", "gs://b",
-               "train/full_finetune.py", "--epochs", "1")
-    assert out.startswith("gcloud ai custom-jobs create --region us-central1")
-    assert out.count("acceleratorCount: 2") == 2 and "replicaCount: 3" in out
-    assert "strategy: SPOT" in out and "imageUri: us-docker.pkg.dev/vertex-ai/training/tf-gpu.2-15.py310" in out
-    assert "python train/full_finetune.py --epochs 1 --gpus 2 --run-dir /gcs/b/runs/" in out
-    assert "SPOT" not in _dry("vertex_job.sh", "train/full_finetune.py")
+def test_vertex_dry_run_has_build_image_pools_gpus_spot_and_command(_dry):
+    image = f"europe-west4-docker.pkg.dev/p/finsent/finsent:{_head()}"
+    out = _dry("vertex_job.sh", "--build", "--project", "p", "--region", "europe-west4", "--gpus", "2", "--workers",
+               "3", "--spot", "--bucket", "gs://b", "train/full_finetune.py", "--epochs", "1")
+    assert f"gcloud builds submit /" in out and f"/launch/cloudbuild.yaml --substitutions _IMAGE={image} " in out
+    assert f"# image: {image}\n" in out and f"imageUri: {image}\n" in out
+    assert "gcloud ai custom-jobs create --region europe-west4" in out
+    assert out.count("acceleratorCount: 2") == 2 and "replicaCount: 3" in out and "strategy: SPOT" in out
+    # replicas train at once (nothing installed), TensorBoard through a local folder (the mount uploads closed files)
+    assert 'args: ["python train/full_finetune.py --epochs 1 --gpus 2 --run-dir /gcs/b/runs/' in out
+    assert "--tb-staging /tmp/finsent-tb" in out and "pip install" not in out
+    plain = _dry("vertex_job.sh", "--registry", "us-docker.pkg.dev/p/r", "train/full_finetune.py")
+    assert "SPOT" not in plain and "builds submit" not in plain  # without --build: the commit's image, checked first
+    assert plain.startswith(f"bash {LAUNCH}/preflight.sh --bucket gs://YOUR-BUCKET --image "
+                            f"us-docker.pkg.dev/p/r/finsent:{_head()}")
 
 
 @pytest.mark.parametrize("script", ["gcp_vm.sh", "vertex_job.sh"])
