@@ -118,7 +118,7 @@ class Config:
     tb_staging: str = _f("", "write TensorBoard's event files in this local folder and copy them into the run "
                              "folder's tb/ every --tb-copy-every seconds, every backup and epoch: for a run folder on "
                              "a bucket mount, which uploads a file only once it is closed (the launchers set it; "
-                             "docs/scaling.md#tensorboard-on-a-bucket-mount)")
+                             "docs/cloud.md#tensorboard-on-a-bucket-mount)")
     tb_copy_every: int = _f(60, "seconds between --tb-staging copies")
 
     def to_dict(self) -> dict:

@@ -96,6 +96,8 @@ pool() {  # one workerPoolSpecs entry
 Y
 }
 SPEC=$(mktemp "${TMPDIR:-/tmp}/vertex-$NAME-XXXX.yaml")
+SOURCE="${TMPDIR:-/tmp}/finsent-source-$COMMIT"   # --build: the commit's files, Cloud Build's source
+trap 'rm -rf "$SPEC" "$SOURCE"' EXIT
 {
     echo "workerPoolSpecs:"
     pool 1
@@ -106,7 +108,6 @@ CMD=(gcloud ai custom-jobs create --region "$REGION" --display-name "$NAME" --co
 P=(); [ -z "$PROJECT" ] || P=(--project "$PROJECT")
 CMD+=("${P[@]}")
 # the image: built now from the commit (Cloud Build), or already in the registry (preflight checks)
-SOURCE="${TMPDIR:-/tmp}/finsent-source-$COMMIT"
 BUILD_CMD=(gcloud builds submit "$SOURCE" --config "$SOURCE/launch/cloudbuild.yaml" --substitutions "_IMAGE=$IMAGE"
            "${P[@]}")
 PREFLIGHT=(bash "$HERE/preflight.sh" --bucket "$BUCKET" "${P[@]}")
@@ -119,14 +120,12 @@ if [ "$DRY" = 1 ]; then
     [ ${#UPLOAD[@]} -eq 0 ] || { printf '%q ' "${UPLOAD[@]}"; echo; }
     printf '%q ' "${CMD[@]}"; echo
     echo "# job spec (--config):"; cat "$SPEC"
-    rm -f "$SPEC"
     exit 0
 fi
-"${PREFLIGHT[@]}" || { rm -f "$SPEC"; exit 2; }
+"${PREFLIGHT[@]}" || exit 2
 if [ "$BUILD" = 1 ]; then
     rm -rf "$SOURCE" && mkdir -p "$SOURCE" && git -C "$HERE/.." archive "$COMMIT" | tar -x -C "$SOURCE"
-    "${BUILD_CMD[@]}" || { echo "vertex_job.sh: the image build failed (Cloud Build's log above)" >&2; rm -f "$SPEC"; exit 1; }
-    rm -rf "$SOURCE"
+    "${BUILD_CMD[@]}" || { echo "vertex_job.sh: the image build failed (Cloud Build's log above)" >&2; exit 1; }
 fi
 [ ${#UPLOAD[@]} -eq 0 ] || "${UPLOAD[@]}"
 "${CMD[@]}"

@@ -1,6 +1,6 @@
 """Stand-in for the `gcloud` commands the launchers run, speaking like the real CLI: on
 stdout what the `--format` asks for, and for a failure its stderr text and exit status 1
-(texts as the real CLI prints them; sources in docs/cloud.md). Every call is appended to
+(texts as the real CLI prints them; sources in docs/cloud.md#sources). Every call is appended to
 $GCLOUD_CALLS, one JSON list per line.
 
 $GCLOUD_FAIL names what is missing or refused (comma separated): family, bucket, gpu-type,
