@@ -114,6 +114,19 @@ def planned_steps(data_dir, epochs=3, batch=32, max_length=128) -> int:
     return epochs * sum(math.ceil(c / batch) for c in per_width.values())
 
 
+def tb_scalars(folder, tag) -> dict:
+    """{step: value} of `tag` in the event files under `folder`, read by TensorBoard's own loader."""
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.util import tensor_util
+    if not os.path.isdir(folder):
+        return {}
+    acc = event_accumulator.EventAccumulator(str(folder), size_guidance={event_accumulator.TENSORS: 0})
+    acc.Reload()
+    if tag not in acc.Tags()["tensors"]:
+        return {}
+    return {e.step: float(tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -13,7 +13,7 @@ import pytest
 
 
 from common import REPO_ROOT
-from tests.conftest import planned_steps
+from tests.conftest import planned_steps, tb_scalars
 
 LAUNCH = os.path.join(REPO_ROOT, "launch")
 
@@ -70,7 +70,7 @@ def test_vertex_dry_run_has_build_image_pools_gpus_spot_and_command(_dry):
     image = f"europe-west4-docker.pkg.dev/p/finsent/finsent:{_head()}"
     out = _dry("vertex_job.sh", "--build", "--project", "p", "--region", "europe-west4", "--gpus", "2", "--workers",
                "3", "--spot", "--bucket", "gs://b", "train/full_finetune.py", "--epochs", "1")
-    assert f"gcloud builds submit /" in out and f"/launch/cloudbuild.yaml --substitutions _IMAGE={image} " in out
+    assert "gcloud builds submit /" in out and f"/launch/cloudbuild.yaml --substitutions _IMAGE={image} " in out
     assert f"# image: {image}\n" in out and f"imageUri: {image}\n" in out
     assert "gcloud ai custom-jobs create --region europe-west4" in out
     assert out.count("acceleratorCount: 2") == 2 and "replicaCount: 3" in out and "strategy: SPOT" in out
@@ -137,19 +137,6 @@ def test_skypilot_yaml_builds_tf_config_from_node_variables(tmp_path):
     assert "--run-dir /runs/mine " in node(1, job1, RUN="mine")[1]
 
 
-def _scalars(folder, tag):
-    """{step: value} of `tag` in the event files under `folder`, read by TensorBoard's own loader."""
-    from tensorboard.backend.event_processing import event_accumulator
-    from tensorboard.util import tensor_util
-    if not os.path.isdir(folder):
-        return {}
-    acc = event_accumulator.EventAccumulator(str(folder), size_guidance={event_accumulator.TENSORS: 0})
-    acc.Reload()
-    if tag not in acc.Tags()["tensors"]:
-        return {}
-    return {e.step: float(tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
-
-
 @pytest.mark.slow
 def test_skypilot_job_killed_mid_epoch_leaves_its_tensorboard_scalars_in_the_bucket(tiny_distilbert, data_dir,
                                                                                     tmp_path):
@@ -164,7 +151,7 @@ def test_skypilot_job_killed_mid_epoch_leaves_its_tensorboard_scalars_in_the_buc
     env = {**os.environ, **{k: str(v) for k, v in spec["envs"].items()}, "HOME": str(tmp_path),
            "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
            "SKYPILOT_NUM_NODES": "1", "SKYPILOT_NODE_RANK": "0", "SKYPILOT_NUM_GPUS_PER_NODE": "0",
-           "SKYPILOT_TASK_ID": "job1", "ARGS": f"--model {tiny_distilbert} --data {data_dir} --epochs 20 "
+           "SKYPILOT_TASK_ID": "job1", "ARGS": f"--model {tiny_distilbert} --data {data_dir} --epochs 2000 "
                                                f"--precision fp32 --log-every-steps 1 --backup-every-steps 4"}
     log = tmp_path / "job.log"
     job = subprocess.Popen(["bash", "-c", run], cwd=REPO_ROOT, env=env, stdout=open(log, "w"),
@@ -174,16 +161,16 @@ def test_skypilot_job_killed_mid_epoch_leaves_its_tensorboard_scalars_in_the_buc
     uploaded = bucket / "job1" / "tb" / "train"
     try:
         deadline = time.time() + 300
-        while len(_scalars(uploaded, "batch_loss")) < 8:
+        while len(tb_scalars(uploaded, "batch_loss")) < 8:
             assert time.time() < deadline and job.poll() is None, log.read_text()[-3000:]
             time.sleep(0.5)
     finally:  # the VM is preempted: the job and the mount's uploads die at once
         for p in (job, uploads):
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
-    in_bucket = _scalars(uploaded, "batch_loss")
-    written = _scalars(tmp_path / "finsent-tb" / "job1" / "train", "batch_loss")  # on the dead VM's disk
-    assert len(written) < planned_steps(data_dir, epochs=20), "the job finished: not killed mid-run"
+    in_bucket = tb_scalars(uploaded, "batch_loss")
+    written = tb_scalars(tmp_path / "finsent-tb" / "job1" / "train", "batch_loss")  # on the dead VM's disk
+    assert len(written) < planned_steps(data_dir, epochs=1), "not killed in the first epoch"
     steps = sorted(in_bucket)
     assert len(steps) >= 8 and steps == list(range(steps[0], steps[0] + len(steps)))  # no step missing
     assert in_bucket == {s: written[s] for s in steps}

@@ -67,7 +67,7 @@ def test_preflight_passes_when_the_cloud_has_it_all(cloud):
 ])
 def test_preflight_says_what_the_cloud_refused_in_one_line(cloud, fail, ours, theirs):
     line = _one_line(cloud("preflight.sh", *ALL_CHECKS, fail=fail)[0])
-    assert ours in line and f"(gcloud: " in line and theirs in line, line
+    assert ours in line and "(gcloud: " in line and theirs in line, line
 
 
 def test_preflight_refuses_a_request_beyond_the_gpu_quota(cloud):

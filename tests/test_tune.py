@@ -7,16 +7,7 @@ import numpy as np
 import pytest
 
 from common import config, data, optim, phrasebank
-from tests.conftest import run_script
-
-
-def _scalars(event_dir, tag):
-    """{step: value} of one scalar in a TensorBoard event folder."""
-    import tensorflow as tf
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    acc = EventAccumulator(str(event_dir), size_guidance={"tensors": 0})
-    acc.Reload()
-    return {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
+from tests.conftest import run_script, tb_scalars
 
 
 def _trials(run):
@@ -112,12 +103,12 @@ def test_unfreeze_search_runs_trials_whose_best_is_train_flags(tiny_encoder, dat
     assert cfg["model"] == tiny_distilbert and cfg["epochs"] == 2
     assert (run / "best-run" / "metrics.json").exists()
     # one fit path: the trial and the train script, same flags and seed, took the same steps
-    trial_loss = _scalars(run / "tb" / best["trial"] / "execution0" / "train", "epoch_loss")
-    run_loss = _scalars(run / "best-run" / "tb" / "train", "epoch_loss")
+    trial_loss = tb_scalars(run / "tb" / best["trial"] / "execution0" / "train", "epoch_loss")
+    run_loss = tb_scalars(run / "best-run" / "tb" / "train", "epoch_loss")
     assert sorted(trial_loss) == sorted(run_loss) == [0, 1]
     for epoch in trial_loss:
         assert run_loss[epoch] == pytest.approx(trial_loss[epoch], rel=1e-4), (trial_loss, run_loss)
-    run_f1 = max(_scalars(run / "best-run" / "tb" / "validation", "epoch_macro_f1").values())
+    run_f1 = max(tb_scalars(run / "best-run" / "tb" / "validation", "epoch_macro_f1").values())
     assert run_f1 == pytest.approx(best["val_macro_f1"], abs=1e-6)
 
 
@@ -139,7 +130,7 @@ def test_hyperband_promoted_trials_continue_the_schedules(tiny_distilbert, data_
         hp = t["hyperparameters"]["values"]
         first = hp["tuner/initial_epoch"]
         tb = run / "tb" / i / "execution0" / "train"
-        groups, lr = _scalars(tb, "epoch_trainable_groups"), _scalars(tb, "epoch_learning_rate")
+        groups, lr = tb_scalars(tb, "epoch_trainable_groups"), tb_scalars(tb, "epoch_learning_rate")
         assert sorted(groups) == list(range(first, hp["tuner/epochs"]))  # epochs counted on from initial_epoch
         c = config.Config(**cfg["flags"])
         schedule = optim.learning_rate_schedule(c, steps)
@@ -155,16 +146,19 @@ def test_hyperband_promoted_trials_continue_the_schedules(tiny_distilbert, data_
 @pytest.mark.parametrize("script,tuner", [("tune/lr_search.py", "bayesian"), ("tune/unfreeze_search.py", "hyperband")])
 def test_search_runs_in_fp16(script, tuner, tiny_distilbert, data_dir, tmp_path):
     """fp16 (the GPU default) through both tuners: the schedule's optimizer attributes sit
-    under Keras' LossScaleOptimizer, and every trial still trains and scores."""
-    run = tmp_path / "search"
+    under Keras' LossScaleOptimizer, and every trial still trains and scores. As the cloud
+    launchers run it: TensorBoard through a local folder (--tb-staging), copied into tb/."""
+    run, staging = tmp_path / "search", tmp_path / "staging"
     run_script(script, "--model", tiny_distilbert, "--data", data_dir, "--run-dir", run, "--tuner", tuner,
                "--max-trials", 1, "--epochs", 1, "--precision", "fp16", "--train-examples", 96, "--max-length", 32,
-               "--layer-lr-decay", 0.8)
+               "--layer-lr-decay", 0.8, "--tb-staging", staging)
     trials = _trials(run)
     assert trials
     for t, cfg in trials.values():
         assert cfg["resolved"]["precision"] == "fp16" and np.isfinite(t["score"])
-        assert _scalars(run / "tb" / t["trial_id"] / "execution0" / "train", "epoch_learning_rate")
+        trial_tb = os.path.join(t["trial_id"], "execution0", "train")
+        assert tb_scalars(run / "tb" / trial_tb, "epoch_learning_rate") == tb_scalars(staging / "search" / trial_tb,
+                                                                                  "epoch_learning_rate") != {}
 
 
 def test_a_trials_executions_train_with_successive_seeds(tiny_distilbert, data_dir, runs_root):
