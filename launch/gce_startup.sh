@@ -169,9 +169,11 @@ rm -f "$LOCAL/EXIT"
 
 # 5. run, syncing while it trains
 STEP="training: $COMMAND"
-log "running: $COMMAND --run-dir $LOCAL"
+# TensorBoard writes on this disk and copies into the run folder at every backup (as on the
+# other launchers): the bucket then holds closed, flushed event files up to the last backup
+log "running: $COMMAND --run-dir $LOCAL --tb-staging $WORK/tb-staging"
 # shellcheck disable=SC2086  # COMMAND is a command line
-"$VENV/bin/python" $COMMAND --run-dir "$LOCAL" &
+"$VENV/bin/python" $COMMAND --run-dir "$LOCAL" --tb-staging "$WORK/tb-staging" &
 TRAIN=$!
 ( while sleep "$SYNC_EVERY"; do sync_up; done ) &
 SYNCER=$!

@@ -80,15 +80,17 @@ else
                 candidate=$(command -v "$name") || continue
                 ensure_venv "$candidate" 2>/dev/null || continue
                 log "getting uv $UV_VERSION (into a throw-away venv) to install Python 3.11"
-                "$candidate" -m venv "$SCRATCH/uv" && "$SCRATCH/uv/bin/python" -m pip install --quiet "uv==$UV_VERSION" \
+                "$candidate" -m venv "$SCRATCH/uv" && "$SCRATCH/uv/bin/python" -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION" \
                     && UV="$SCRATCH/uv/bin/uv" && break
             done
         fi
-        found=$(for n in python3 python3.12 python3.13; do p=$(command -v $n) && echo "$n is $(version_of "$p")" || true; done | paste -sd, -)
+        found=$(for n in python3 python3.12 python3.13; do p=$(command -v $n) && echo "$n is $(version_of "$p")" || true; done | paste -sd, - | sed 's/,/, /g')
         [ -n "$UV" ] || die "no Python 3.10 or 3.11 here (${found:-no python3}), and no uv or pip to get one:" \
             "install uv (https://docs.astral.sh/uv/getting-started/installation/) or python3.11, then run this again"
         log "no Python 3.10/3.11 here (${found:-no python3}): installing Python 3.11 with uv"
-        "$UV" python install 3.11 || die "uv python install 3.11 failed (see above)"
+        "$UV" python install 3.11 || die "uv python install 3.11 failed (see above; it downloads Python from" \
+            "github.com/astral-sh/python-build-standalone): where that is blocked, install python3.11 (or 3.10)" \
+            "with your package manager, then run this again"
         "$UV" venv --python 3.11 --seed "$VENV" || die "uv venv --python 3.11 $VENV failed (see above)"
     fi
 fi

@@ -109,7 +109,7 @@ exit 2
     p = _install(tmp_path, path)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert calls.read_text().splitlines() == ["uv python install 3.11", f"uv venv --python 3.11 --seed {tmp_path / 'venv'}"]
-    assert "no Python 3.10/3.11 here (python3 is 3.12,python3.12 is 3.12)" in p.stdout
+    assert "no Python 3.10/3.11 here (python3 is 3.12, python3.12 is 3.12)" in p.stdout
     assert _python_version_and_tensorflow(tmp_path / "venv") == ["3.11", "2.15.1"]
 
 

@@ -267,7 +267,7 @@ def test_gce_startup_script_installs_runs_syncs_and_resumes_after_reboot(tiny_di
     bucket, work = tmp_path / "bucket", tmp_path / "vm-disk"
     mark = tmp_path / "uploading-backup"
     env = _startup_env(tmp_path, f"train/full_finetune.py --model {tiny_distilbert} --data {data_dir} --epochs 6 "
-                                 f"--precision fp32 --backup-every-steps 10", stack_venv,
+                                 f"--precision fp32 --backup-every-steps 10 --log-every-steps 1", stack_venv,
                        FOLDER_SYNC_DELAY="0.2", FOLDER_SYNC_MARK=str(mark))
     log = tmp_path / "startup.log"
     first = _startup(env, log)
@@ -281,6 +281,8 @@ def test_gce_startup_script_installs_runs_syncs_and_resumes_after_reboot(tiny_di
     assert not (bucket / "runs" / "job1" / "metrics.json").exists()
     named = re.search(r'model_checkpoint_path: "(.*)"', (chief / "checkpoint").read_text()).group(1)
     assert (chief / f"{named}.index").exists() and list(chief.glob(f"{named}.data-*"))  # complete
+    logged = sorted(tb_scalars(bucket / "runs" / "job1" / "tb" / "train", "batch_loss"))  # and TensorBoard's steps
+    assert len(logged) >= 10 and logged == list(range(logged[0], logged[0] + len(logged)))  # up to a backup
     shutil.rmtree(work / "repo" / "runs")  # and the VM comes back with a new disk
     second = _startup({**env, "FOLDER_SYNC_DELAY": "0"}, log)  # the VM boots again: same startup script
     assert second.wait(timeout=600) == 0, log.read_text()[-3000:]
