@@ -100,7 +100,7 @@ def load_run(run_dir: str, flag: str = "run folder") -> dict:
 # ----------------------------------------------------------------------------- run metadata
 
 # Flags that change neither what trains nor how: a rerun may change them and still resume.
-RESUMABLE_CHANGES = ("run_dir", "log_every_steps")
+RESUMABLE_CHANGES = ("run_dir", "log_every_steps", "tb_staging", "tb_copy_every")  # where logs go, not what trains
 
 
 # Flags added with a default that changed what runs do: runs made before them ran with this value.

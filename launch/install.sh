@@ -48,7 +48,9 @@ ensure_venv() {  # PYTHON: make sure it can create a venv (Debian/Ubuntu ship th
     command -v apt-get >/dev/null || return 1
     local pkg="python$(version_of "$1")-venv"
     log "$1 has no venv module: installing $pkg with apt-get"
-    as_root apt-get update -qq >/dev/null && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" \
+    # at a VM's first boot unattended-upgrades may hold apt's lock: wait for it rather than fail
+    as_root apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null \
+        && as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq "$pkg" \
         || die "apt-get install $pkg failed (run it yourself, as root), then run this again"
     has_venv "$1"
 }

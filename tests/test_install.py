@@ -136,13 +136,14 @@ exec {sys.executable} "$@"
 """
     apt_get = f"""#!/bin/sh
 echo "apt-get $*" >> {calls}
-case "$*" in *"install -y -qq python3.11-venv"*) touch {marker};; esac
+case "$*" in *" install -y -qq python3.11-venv") touch {marker};; esac
 """
     path = _machine(tmp_path, python3=PYTHON_312, **{"python3.11": python311, "apt-get": apt_get,
                                                       "sudo": '#!/bin/sh\nexec "$@"\n'})
     p = _install(tmp_path, path)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert calls.read_text().splitlines() == ["apt-get update -qq", "apt-get install -y -qq python3.11-venv"]
+    assert calls.read_text().splitlines() == ["apt-get -o DPkg::Lock::Timeout=600 update -qq",
+                                              "apt-get -o DPkg::Lock::Timeout=600 install -y -qq python3.11-venv"]
     assert "has no venv module: installing python3.11-venv with apt-get" in p.stdout
     assert _python_version_and_tensorflow(tmp_path / "venv") == ["3.11", "2.15.1"]
     again = _install(tmp_path, path)  # a second boot of the VM: the venv is reused, nothing recreated
