@@ -94,6 +94,7 @@ def _python_version_and_tensorflow(venv):
     return p.stdout.split()
 
 
+@pytest.mark.slow  # makes a venv and imports the stack in it: ~20 s
 def test_install_gets_python_311_with_uv_where_python3_is_312(tmp_path):
     calls = tmp_path / "uv-calls"
     uv = f"""#!/bin/sh
@@ -122,6 +123,7 @@ def test_install_without_a_python_it_can_use_nor_uv_nor_pip_is_one_line(tmp_path
     assert "install uv (https://docs.astral.sh/uv/" in lines[0] and not (tmp_path / "venv").exists()
 
 
+@pytest.mark.slow  # makes a venv and imports the stack in it: ~20 s
 def test_install_puts_the_missing_venv_module_in_with_apt(tmp_path):
     """Ubuntu 22.04 (the GCE image): /usr/bin/python3.10 is there, its venv module is the
     separate python3.10-venv package."""

@@ -286,8 +286,8 @@ def test_launchers_put_a_local_data_file_in_the_bucket_beside_the_run(desk_csv, 
     args = ["--dry-run", "--repo", str(bare), "--bucket", "gs://b", "--name", "job1", "train/full_finetune.py"]
     vm = _launch("gcp_vm.sh", *args, "--data", desk_csv, "--epochs", "1")
     assert vm.returncode == 0, vm.stderr
-    first, second = vm.stdout.splitlines()[:2]
-    assert first == f"gcloud storage cp --recursive {desk_csv} gs://b/runs/job1/data/ "
+    preflight, first, second = vm.stdout.splitlines()[:3]  # the checks, the upload, the VM
+    assert preflight.startswith("bash ") and first == f"gcloud storage cp --recursive {desk_csv} gs://b/runs/job1/data/ "
     assert r"finsent-command=train/full_finetune.py\ --data\ gs://b/runs/job1/data/desk.csv\ --epochs\ 1" in second
     job = _launch("vertex_job.sh", *args, f"--data={desk_csv}")
     assert job.returncode == 0 and "--data /gcs/b/runs/job1/data/desk.csv" in job.stdout, job.stderr
