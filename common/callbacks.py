@@ -127,7 +127,10 @@ class CopyTensorBoard(keras.callbacks.Callback):
                 target = os.path.join(self.run_tb, os.path.relpath(source, self.staging))
                 if not os.path.exists(target) or os.path.getsize(target) != os.path.getsize(source):
                     with open(source, "rb") as f:
-                        runs.write_bytes(target, f.read())
+                        content = f.read()
+                    # TensorBoard loads every file whose name holds "tfevents": a temporary copy left
+                    # by a kill must not be named after its event file
+                    runs.atomic_write(target, lambda out: out.write(content), binary=True, temp_prefix=".tb-copy-")
         self._last = time.monotonic()
 
     def on_train_batch_end(self, batch, logs=None):

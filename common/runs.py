@@ -26,12 +26,13 @@ def default_run_dir(script: str) -> str:
     return os.path.join("runs", f"{script}-{stamp}")
 
 
-def atomic_write(path: str, write, binary: bool = False) -> None:
+def atomic_write(path: str, write, binary: bool = False, temp_prefix: str = None) -> None:
     """Call write(f) on a temporary file in the same folder, then rename it over `path`:
-    a killed process leaves the old file or the new one, never half of one."""
+    a killed process leaves the old file or the new one, never half of one (the temporary
+    one, named `temp_prefix`... or .<name>...tmp, may stay)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix or "." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
         with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", newline="", encoding="utf-8")) as f:
             write(f)
@@ -175,7 +176,11 @@ def versions() -> dict:
 
 
 def git_commit() -> str:
+    """HEAD of this checkout (+dirty), or in the project image, which has no git history, the
+    commit it was built from (launch/Dockerfile sets FINSENT_GIT_COMMIT)."""
     from common import REPO_ROOT as repo
+    if not os.path.isdir(os.path.join(repo, ".git")) and os.environ.get("FINSENT_GIT_COMMIT"):
+        return os.environ["FINSENT_GIT_COMMIT"]
     try:
         head = subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True,
                               timeout=5).stdout.strip()

@@ -151,6 +151,12 @@ def fit(model, cfg, run_dir: str, splits, hparams: dict, is_chief: bool = True, 
         if not os.environ.get("TF_CONFIG"):
             raise
         restart_after_peer_failure(e)
+    if os.environ.get("TF_CONFIG"):
+        # Every worker loads the chief's best weights below: none may read them before the chief's
+        # last save is on disk (else a worker ends with another epoch's weights). A collective op
+        # returns on no worker before every worker has reached it, the chief after its callbacks.
+        strategy = model.distribute_strategy
+        strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
     steps_done = int(model.optimizer.iterations.numpy())  # before load_weights, which restores it too
     try:  # Keras deletes its checkpoints after a finished fit() but leaves the folder
         os.rmdir(os.path.join(run_dir, runs.BACKUP))
@@ -173,7 +179,11 @@ def tb_folder(cfg, run_dir: str) -> str:
     """Where TensorBoard writes: the run folder's tb/, or with --tb-staging a local folder
     named after the run, copied into tb/ as it grows (callbacks.CopyTensorBoard)."""
     if cfg.tb_staging:
-        return os.path.join(cfg.tb_staging, os.path.basename(os.path.abspath(run_dir)))
+        staging, run = os.path.abspath(cfg.tb_staging), os.path.abspath(run_dir)
+        if os.path.commonpath([staging, run]) in (staging, run):  # the copies would copy themselves
+            raise FlagError(f"--tb-staging {cfg.tb_staging}: give a local folder outside the run folder "
+                            f"(and not holding it), e.g. /tmp/finsent-tb")
+        return os.path.join(staging, os.path.basename(run))
     return os.path.join(run_dir, runs.TB)
 
 
@@ -250,6 +260,7 @@ def start(cfg, script: str, run_folder="train") -> Run:
         raise FlagError("TF_CONFIG is set: pass --run-dir, the same folder on every worker (shared storage; "
                         "workers restore from the chief's backup there)")
     run_dir = cfg.run_dir or runs.default_run_dir(script)
+    tb_folder(cfg, run_dir)  # a --tb-staging inside the run folder is refused before anything is written
     if harness.is_chief and run_folder:
         runs.prepare_run_dir(run_dir, cfg.to_dict() if run_folder == "train" else None, f"{script}.py")
         if sources.is_own(cfg.data):  # a resume refuses a data file that changed since the run began

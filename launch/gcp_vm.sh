@@ -93,7 +93,8 @@ CMD+=(--max-run-duration "$MAX_RUN" --instance-termination-action STOP)
 [ "$SPOT" = 0 ] || CMD+=(--provisioning-model SPOT)
 [ -z "$SERVICE_ACCOUNT" ] || CMD+=(--service-account "$SERVICE_ACCOUNT")
 [ -z "$PROJECT" ] || CMD+=(--project "$PROJECT")
-PREFLIGHT=(bash "$HERE/preflight.sh" --zone "$ZONE" --gpu-type "$GPU_TYPE" --gpus "$GPUS" --bucket "$BUCKET"
+PREFLIGHT=(bash "$HERE/preflight.sh" --zone "$ZONE" --gpu-type "$GPU_TYPE" --gpus "$GPUS" --machine-type "$MACHINE"
+           --bucket "$BUCKET"
            --image-family "$IMAGE_FAMILY" --image-project "$IMAGE_PROJECT")
 [ "$SPOT" = 0 ] || PREFLIGHT+=(--spot)
 [ -z "$PROJECT" ] || PREFLIGHT+=(--project "$PROJECT")

@@ -15,9 +15,10 @@
 #   3. creates the venv (an existing one of 3.10/3.11 is reused), installs requirements.txt,
 #      plus tensorflow[and-cuda] (CUDA/cuDNN as pip packages) where nvidia-smi lists a GPU
 #      or with --gpu (image builds run without one), then runs pip check;
-#   4. on a GPU machine, checks that TensorFlow lists the GPUs.
+#   4. on a GPU machine (nvidia-smi there, or an NVIDIA device on the PCI bus even when its
+#      driver is broken), checks that TensorFlow lists the GPUs.
 # Each failure ends in one line saying what failed and what to do. FINSENT_EXPECT_GPU=1
-# makes step 4 run without nvidia-smi (tests).
+# makes step 4 run on a machine without a GPU (tests).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV="$ROOT/.venv"
@@ -28,7 +29,7 @@ usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' 
           echo "Options: --venv DIR ($VENV)  --gpu (install the CUDA packages without a GPU here)"; exit "${1:-2}"; }
 while [ $# -gt 0 ]; do
     case "$1" in
-        --venv) [ $# -ge 2 ] || usage; VENV=$2; shift 2;;
+        --venv) [ $# -ge 2 ] || usage; VENV=$(realpath -m "$2"); shift 2;;
         --gpu) GPU=1; shift;;
         -h|--help) usage 0;;
         *) echo "install.sh: unknown option $1" >&2; usage;;
@@ -38,21 +39,31 @@ log() { echo "install.sh: $*"; }
 die() { echo "install.sh: $*" >&2; exit "${CODE:-1}"; }
 SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/finsent-install-XXXXXX")
 trap 'rm -rf "$SCRATCH"' EXIT
+trap 'die "stopped at line $LINENO of $0 (the command above failed)"' ERR
 
 version_of() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true; }
 supported() { case "$(version_of "$1")" in 3.10|3.11) return 0;; esac; return 1; }
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo -n "$@"; else return 1; fi; }
 has_venv() { "$1" -c 'import venv, ensurepip' >/dev/null 2>&1; }
 ensure_venv() {  # PYTHON: make sure it can create a venv (Debian/Ubuntu ship that module apart)
     has_venv "$1" && return 0
     command -v apt-get >/dev/null || return 1
     local pkg="python$(version_of "$1")-venv"
     log "$1 has no venv module: installing $pkg with apt-get"
-    # at a VM's first boot unattended-upgrades may hold apt's lock: wait for it rather than fail
-    as_root apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null \
-        && as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq "$pkg" \
-        || die "apt-get install $pkg failed (run it yourself, as root), then run this again"
+    # at a VM's first boot unattended-upgrades may hold apt's lock: wait for it rather than fail;
+    # a stale third-party list must not stop the install (the package may be known already)
+    as_root apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null 2>&1 || true
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq "$pkg" \
+        || { log "apt-get install $pkg failed (not root, or no such package): trying without it"; return 1; }
     has_venv "$1"
+}
+gpu_machine() {  # nvidia-smi, or an NVIDIA display/3D controller on the PCI bus (a driver that failed)
+    command -v nvidia-smi >/dev/null && return 0
+    local dev
+    for dev in /sys/bus/pci/devices/*; do
+        [ "$(cat "$dev/vendor" 2>/dev/null)" = 0x10de ] && case "$(cat "$dev/class" 2>/dev/null)" in 0x03*) return 0;; esac
+    done
+    return 1
 }
 run_logged() {  # LOG CMD...: show the output, keep it for the one-line error
     local logfile=$1; shift
@@ -100,16 +111,18 @@ PY="$VENV/bin/python"
 supported "$PY" || die "$PY is not Python 3.10/3.11 ($(version_of "$PY")): remove $VENV and run this again"
 
 # 3. the stack (exact pins), the CUDA libraries where there is a GPU, then pip's own consistency check
-if command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then GPU=1; ON_GPU=1; else ON_GPU=0; fi
+if gpu_machine; then GPU=1; ON_GPU=1; else ON_GPU=0; fi
 PIN=$(grep -E '^tensorflow==' "$ROOT/requirements.txt")
 EXTRA=()
 [ "$GPU" = 0 ] || EXTRA=("tensorflow[and-cuda]==${PIN#tensorflow==}")
 log "installing requirements.txt ${EXTRA[*]:+and ${EXTRA[*]} }into $VENV"
 run_logged "$SCRATCH/pip.log" "$PY" -m pip install -r "$ROOT/requirements.txt" "${EXTRA[@]}" \
-    || die "pip could not install requirements.txt: $(last_error "$SCRATCH/pip.log") (full output above)"
+    || die "pip could not install requirements.txt${EXTRA[*]:+ and ${EXTRA[*]}}: $(last_error "$SCRATCH/pip.log")" \
+           "(full output above)"
 run_logged "$SCRATCH/check.log" "$PY" -m pip check \
     || die "pip check found a conflict: $(tail -1 "$SCRATCH/check.log") (do not add packages to this venv)"
-(cd "$ROOT" && "$PY" -c "from common import env; import tensorflow, transformers, keras_tuner") 2>"$SCRATCH/import.log" \
+(cd "$ROOT" && PYTHONDONTWRITEBYTECODE=1 "$PY" -c "from common import env; import tensorflow, transformers, keras_tuner") \
+    2>"$SCRATCH/import.log" \
     || die "the stack does not import: $(tail -1 "$SCRATCH/import.log")"
 
 # 4. a GPU machine whose TensorFlow sees no GPU would train on its CPU for days

@@ -96,7 +96,7 @@ pool() {  # one workerPoolSpecs entry
 Y
 }
 SPEC=$(mktemp "${TMPDIR:-/tmp}/vertex-$NAME-XXXX.yaml")
-SOURCE="${TMPDIR:-/tmp}/finsent-source-$COMMIT"   # --build: the commit's files, Cloud Build's source
+SOURCE=$(mktemp -d "${TMPDIR:-/tmp}/finsent-source-XXXXXX")   # --build: the commit's files, Cloud Build's source
 trap 'rm -rf "$SPEC" "$SOURCE"' EXIT
 {
     echo "workerPoolSpecs:"
@@ -108,10 +108,11 @@ CMD=(gcloud ai custom-jobs create --region "$REGION" --display-name "$NAME" --co
 P=(); [ -z "$PROJECT" ] || P=(--project "$PROJECT")
 CMD+=("${P[@]}")
 # the image: built now from the commit (Cloud Build), or already in the registry (preflight checks)
-BUILD_CMD=(gcloud builds submit "$SOURCE" --config "$SOURCE/launch/cloudbuild.yaml" --substitutions "_IMAGE=$IMAGE"
+BUILD_CMD=(gcloud builds submit "$SOURCE" --config "$SOURCE/launch/cloudbuild.yaml"
+           --substitutions "_IMAGE=$IMAGE,_COMMIT=$COMMIT"
            "${P[@]}")
 PREFLIGHT=(bash "$HERE/preflight.sh" --bucket "$BUCKET" "${P[@]}")
-[ "$BUILD" = 1 ] || PREFLIGHT+=(--image "$IMAGE")
+if [ "$BUILD" = 1 ]; then PREFLIGHT+=(--repository "${IMAGE%/*}"); else PREFLIGHT+=(--image "$IMAGE"); fi
 
 if [ "$DRY" = 1 ]; then
     printf '%q ' "${PREFLIGHT[@]}"; echo
@@ -124,7 +125,7 @@ if [ "$DRY" = 1 ]; then
 fi
 "${PREFLIGHT[@]}" || exit 2
 if [ "$BUILD" = 1 ]; then
-    rm -rf "$SOURCE" && mkdir -p "$SOURCE" && git -C "$HERE/.." archive "$COMMIT" | tar -x -C "$SOURCE"
+    git -C "$HERE/.." archive "$COMMIT" | tar -x -C "$SOURCE"
     "${BUILD_CMD[@]}" || { echo "vertex_job.sh: the image build failed (Cloud Build's log above)" >&2; exit 1; }
 fi
 [ ${#UPLOAD[@]} -eq 0 ] || "${UPLOAD[@]}"

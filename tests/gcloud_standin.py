@@ -4,7 +4,9 @@ stdout what the `--format` asks for, and for a failure its stderr text and exit 
 $GCLOUD_CALLS, one JSON list per line.
 
 $GCLOUD_FAIL names what is missing or refused (comma separated): family, bucket, gpu-type,
-quota-read, image. $GCLOUD_GPU_QUOTA is the region's GPU limit (default 8, none in use).
+quota-read, image, repository. Quotas (none in use, 2 of the region's 24 CPUS): the region's
+GPU limit $GCLOUD_GPU_QUOTA (default 8), its preemptible one $GCLOUD_PREEMPTIBLE_GPU_QUOTA
+(default the same), the project's GPUS_ALL_REGIONS $GCLOUD_ALL_REGIONS_GPUS (default 8).
 `builds submit SOURCE --config C` fails unless SOURCE holds launch/Dockerfile and C."""
 import json
 import os
@@ -49,9 +51,18 @@ elif command.startswith("compute regions describe"):
         error("compute.regions.describe", "Could not fetch resource:\n - Required 'compute.regions.get' "
               f"permission for 'projects/{project}/regions/{args[3]}'\n")
     limit = float(os.environ.get("GCLOUD_GPU_QUOTA", "8"))
+    spot = float(os.environ.get("GCLOUD_PREEMPTIBLE_GPU_QUOTA", limit))
     for metric, lim, used in [("CPUS", 24.0, 2.0), ("NVIDIA_T4_GPUS", limit, 0.0),
-                              ("PREEMPTIBLE_NVIDIA_T4_GPUS", limit, 0.0), ("NVIDIA_L4_GPUS", limit, 0.0)]:
+                              ("PREEMPTIBLE_NVIDIA_T4_GPUS", spot, 0.0), ("NVIDIA_L4_GPUS", limit, 0.0)]:
         print(f"{metric},{lim},{used}")
+elif command.startswith("compute project-info describe"):
+    print(f"CPUS_ALL_REGIONS,32.0,2.0\nGPUS_ALL_REGIONS,{float(os.environ.get('GCLOUD_ALL_REGIONS_GPUS', '8'))},0.0")
+elif command.startswith("compute machine-types describe"):
+    print(args[3].rsplit("-", 1)[1])  # n1-standard-32: 32 vCPUs
+elif command.startswith("artifacts repositories describe"):
+    if "repository" in fail:
+        error("artifacts.repositories.describe", "NOT_FOUND: Requested entity was not found.")
+    print(f"projects/{project}/locations/{value('--location')}/repositories/{args[3]}")
 elif command.startswith("artifacts docker images describe"):
     if "image" in fail:
         error("artifacts.docker.images.describe", "Image not found.\n\nA valid container image can be referenced "

@@ -89,6 +89,8 @@ CASES = [
     ("init-from-weights-do-not-load", "train/full_finetune.py",
      lambda t, m, d: ["--init-from", _run_of_another_shape(t, m), "--train-examples", "64"], errors.ModelError,
      "its weights do not load as a sequence classifier (ValueError: cannot reshape array"),
+    ("tb-staging-in-the-run-folder", "tune/lr_search.py", lambda t, m, d: ["--tb-staging", str(t / "run" / "tb")],
+     errors.FlagError, "--tb-staging {tmp}/run/tb: give a local folder outside the run folder"),
     ("batch-not-divisible", "train/full_finetune.py", lambda t, m, d: ["--cpu-replicas", "2", "--batch-size", "33"],
      errors.FlagError, "--batch-size 33: must be a positive multiple of the 2 replicas"),
     ("bad-head-hidden", "train/custom_head.py", lambda t, m, d: ["--head-hidden", "256,abc"], errors.FlagError,

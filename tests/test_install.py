@@ -94,11 +94,9 @@ def _python_version_and_tensorflow(venv):
     return p.stdout.split()
 
 
-@pytest.mark.slow  # makes a venv and imports the stack in it: ~20 s
-def test_install_gets_python_311_with_uv_where_python3_is_312(tmp_path):
-    calls = tmp_path / "uv-calls"
-    uv = f"""#!/bin/sh
-# uv, as far as the install path uses it; `uv python install` cannot download here
+def _uv(calls):
+    """uv, as far as the install path uses it (`uv python install` cannot download here)."""
+    return f"""#!/bin/sh
 echo "uv $*" >> {calls}
 case "$1 $2" in
     "python install") exit 0;;
@@ -106,12 +104,72 @@ case "$1 $2" in
 esac
 exit 2
 """
-    path = _machine(tmp_path, python3=PYTHON_312, **{"python3.12": PYTHON_312, "uv": uv})
+
+
+@pytest.mark.slow  # makes a venv and imports the stack in it: ~20 s
+def test_install_gets_python_311_with_uv_where_python3_is_312(tmp_path):
+    calls = tmp_path / "uv-calls"
+    path = _machine(tmp_path, python3=PYTHON_312, **{"python3.12": PYTHON_312, "uv": _uv(calls)})
     p = _install(tmp_path, path)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert calls.read_text().splitlines() == ["uv python install 3.11", f"uv venv --python 3.11 --seed {tmp_path / 'venv'}"]
     assert "no Python 3.10/3.11 here (python3 is 3.12, python3.12 is 3.12)" in p.stdout
     assert _python_version_and_tensorflow(tmp_path / "venv") == ["3.11", "2.15.1"]
+
+
+@pytest.mark.slow  # two venvs and the stack imported: ~25 s
+def test_install_without_uv_pip_installs_it_into_a_throw_away_venv(tmp_path):
+    """A 3.12 that can make venvs (with pip) but no uv: uv is pip-installed into a throw-away
+    venv, never into that Python. The package index is a folder holding a uv wheel whose
+    `uv` is the stand-in."""
+    import zipfile
+    calls, index = tmp_path / "uv-calls", tmp_path / "index"
+    index.mkdir()
+    name = "uv-0.13.9"
+    files = {f"{name}.data/scripts/uv": _uv(calls),
+             f"{name}.dist-info/METADATA": "Metadata-Version: 2.1\nName: uv\nVersion: 0.13.9\n",
+             f"{name}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    with zipfile.ZipFile(index / f"{name}-py3-none-any.whl", "w") as wheel:
+        for member, text in files.items():
+            info = zipfile.ZipInfo(member)
+            info.external_attr = 0o100755 << 16  # a regular file, executable: pip keeps the mode
+            wheel.writestr(info, text)
+        wheel.writestr(f"{name}.dist-info/RECORD", "".join(f"{m},,\n" for m in [*files, f"{name}.dist-info/RECORD"]))
+    python312 = f"""#!/bin/sh
+# a 3.12 with venv and pip (its answers but the version are this interpreter's)
+case "$*" in *version_info*) echo 3.12; exit 0;; esac
+exec {sys.executable} "$@"
+"""
+    path = _machine(tmp_path, python3=python312)
+    env = {"PATH": path, "HOME": str(tmp_path), "TMPDIR": str(tmp_path), "PIP_NO_INDEX": "1",
+           "PIP_FIND_LINKS": str(index)}
+    p = subprocess.run(["bash", INSTALL, "--venv", str(tmp_path / "venv")], capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "getting uv 0.13.9 (into a throw-away venv)" in p.stdout
+    assert calls.read_text().splitlines()[0] == "uv python install 3.11"
+    assert _python_version_and_tensorflow(tmp_path / "venv") == ["3.11", "2.15.1"]
+    import importlib.metadata
+    assert not [d for d in importlib.metadata.distributions() if d.metadata["Name"] == "uv"]  # not in the Python
+    assert not list(tmp_path.glob("finsent-install-*"))  # the throw-away venv is gone
+
+
+@pytest.mark.parametrize("gpu", ["--gpu", "nvidia-smi"])
+def test_install_adds_the_cuda_packages_for_a_gpu_or_when_asked(gpu, tmp_path):
+    """--gpu (an image build), or nvidia-smi on the machine, even one that fails (a broken
+    driver): pip is asked for tensorflow[and-cuda]. With no package index here, that ends in
+    pip's own error, in one line."""
+    from tests import standin_venv
+    standin_venv.create(str(tmp_path / "venv"))
+    broken_driver = "#!/bin/sh\necho 'NVIDIA-SMI has failed because it could not communicate with the NVIDIA driver.'; exit 9\n"
+    path = _machine(tmp_path, **({"nvidia-smi": broken_driver} if gpu == "nvidia-smi" else {}))
+    env = {"PATH": path, "HOME": str(tmp_path), "TMPDIR": str(tmp_path), "PIP_NO_INDEX": "1"}
+    p = subprocess.run(["bash", INSTALL, "--venv", str(tmp_path / "venv"), *([gpu] if gpu == "--gpu" else [])],
+                       capture_output=True, text=True, env=env, timeout=600)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 1 and len(lines) == 1, p.stdout[-2000:] + p.stderr[-2000:]
+    assert lines[0].startswith("install.sh: pip could not install requirements.txt and tensorflow[and-cuda]==2.15.1: "
+                               "ERROR: "), lines
 
 
 def test_install_without_a_python_it_can_use_nor_uv_nor_pip_is_one_line(tmp_path):

@@ -50,7 +50,8 @@ def test_gcp_vm_dry_run_has_gpus_spot_image_and_command(_dry):
                "train/full_finetune.py", "--epochs", "3", "--head-hidden", "256,64")
     preflight, create = out.splitlines()[:2]
     assert preflight.startswith(f"bash {LAUNCH}/preflight.sh --zone us-central1-a --gpu-type nvidia-l4 --gpus 4 "
-                                "--bucket gs://b --image-family common-cu129-ubuntu-2204-nvidia-580 ")
+                                "--machine-type n1-standard-32 --bucket gs://b "
+                                "--image-family common-cu129-ubuntu-2204-nvidia-580 ")
     assert create.startswith("gcloud compute instances create ")
     assert "--accelerator type=nvidia-l4\\,count=4" in out
     # one termination action for spot preemption and the run-time limit: STOP (the disk stays, the run resumes)
@@ -70,7 +71,7 @@ def test_vertex_dry_run_has_build_image_pools_gpus_spot_and_command(_dry):
     image = f"europe-west4-docker.pkg.dev/p/finsent/finsent:{_head()}"
     out = _dry("vertex_job.sh", "--build", "--project", "p", "--region", "europe-west4", "--gpus", "2", "--workers",
                "3", "--spot", "--bucket", "gs://b", "train/full_finetune.py", "--epochs", "1")
-    assert "gcloud builds submit /" in out and f"/launch/cloudbuild.yaml --substitutions _IMAGE={image} " in out
+    assert "gcloud builds submit /" in out and f"/launch/cloudbuild.yaml --substitutions _IMAGE={image}\\,_COMMIT={_head()} " in out
     assert f"# image: {image}\n" in out and f"imageUri: {image}\n" in out
     assert "gcloud ai custom-jobs create --region europe-west4" in out
     assert out.count("acceleratorCount: 2") == 2 and "replicaCount: 3" in out and "strategy: SPOT" in out
