@@ -10,8 +10,8 @@ from common import runs
 from common.errors import RunDirError
 from common.phrasebank import level_name
 
-IGNORED = {"seed", "run_dir", "init_from", "data", "deterministic", "log_every_steps", "backup_every_steps",
-           "tb_staging", "tb_copy_every"}
+# flags that do not tell configurations apart: seeds, inputs, and what a rerun may change (runs.RESUMABLE_CHANGES)
+IGNORED = {"seed", "init_from", "data", "deterministic", "backup_every_steps", *runs.RESUMABLE_CHANGES}
 
 
 def find_runs(paths) -> list:

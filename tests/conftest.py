@@ -72,6 +72,22 @@ def saved_tiny_model(folder, model_class, config_class, **config) -> str:
     return str(folder)
 
 
+def head_commit() -> str:
+    """This checkout's HEAD (the commit a launcher launches by default)."""
+    return subprocess.run(["git", "-C", REPO_ROOT, "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def remote(tmp_path_factory) -> str:
+    """A bare repository holding this checkout's HEAD, as a file:// URL: the launchers' --repo
+    (pushing to it writes nothing in this checkout's repository)."""
+    bare = tmp_path_factory.mktemp("remote") / "finsent.git"
+    subprocess.run(["git", "init", "--quiet", "--bare", str(bare)], check=True)
+    subprocess.run(["git", "-C", REPO_ROOT, "push", "--quiet", str(bare), "HEAD:refs/heads/main"], check=True)
+    return "file://" + str(bare)
+
+
 @pytest.fixture(scope="session")
 def stack_venv(tmp_path_factory) -> str:
     """A venv (pip included) that sees this suite's installed stack but not the test model

@@ -81,8 +81,9 @@ def _machine(tmp_path, **standins):
     return str(bin_dir)
 
 
-def _install(tmp_path, path, *args):
-    env = {"PATH": path, "HOME": str(tmp_path), "TMPDIR": str(tmp_path)}
+def _install(tmp_path, path, *args, **env):
+    """launch/install.sh --venv tmp_path/venv ARGS on the machine PATH, with `env` added."""
+    env = {"PATH": path, "HOME": str(tmp_path), "TMPDIR": str(tmp_path), **env}
     return subprocess.run(["bash", INSTALL, "--venv", str(tmp_path / "venv"), *args], capture_output=True,
                           text=True, env=env, timeout=600)
 
@@ -140,11 +141,7 @@ def test_install_without_uv_pip_installs_it_into_a_throw_away_venv(tmp_path):
 case "$*" in *version_info*) echo 3.12; exit 0;; esac
 exec {sys.executable} "$@"
 """
-    path = _machine(tmp_path, python3=python312)
-    env = {"PATH": path, "HOME": str(tmp_path), "TMPDIR": str(tmp_path), "PIP_NO_INDEX": "1",
-           "PIP_FIND_LINKS": str(index)}
-    p = subprocess.run(["bash", INSTALL, "--venv", str(tmp_path / "venv")], capture_output=True, text=True, env=env,
-                       timeout=600)
+    p = _install(tmp_path, _machine(tmp_path, python3=python312), PIP_NO_INDEX="1", PIP_FIND_LINKS=str(index))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "getting uv 0.13.9 (into a throw-away venv)" in p.stdout
     assert calls.read_text().splitlines()[0] == "uv python install 3.11"
@@ -163,9 +160,7 @@ def test_install_adds_the_cuda_packages_for_a_gpu_or_when_asked(gpu, tmp_path):
     standin_venv.create(str(tmp_path / "venv"))
     broken_driver = "#!/bin/sh\necho 'NVIDIA-SMI has failed because it could not communicate with the NVIDIA driver.'; exit 9\n"
     path = _machine(tmp_path, **({"nvidia-smi": broken_driver} if gpu == "nvidia-smi" else {}))
-    env = {"PATH": path, "HOME": str(tmp_path), "TMPDIR": str(tmp_path), "PIP_NO_INDEX": "1"}
-    p = subprocess.run(["bash", INSTALL, "--venv", str(tmp_path / "venv"), *([gpu] if gpu == "--gpu" else [])],
-                       capture_output=True, text=True, env=env, timeout=600)
+    p = _install(tmp_path, path, *([gpu] if gpu == "--gpu" else []), PIP_NO_INDEX="1")
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 1 and len(lines) == 1, p.stdout[-2000:] + p.stderr[-2000:]
     assert lines[0].startswith("install.sh: pip could not install requirements.txt and tensorflow[and-cuda]==2.15.1: "

@@ -13,18 +13,9 @@ import pytest
 
 
 from common import REPO_ROOT
-from tests.conftest import planned_steps, tb_scalars
+from tests.conftest import head_commit, planned_steps, tb_scalars
 
 LAUNCH = os.path.join(REPO_ROOT, "launch")
-
-
-@pytest.fixture(scope="module")
-def remote(tmp_path_factory):
-    """A bare repository holding this checkout's HEAD: the launchers' --repo."""
-    bare = tmp_path_factory.mktemp("remote") / "finsent.git"
-    subprocess.run(["git", "init", "--quiet", "--bare", str(bare)], check=True)
-    subprocess.run(["git", "-C", REPO_ROOT, "push", "--quiet", str(bare), "HEAD:refs/heads/main"], check=True)
-    return "file://" + str(bare)
 
 
 def _launch(script, *args):
@@ -39,10 +30,6 @@ def _dry(remote):
         assert p.returncode == 0, p.stderr
         return p.stdout
     return dry
-
-
-def _head():
-    return subprocess.run(["git", "-C", REPO_ROOT, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
 
 
 def test_gcp_vm_dry_run_has_gpus_spot_image_and_command(_dry):
@@ -68,10 +55,10 @@ def test_gcp_vm_dry_run_has_gpus_spot_image_and_command(_dry):
 
 
 def test_vertex_dry_run_has_build_image_pools_gpus_spot_and_command(_dry):
-    image = f"europe-west4-docker.pkg.dev/p/finsent/finsent:{_head()}"
+    image = f"europe-west4-docker.pkg.dev/p/finsent/finsent:{head_commit()}"
     out = _dry("vertex_job.sh", "--build", "--project", "p", "--region", "europe-west4", "--gpus", "2", "--workers",
                "3", "--spot", "--bucket", "gs://b", "train/full_finetune.py", "--epochs", "1")
-    assert "gcloud builds submit /" in out and f"/launch/cloudbuild.yaml --substitutions _IMAGE={image}\\,_COMMIT={_head()} " in out
+    assert "gcloud builds submit /" in out and f"/launch/cloudbuild.yaml --substitutions _IMAGE={image}\\,_COMMIT={head_commit()} " in out
     assert f"# image: {image}\n" in out and f"imageUri: {image}\n" in out
     assert "gcloud ai custom-jobs create --region europe-west4" in out
     assert out.count("acceleratorCount: 2") == 2 and "replicaCount: 3" in out and "strategy: SPOT" in out
@@ -81,7 +68,7 @@ def test_vertex_dry_run_has_build_image_pools_gpus_spot_and_command(_dry):
     plain = _dry("vertex_job.sh", "--registry", "us-docker.pkg.dev/p/r", "train/full_finetune.py")
     assert "SPOT" not in plain and "builds submit" not in plain  # without --build: the commit's image, checked first
     assert plain.startswith(f"bash {LAUNCH}/preflight.sh --bucket gs://YOUR-BUCKET --image "
-                            f"us-docker.pkg.dev/p/r/finsent:{_head()}")
+                            f"us-docker.pkg.dev/p/r/finsent:{head_commit()}")
 
 
 @pytest.mark.parametrize("script", ["gcp_vm.sh", "vertex_job.sh"])
@@ -187,9 +174,8 @@ def _startup_env(tmp_path, command, venv, **overrides):
     stand-ins: a folder for the bucket, touch-a-file for deleting / stopping / shutting down
     the VM, and a venv that has the stack (launch/install.sh runs, and finds it there)."""
     (tmp_path / "bucket").mkdir(exist_ok=True)
-    head = subprocess.run(["git", "-C", REPO_ROOT, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     env = {**os.environ,
-           "FINSENT_REPO": REPO_ROOT, "FINSENT_REF": head, "FINSENT_BUCKET": str(tmp_path / "bucket"),
+           "FINSENT_REPO": REPO_ROOT, "FINSENT_REF": head_commit(), "FINSENT_BUCKET": str(tmp_path / "bucket"),
            "FINSENT_RUN": "job1", "FINSENT_COMMAND": command,
            "FINSENT_WORKDIR": str(tmp_path / "vm-disk"), "FINSENT_VENV": venv,
            "FINSENT_SYNC": f"{sys.executable} {os.path.join(REPO_ROOT, 'tests', 'folder_bucket_sync.py')}",

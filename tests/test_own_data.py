@@ -276,14 +276,9 @@ def test_every_train_script_the_other_tuner_and_the_learning_curve_run_on_own_da
     assert list(m["test"]["per_class"]) == ["down", "up"]
 
 
-def test_launchers_put_a_local_data_file_in_the_bucket_beside_the_run(desk_csv, data_dir, tmp_path):
-    import subprocess
+def test_launchers_put_a_local_data_file_in_the_bucket_beside_the_run(desk_csv, data_dir, tmp_path, remote):
     from tests.test_launch import _launch
-    bare = tmp_path / "remote.git"
-    subprocess.run(["git", "init", "--quiet", "--bare", str(bare)], check=True)
-    from common import REPO_ROOT
-    subprocess.run(["git", "-C", REPO_ROOT, "push", "--quiet", str(bare), "HEAD:refs/heads/main"], check=True)
-    args = ["--dry-run", "--repo", str(bare), "--bucket", "gs://b", "--name", "job1", "train/full_finetune.py"]
+    args = ["--dry-run", "--repo", remote, "--bucket", "gs://b", "--name", "job1", "train/full_finetune.py"]
     vm = _launch("gcp_vm.sh", *args, "--data", desk_csv, "--epochs", "1")
     assert vm.returncode == 0, vm.stderr
     preflight, first, second = vm.stdout.splitlines()[:3]  # the checks, the upload, the VM

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from common import REPO_ROOT
+from tests.conftest import head_commit
 
 LAUNCH = os.path.join(REPO_ROOT, "launch")
 ALL_CHECKS = ["--bucket", "gs://b", "--zone", "us-central1-a", "--gpu-type", "nvidia-tesla-t4", "--gpus", "4",
@@ -91,14 +92,6 @@ def test_preflight_refuses_a_request_beyond_a_quota(cloud):
     assert p.returncode == 0 and "lists no NVIDIA_H100_GPUS quota; not checked" in p.stdout  # unknown is not zero
 
 
-@pytest.fixture
-def remote(tmp_path):
-    bare = tmp_path / "finsent.git"
-    subprocess.run(["git", "init", "--quiet", "--bare", str(bare)], check=True)
-    subprocess.run(["git", "-C", REPO_ROOT, "push", "--quiet", str(bare), "HEAD:refs/heads/main"], check=True)
-    return "file://" + str(bare)
-
-
 def test_gcp_vm_creates_nothing_when_preflight_fails(cloud, remote):
     p, calls = cloud("gcp_vm.sh", "--repo", remote, "--bucket", "gs://b", "train/full_finetune.py", fail="bucket")
     assert "gcloud: ERROR: (gcloud.storage.cp) gs://b not found: 404." in _one_line(p)
@@ -110,7 +103,7 @@ def test_gcp_vm_creates_nothing_when_preflight_fails(cloud, remote):
 
 
 def test_vertex_needs_the_commits_image_or_builds_it(cloud, remote):
-    head = subprocess.run(["git", "-C", REPO_ROOT, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    head = head_commit()
     image = f"us-central1-docker.pkg.dev/p/finsent/finsent:{head}"
     args = ["--repo", remote, "--project", "p", "--bucket", "gs://b", "train/full_finetune.py", "--epochs", "1"]
     p, calls = cloud("vertex_job.sh", *args, fail="image")
