@@ -6,6 +6,7 @@ the time. Dividing the logits by one temperature T > 1, fitted to minimise the
 validation NLL, fixes most of that and never changes a label (argmax is unchanged).
 The run stores T in calibration.json; predict.py and the serving SavedModel apply it.
 """
+import math
 import os
 
 import numpy as np
@@ -114,9 +115,17 @@ def calibrate(run_dir: str, split_logits: dict, split_labels: dict, tb_writer=No
 
 
 def temperature_of(run_dir: str) -> float:
-    """The run's fitted temperature; 1.0 (uncalibrated) for a run without calibration.json."""
+    """The run's fitted temperature; 1.0 (uncalibrated) for a run without calibration.json.
+    One that is not a positive finite number is refused (it divides the logits: zero or
+    less inverts or breaks every probability)."""
     path = os.path.join(run_dir, CALIBRATION)
-    return float(runs.read_json(path)["temperature"]) if os.path.exists(path) else 1.0
+    if not os.path.exists(path):
+        return 1.0
+    fix = f"run python eval/calibrate.py {run_dir} to fit it again"
+    t = runs.read_run_json(path, fix).get("temperature")
+    if type(t) not in (int, float) or not math.isfinite(t) or t <= 0:
+        raise runs.bad_field(path, "temperature", t, "a positive number (the logits are divided by it)", fix)
+    return float(t)
 
 
 def summary(report: dict) -> str:

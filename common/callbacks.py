@@ -144,3 +144,91 @@ class CopyTensorBoard(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.copy()
+
+
+class BestCheckpoint(keras.callbacks.ModelCheckpoint):
+    """Keras' ModelCheckpoint (save_best_only, weights only, mode max), whose best value and
+    epoch survive a restart: they are kept in `best.json` beside the weights, written after
+    them. Keras' own starts again from -inf in a restarted process, so a resumed run would
+    overwrite the best epoch with a worse later one (the uninterrupted run would not).
+    A kill between the weights and best.json leaves the older record: the resumed run redoes
+    that epoch (its backup comes after both), draws the same batches and saves it again."""
+
+    def __init__(self, path: str, monitor: str, is_chief: bool = True):
+        self.record_path = os.path.join(os.path.dirname(path), "best.json")
+        record = read_best(self.record_path)
+        super().__init__(path, monitor=monitor, mode="max", save_best_only=True, save_weights_only=True,
+                         initial_value_threshold=record["value"] if record else None)
+        self.best_epoch = record["epoch"] if record else None
+        self.is_chief = is_chief
+
+    def _save_model(self, epoch, batch, logs):
+        before = self.best
+        super()._save_model(epoch, batch, logs)
+        if self.best != before:
+            self.best_epoch = epoch + 1
+            if self.is_chief:
+                runs.write_json(self.record_path, {"epoch": self.best_epoch, "monitor": self.monitor,
+                                                   "value": float(self.best)})
+
+
+def read_best(path: str):
+    """best.json's {epoch, monitor, value}, or None where there is none (no epoch saved yet)."""
+    if not os.path.exists(path):
+        return None
+    return runs.read_json(path)
+
+
+class Backup(keras.callbacks.BackupAndRestore):
+    """Keras' BackupAndRestore, with two changes that make a resumed run the uninterrupted one:
+    - an epoch's last backup is taken at the epoch's end, after this epoch's best checkpoint
+      and logs (Keras' step-level backup at the epoch's last step comes before them: a kill
+      there resumed at the next epoch with this one's checkpoint never taken). Put it last in
+      the callback list.
+    - the backup is kept when fit() returns (Keras deletes it): a run killed after training,
+      while it evaluates, calibrates or exports, resumes there instead of training again.
+      The run removes it once metrics.json is written."""
+
+    def __init__(self, backup_dir: str, every_steps: int, steps_per_epoch: int):
+        super().__init__(backup_dir, save_freq=every_steps or "epoch", delete_checkpoint=False)
+        self.steps_per_epoch = steps_per_epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.steps_per_epoch - 1:  # on_epoch_end backs up, after the others
+            self._batches_count = 0
+            return
+        super().on_train_batch_end(batch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._backup(epoch=epoch, batch=self.steps_per_epoch - 1)
+
+
+def resume_step(backup_dir: str, steps_per_epoch: int) -> int:
+    """The optimizer step a run resumes at from its backup (0 without one), as Keras computes
+    it from the epoch and batch the backup holds (keras' worker_training_state)."""
+    latest = tf.train.latest_checkpoint(os.path.join(backup_dir, "chief"))
+    if not latest:
+        return 0
+    reader = tf.train.load_checkpoint(latest)
+    epoch = int(reader.get_tensor("ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+    batch = int(reader.get_tensor("ckpt_saved_batch/.ATTRIBUTES/VARIABLE_VALUE"))
+    return epoch * steps_per_epoch + batch + 1 if batch >= 0 else (epoch + 1) * steps_per_epoch
+
+
+class EpochLog(keras.callbacks.Callback):
+    """epochs.json in the run folder: each finished epoch's logs (loss, validation figures,
+    throughput, learning rate), rewritten at each epoch's end before the backup. A resumed
+    run keeps the epochs before the one it resumes at, so metrics.json's per-epoch figures
+    cover the whole run, however often it was restarted."""
+
+    def __init__(self, path: str, first_epoch: int):
+        super().__init__()
+        self.path = path
+        old = runs.read_json(path) if os.path.exists(path) else []
+        self.epochs = [e for e in old if e["epoch"] <= first_epoch]  # 1-based: those finished before it
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs = [e for e in self.epochs if e["epoch"] < epoch + 1]
+        self.epochs.append({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()
+                                                   if np.ndim(v) == 0}})
+        runs.write_json(self.path, self.epochs)

@@ -27,18 +27,24 @@ def widths_for(max_length: int):
 
 
 def _examples(ids, labels, weights=None):
-    """Dataset of (1-D token ids, label[, loss weight]): slices of one flat tensor (tf.data
-    cannot padded_batch ragged elements)."""
+    """A function order -> dataset of (1-D token ids, label[, loss weight]) for the example
+    indices in `order` (None: all, in input order): slices of one flat tensor (tf.data cannot
+    padded_batch ragged elements)."""
     flat = tf.constant(np.concatenate([np.asarray(x, np.int32) for x in ids]) if ids else
                        np.zeros([0], np.int32))
     ends = np.cumsum([len(x) for x in ids]).astype(np.int64)
-    starts = ends - np.array([len(x) for x in ids], np.int64)
-    if weights is None:
-        ds = tf.data.Dataset.from_tensor_slices((starts, ends, np.asarray(labels, np.int32)))
-        return ds.map(lambda a, b, y: (flat[a:b], y))
-    ds = tf.data.Dataset.from_tensor_slices((starts, ends, np.asarray(labels, np.int32),
-                                             np.asarray(weights, np.float32)))
-    return ds.map(lambda a, b, y, w: (flat[a:b], y, w))
+    starts, ends = tf.constant(ends - np.array([len(x) for x in ids], np.int64)), tf.constant(ends)
+    y = tf.constant(np.asarray(labels, np.int32))
+    w = None if weights is None else tf.constant(np.asarray(weights, np.float32))
+
+    def example(i):
+        x = flat[starts[i]:ends[i]]
+        return (x, y[i]) if w is None else (x, y[i], w[i])
+
+    def dataset(order=None):
+        return tf.data.Dataset.from_tensor_slices(tf.range(len(ids), dtype=tf.int64) if order is None else order) \
+            .map(example)
+    return dataset
 
 
 def _features(ids, pad_id):
@@ -57,21 +63,40 @@ def _distributable(ds):
     return ds.with_options(opts)
 
 
+def epochs_of(examples, n: int, batches, seed: int, epochs=(0, 1), skip: int = 0):
+    """Training batches of epochs epochs[0] .. epochs[1] - 1, the first `skip` left out.
+    Epoch e's order is a stateless shuffle keyed by (seed, e) alone, so a run resumed from a
+    backup at any step draws the batches the uninterrupted run drew from there on. (TF's own
+    reshuffle_each_iteration draws from how many times this process has iterated the
+    dataset, which a restarted process does not know.) `examples(order)`: the examples in
+    that order (_examples); `batches` turns one epoch's examples into its batches."""
+    first, last = epochs
+
+    @tf.autograph.experimental.do_not_convert  # plain tf.data calls: nothing for AutoGraph to convert
+    def epoch(e):
+        order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64),
+                                                         seed=tf.stack([tf.constant(seed, tf.int64), e]))
+        return batches(examples(order))
+    return tf.data.Dataset.range(first, last).flat_map(epoch).skip(skip)
+
+
 def bucketed_dataset(ids, labels, batch_size: int, max_length: int, pad_id: int = 0,
-                     shuffle: bool = True, seed: int = 0, weights=None):
+                     shuffle: bool = True, seed: int = 0, weights=None, epochs=(0, 1), skip: int = 0):
     """Training batches padded only to the next fixed width (see WIDTHS); with `weights`,
-    (features, label, loss weight) batches (Keras multiplies them by the class weights)."""
+    (features, label, loss weight) batches (Keras multiplies them by the class weights).
+    shuffle: epochs `epochs`, less `skip` batches, as epochs_of draws them."""
     widths = widths_for(max_length)
     extra = () if weights is None else ([],)
-    ds = _examples(ids, labels, weights).cache()
-    if shuffle:
-        ds = ds.shuffle(len(ids), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.bucket_by_sequence_length(
-        element_length_func=lambda x, *_: tf.shape(x)[0],
-        bucket_boundaries=[w + 1 for w in widths],  # bucket i holds lengths <= widths[i]
-        bucket_batch_sizes=[batch_size] * (len(widths) + 1),
-        padded_shapes=([None], [], *extra), padding_values=(pad_id, 0, *(0.0 for _ in extra)),
-        pad_to_bucket_boundary=True)
+    examples = _examples(ids, labels, weights)
+
+    def batches(ds):
+        return ds.bucket_by_sequence_length(
+            element_length_func=lambda x, *_: tf.shape(x)[0],
+            bucket_boundaries=[w + 1 for w in widths],  # bucket i holds lengths <= widths[i]
+            bucket_batch_sizes=[batch_size] * (len(widths) + 1),
+            padded_shapes=([None], [], *extra), padding_values=(pad_id, 0, *(0.0 for _ in extra)),
+            pad_to_bucket_boundary=True)
+    ds = epochs_of(examples, len(ids), batches, seed, epochs, skip) if shuffle else batches(examples())
     ds = ds.map(lambda x, *rest: (_features(x, pad_id), *rest), num_parallel_calls=tf.data.AUTOTUNE)
     return _distributable(ds.prefetch(tf.data.AUTOTUNE))
 
@@ -88,18 +113,20 @@ def _to_next_width(widths):
 
 
 def fixed_dataset(ids, labels, batch_size: int, width: int, pad_id: int = 0, shuffle: bool = True, seed: int = 0,
-                  weights=None, longest: bool = False):
+                  weights=None, longest: bool = False, epochs=(0, 1), skip: int = 0):
     """Every example truncated/padded to `width` (--padding fixed: the notebook's and HF
     examples' way), kept as the baseline that eval/benchmark.py measures bucketing against.
     longest=True (--padding longest): the same batches in the same order, each padded only to
     the next bucket width above its longest sentence. The attention mask hides padding from
-    the model, so this trains as `fixed` does at a fraction of the work."""
+    the model, so this trains as `fixed` does at a fraction of the work.
+    shuffle: epochs `epochs`, less `skip` batches, as epochs_of draws them."""
     extra = () if weights is None else ([],)
-    ds = _examples([x[:width] for x in ids], labels, weights).cache()
-    if shuffle:
-        ds = ds.shuffle(len(ids), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.padded_batch(batch_size, padded_shapes=([None if longest else width], [], *extra),
-                         padding_values=(pad_id, 0, *(0.0 for _ in extra)))
+    examples = _examples([x[:width] for x in ids], labels, weights)
+
+    def batches(ds):
+        return ds.padded_batch(batch_size, padded_shapes=([None if longest else width], [], *extra),
+                               padding_values=(pad_id, 0, *(0.0 for _ in extra)))
+    ds = epochs_of(examples, len(ids), batches, seed, epochs, skip) if shuffle else batches(examples())
     pad = _to_next_width(widths_for(width)) if longest else (lambda x, _: x)
     ds = ds.map(lambda x, *rest: (_features(pad(x, pad_id), pad_id), *rest))
     return _distributable(ds.prefetch(tf.data.AUTOTUNE))
@@ -165,7 +192,7 @@ def batch_stats(ds) -> dict:
 
 @dataclass
 class Splits:
-    train: tf.data.Dataset
+    train: tf.data.Dataset     # epoch 1's batches (benchmarks, checks); fit draws from train_from
     val: tf.data.Dataset
     test: tf.data.Dataset
     val_order: np.ndarray      # row i of val predictions is example val_order[i]
@@ -175,6 +202,7 @@ class Splits:
     labels: tuple = phrasebank.LABELS  # the class names in id order (--labels)
     class_weights: dict = None  # what the training loss is weighted by, per class (--class-weight)
     weights_in_dataset: bool = False  # the training batches carry them as per-example weights
+    train_from: object = None  # (step, epochs) -> the training batches from that optimizer step on (fit)
 
     @property
     def fit_class_weight(self) -> dict:
@@ -297,12 +325,14 @@ def load_data(cfg, tokenizer, replicas: int, cache_dir: str = None, split_path: 
                                                                     cache_dir)
     y = {k: [l for _, l in v] for k, v in rows.items()}
     global_batch, pad = cfg.batch_size, tokenizer.pad_token_id
-    if cfg.padding == "buckets":
-        train = bucketed_dataset(ids["train"], y["train"], global_batch, cfg.max_length, pad,
-                                 shuffle=True, seed=cfg.seed, weights=weights)
-    else:
-        train = fixed_dataset(ids["train"], y["train"], global_batch, cfg.max_length, pad, seed=cfg.seed,
-                              weights=weights, longest=cfg.padding == "longest")
+
+    def train_batches(epochs=(0, 1), skip=0):
+        if cfg.padding == "buckets":
+            return bucketed_dataset(ids["train"], y["train"], global_batch, cfg.max_length, pad, seed=cfg.seed,
+                                    weights=weights, epochs=epochs, skip=skip)
+        return fixed_dataset(ids["train"], y["train"], global_batch, cfg.max_length, pad, seed=cfg.seed,
+                             weights=weights, longest=cfg.padding == "longest", epochs=epochs, skip=skip)
+    train = train_batches()
     if cfg.padding == "fixed":
         val, test = (fixed_dataset(ids[k], y[k], global_batch, cfg.max_length, pad, shuffle=False)
                      for k in ("validation", "test"))
@@ -311,11 +341,17 @@ def load_data(cfg, tokenizer, replicas: int, cache_dir: str = None, split_path: 
         val, val_order = sorted_dataset(ids["validation"], y["validation"], 2 * global_batch, cfg.max_length, pad)
         test, test_order = sorted_dataset(ids["test"], y["test"], 2 * global_batch, cfg.max_length, pad)
     stats = batch_stats(train)
-    # Bucketing hides the epoch length from Keras; it is fixed (bucket membership does not
-    # depend on the shuffle), and Keras needs it to resume mid-epoch from BackupAndRestore.
-    train = train.apply(tf.data.experimental.assert_cardinality(stats["steps"]))
+    steps = stats["steps"]
+
+    def train_from(step: int, epochs: int):
+        """The training batches from optimizer step `step` to the end of epoch `epochs`."""
+        first, skip = divmod(step, steps)
+        # Bucketing hides the length from Keras; it is fixed (bucket membership does not depend
+        # on the shuffle), and Keras needs it to resume mid-epoch from BackupAndRestore.
+        return train_batches((first, epochs), skip).apply(
+            tf.data.experimental.assert_cardinality(max(0, (epochs - first) * steps - skip)))
     stats["extra_examples"] = extra
-    return Splits(train, val, test, val_order, test_order, rows, stats, sources.labels_of(cfg.to_dict()), cw,
-                  weights is not None)
+    return Splits(train.apply(tf.data.experimental.assert_cardinality(steps)), val, test, val_order, test_order,
+                  rows, stats, sources.labels_of(cfg.to_dict()), cw, weights is not None, train_from)
 
 

@@ -45,6 +45,12 @@ import transformers  # noqa: E402  (after the Keras touch, on purpose)
 
 transformers.logging.set_verbosity_error()
 
+# Dropout (and every Keras random layer) draws from a tf.random.Generator, whose state is a
+# variable that checkpoints hold: a run resumed from its backup draws the masks the
+# uninterrupted run drew from there on. Keras 2.15's default (TF1 stateful random ops)
+# restarts its streams in every process, so a resumed run trained on other masks.
+keras.backend.experimental.enable_tf_random_generator()
+
 
 
 def set_seed(seed: int, deterministic: bool = False) -> None:

@@ -31,6 +31,12 @@ class RunDirError(FinsentError):
     """The run folder cannot be used (unwritable, or holds another run)."""
 
 
+class NothingToDo(FinsentError):
+    """Not an error: the work is done already (a finished run's command run again). The
+    message says so and where; exit 0."""
+    exit_code = 0
+
+
 class TrainingFailed(FinsentError):
     """The inputs were fine but the run failed (NaN loss, a child run failed, peers gone)."""
     exit_code = 1
@@ -62,13 +68,35 @@ def run_child(cmd, env=None, on_line=None):
     return usage
 
 
+def disk_full(error) -> bool:
+    """An error from a full disk (or quota), whichever library raised it: OSError's errno, or the
+    message TensorFlow's and HDF5's file writers carry."""
+    import errno
+    return getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or \
+        any(text in str(error) for text in ("No space left on device", "Disk quota exceeded"))
+
+
+def first_line(error) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
 def run(main) -> None:
     """Call main(); a FinsentError becomes one line on stderr and its exit status."""
     try:
         main()
+    except NothingToDo as e:
+        print(f"{os.path.basename(sys.argv[0])}: {e}", flush=True)
+        sys.exit(0)
     except FinsentError as e:
         print(f"{os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr, flush=True)
         sys.exit(e.exit_code)
+    except Exception as e:
+        if not disk_full(e):
+            raise
+        where = getattr(e, "filename", None)
+        print(f"{os.path.basename(sys.argv[0])}: error: the disk is full{' writing ' + str(where) if where else ''} "
+              f"({first_line(e)}); free space there and run the same command again", file=sys.stderr, flush=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         print(f"{os.path.basename(sys.argv[0])}: interrupted; rerun the same command to resume", file=sys.stderr)
         sys.exit(130)

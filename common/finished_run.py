@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from common import calibration, data, models, phrasebank, runs, sources
+from common import calibration, data, models, phrasebank, runs, sources, storage
+from common.errors import RunDirError
 
 FIGURES_PRECISION = "fp32"
 
@@ -34,11 +35,16 @@ class FinishedRun:
     _model: object = field(default=None, repr=False)
 
     @classmethod
-    def open(cls, run_dir: str, flag: str = "run folder") -> "FinishedRun":
-        """A clear error if run_dir is not a finished run (see runs.load_run)."""
+    def open(cls, run_dir: str, flag: str = "run folder", calibrated: bool = True) -> "FinishedRun":
+        """A clear error (one line) if run_dir is not a finished run or one of its files is
+        not as its run wrote it: config.json (runs.load_run), calibration.json
+        (calibration.temperature_of; not read with calibrated=False: eval/calibrate.py
+        writes it again), model/'s classes against config.json's (check_labels)."""
         config = runs.load_run(run_dir, flag)
         flags = runs.run_flags(config)
-        return cls(run_dir, config, flags, sources.labels_of(flags), calibration.temperature_of(run_dir))
+        labels = sources.labels_of(flags)
+        check_labels(run_dir, labels)
+        return cls(run_dir, config, flags, labels, calibration.temperature_of(run_dir) if calibrated else 1.0)
 
     @property
     def own_data(self) -> bool:
@@ -51,7 +57,10 @@ class FinishedRun:
 
     @property
     def max_length(self) -> int:
-        return int(self.flags["max_length"])
+        """--max-length, capped at the encoder's positions (issue 31): a run made before
+        training refused a longer one truncates there in predict, evaluate and serving/, as
+        every text it trained on was (a longer one would have failed its training)."""
+        return min(int(self.flags["max_length"]), models.position_limit(self.model_dir))
 
     @property
     def tokenizer(self):
@@ -79,12 +88,17 @@ class FinishedRun:
             keras.mixed_precision.set_global_policy(policy)
         return self._model
 
-    def split_rows(self, agreement: str = None, source: str = None) -> dict:
+    def split_rows(self, agreement: str = None, source: str = None, if_changed: str = "restore the file") -> dict:
         """{split: [(sentence, label)]}: the run's own data and split (own data: the split
-        recorded in the run folder), or another PhraseBank level or source under its split rule."""
+        recorded in the run folder), or another PhraseBank level or source under its split rule.
+        if_changed: the fix to name when own data changed since the run (the caller's options)."""
         if agreement is None and source is None:
             if self.own_data:  # the files it trained on, unchanged (their sha256 in config.json)
-                runs.check_data_files(self.run_dir, sources.digests(self.flags["data"]), "run folder")
+                if not storage.exists(self.flags["data"]):
+                    raise RunDirError(f"run folder {self.run_dir}: the data its run trained on, {self.flags['data']} "
+                                      f"({runs.CONFIG} flags.data), is gone; {if_changed}")
+                runs.check_data_files(self.run_dir, sources.digests(self.flags["data"]), "run folder", if_changed,
+                                      self.config)
             return sources.splits(self.flags, os.path.join(self.run_dir, sources.SPLIT_FILE), record=False)
         return phrasebank.load_splits(source or self.flags["data"], agreement or self.flags["agreement"],
                                       self.flags["split"])
@@ -116,3 +130,26 @@ class FinishedRun:
         ids, truncated = self.encode(texts)
         raw = self.logits(ids, batch_size, progress)
         return calibration.probabilities(raw, self.temperature), raw, truncated
+
+
+def check_labels(run_dir: str, labels: tuple) -> None:
+    """config.json's classes (--labels, in id order) must be those model/ was trained for
+    (model/config.json's id2label, or a custom head's head.json labels): loaded for other
+    classes, the model would get a new random output layer."""
+    custom = os.path.exists(os.path.join(run_dir, runs.MODEL, models.HEAD_CONFIG))
+    path = os.path.join(run_dir, runs.MODEL, models.HEAD_CONFIG if custom else "config.json")
+    fix = f"restore the run's own {runs.MODEL}/ folder"
+    if not os.path.exists(path):
+        raise RunDirError(f"{path}: missing; {fix}")
+    key = "labels" if custom else "id2label"
+    default = list(phrasebank.LABELS) if custom else {"0": "LABEL_0", "1": "LABEL_1"}  # (older heads; transformers')
+    saved = runs.read_run_json(path, fix).get(key, default)
+    trained = saved if custom else [saved.get(str(i)) for i in range(len(saved))] if isinstance(saved, dict) else None
+    if not isinstance(trained, list) or not all(isinstance(x, str) for x in trained):
+        raise runs.bad_field(path, key, saved, "the class names in id order", fix)
+    generic = all(x == f"LABEL_{i}" for i, x in enumerate(trained))  # an encoder's names: only the count says
+    if len(trained) != len(labels) or not generic and tuple(trained) != tuple(labels):
+        ours, its = ",".join(labels), ",".join(trained)
+        raise RunDirError(f"{os.path.join(run_dir, runs.CONFIG)}: flags.labels is \"{ours}\", but {path} is a "
+                          f"classifier for {len(trained)} classes ({its}); set flags.labels to \"{its}\" (the model's "
+                          f"classes in id order), or {fix}")

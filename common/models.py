@@ -80,6 +80,18 @@ def _config(name: str, **kwargs):
         raise _not_found(name, e) from e
 
 
+def position_limit(name: str) -> int:
+    """How many tokens the encoder `name` (Hub id or folder) reads at most: its position
+    embeddings (512 for DistilBERT and BERT; RoBERTa-style encoders number positions after
+    the padding id, so a few fewer). Training refuses a longer --max-length; a finished run
+    made before that check is truncated here in predict, evaluate and serving/."""
+    config = _config(name)
+    n = getattr(config, "max_position_embeddings", None) or 512
+    if config.model_type in ("roberta", "xlm-roberta", "camembert", "longformer"):
+        n -= (config.pad_token_id or 1) + 1
+    return int(n)
+
+
 def build_classifier(name: str, dropout: float = -1.0, labels=LABELS):
     """A TF sequence classifier for `labels` (class names in id order) from `name` (Hub id,
     folder, or the model/ folder of a run, custom head included). A run's head trained for

@@ -1,6 +1,7 @@
 """What a finished run reports: validation/test figures, the exported model, metrics.json."""
 import hashlib
 import os
+import shutil
 import time
 
 import numpy as np
@@ -22,6 +23,7 @@ def evaluate_splits(model, splits) -> dict:
 def export(model, tokenizer, run_dir: str) -> None:
     """save_pretrained() model + tokenizer into run_dir/model, atomically."""
     tmp = os.path.join(run_dir, runs.MODEL + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # a stopped export's leftovers
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     runs.publish_dir(tmp, os.path.join(run_dir, runs.MODEL))
@@ -72,8 +74,10 @@ def precision_audit(model) -> dict:
 
 
 def write_metrics(run_dir: str, results: dict, splits, throughput, wall_start: float,
-                  optimizer_steps: int, planned_steps: int, extra: dict = None) -> dict:
-    per_epoch = throughput.history
+                  optimizer_steps: int, planned_steps: int, extra: dict = None, per_epoch: list = None) -> dict:
+    """metrics.json. per_epoch: the epochs' throughput (epochs.json: every process's), else
+    what this process ran (throughput.history)."""
+    per_epoch = per_epoch or throughput.history
     steady = per_epoch[1:] or per_epoch  # the first epoch includes tracing
     m = {split: {k: v for k, v in results[split].items() if k != "logits"} for split in ("validation", "test")}
     m.update({

@@ -5,6 +5,7 @@ import json
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -18,7 +19,9 @@ ERRORS = "errors.csv"
 MODEL = "model"
 TB = "tb"
 BACKUP = "backup"
-BEST = "best"  # best-by-validation-macro-F1 weights (TF checkpoint)
+BEST = "best"  # best-by-validation-macro-F1 weights (TF checkpoint) and best.json (its epoch and value)
+EPOCHS = "epochs.json"  # each finished epoch's logs
+LOCK = "run.lock"  # who writes the folder now, while it does (common/run_lock.py)
 
 
 def default_run_dir(script: str) -> str:
@@ -29,20 +32,31 @@ def default_run_dir(script: str) -> str:
 def atomic_write(path: str, write, binary: bool = False, temp_prefix: str = None) -> None:
     """Call write(f) on a temporary file in the same folder, then rename it over `path`:
     a killed process leaves the old file or the new one, never half of one (the temporary
-    one, named `temp_prefix`... or .<name>...tmp, may stay)."""
+    one, named `temp_prefix`... or .<name>...tmp, may stay). The file gets the umask's mode,
+    or the mode of the file it replaces."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix or "." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
+        # mkstemp makes it 0600: a shared folder's readers need the usual mode (a replaced file keeps its own)
+        os.fchmod(fd, stat.S_IMODE(os.stat(path).st_mode) if os.path.exists(path) else 0o666 & ~umask())
         with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", newline="", encoding="utf-8")) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError) and not e.filename:  # a full disk's error names no file: name it
+            raise OSError(e.errno, e.strerror, path) from e
         raise
+
+
+def umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str, obj) -> None:
@@ -80,8 +94,10 @@ def publish_dir(tmp_dir: str, final_dir: str) -> None:
     os.replace(tmp_dir, final_dir)
 
 
-def load_run(run_dir: str, flag: str = "run folder") -> dict:
-    """The config of a finished run; a clear error if the folder is not one."""
+def load_run(run_dir: str, flag: str = "run folder", need_model: bool = True) -> dict:
+    """The config.json of a finished run (need_model: with its model/ folder), checked: an
+    object with the run's script and flags, the flags its readers use of the right type and
+    range. A clear error (one line: the file, what is wrong, the fix) if it is not one."""
     path = os.path.join(run_dir, CONFIG)
     if not os.path.isdir(run_dir):
         raise RunDirError(f"{flag} {run_dir}: no such folder; pass a run folder, e.g. one under runs/ "
@@ -89,13 +105,52 @@ def load_run(run_dir: str, flag: str = "run folder") -> dict:
     if not os.path.exists(path):
         raise RunDirError(f"{flag} {run_dir}: not a run folder (no {CONFIG}); pass a folder under runs/ written by a "
                           f"train script")
-    if not os.path.isdir(os.path.join(run_dir, MODEL)):
+    if need_model and not os.path.isdir(os.path.join(run_dir, MODEL)):
         raise RunDirError(f"{flag} {run_dir}: the run has no {MODEL}/ folder, it did not finish; rerun its command "
                           f"to resume it")
+    fix = f"restore the {CONFIG} its train script wrote (e.g. from a copy of the run folder)"
+    config = read_run_json(path, fix)
+    for key, kind in (("script", str), ("flags", dict), ("resolved", dict)):
+        if not isinstance(config.get(key, {} if key == "resolved" else None), kind):  # (older runs: no 'resolved')
+            raise bad_field(path, key, config.get(key), "a string" if kind is str else "an object", fix)
+    import dataclasses
+    from common import sources
+    from common.config import Config
+    flags, fields = run_flags(config), {f.name: f for f in dataclasses.fields(Config)}
+    for name in ("data", "agreement", "extra_agreement", "split", "max_length", "labels", "label_map", "text_column",
+                 "label_column", "head"):  # the flags eval scripts, summaries and --init-from read
+        value, default, choices = flags[name], fields[name].default, fields[name].metadata.get("choices")
+        if type(value) is not type(default):
+            expected = "a whole number" if type(default) is int else "a string"
+        elif choices and value not in choices:
+            expected = f"one of {', '.join(choices)}"
+        elif name == "max_length" and value < 1:
+            expected = "a number of tokens, at least 1"
+        elif name == "labels" and len(set(sources.labels_of(flags))) < 2:
+            expected = "two or more different class names, comma-separated"
+        elif name == "data" and not value:
+            expected = "a file, a folder or 'hub'"
+        else:
+            continue
+        raise bad_field(path, f"flags.{name}", value, expected, fix)
+    return config
+
+
+def read_run_json(path: str, fix: str) -> dict:
+    """A run folder's JSON file that must hold an object (config.json, metrics.json,
+    calibration.json): cut short, not JSON or not an object is one line naming it and `fix`."""
     try:
-        return read_json(path)
-    except ValueError as e:
-        raise RunDirError(f"{flag} {path}: not valid JSON ({e}); is it a run folder of this project?") from e
+        obj = read_json(path)
+    except ValueError as e:  # (UnicodeDecodeError included)
+        raise RunDirError(f"{path}: not valid JSON, cut short or edited ({e}); {fix}") from None
+    if not isinstance(obj, dict):
+        raise RunDirError(f"{path}: a JSON {type(obj).__name__}, expected an object; {fix}")
+    return obj
+
+
+def bad_field(path: str, field: str, value, expected: str, fix: str) -> RunDirError:
+    """The one line for a field of a run folder's JSON file that is not as its run wrote it."""
+    return RunDirError(f"{path}: {field} is {json.dumps(value)[:60]}, expected {expected}; {fix}")
 
 
 # ----------------------------------------------------------------------------- run metadata
@@ -115,9 +170,8 @@ def run_flags(config: dict) -> dict:
     return {**Config().to_dict(), **BEFORE_FLAG, **config.get("flags", {})}
 
 
-def prepare_run_dir(run_dir: str, flags: dict = None, script: str = "") -> None:
-    """Refuse a run folder that cannot be written, or that holds a run made with other flags
-    (rerunning the same command resumes it; other flags would silently resume it under them)."""
+def check_writable(run_dir: str) -> None:
+    """Refuse a run folder that cannot be written (before anything is created)."""
     existing = os.path.abspath(run_dir)  # checked without creating anything: a refused run leaves no folder
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
@@ -127,13 +181,17 @@ def prepare_run_dir(run_dir: str, flags: dict = None, script: str = "") -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise RunDirError(f"--run-dir {run_dir}: cannot write there (no write permission on {existing}); "
                           f"pass a folder you can write to")
+
+
+def prepare_run_dir(run_dir: str, flags: dict = None, script: str = "") -> None:
+    """Refuse a run folder that holds a run made with other flags (rerunning the same command
+    resumes it; other flags would silently resume it under them)."""
     path = os.path.join(run_dir, CONFIG)
     if flags is None or not os.path.exists(path):
         return
-    try:
-        old = read_json(path)
-    except ValueError:
-        raise RunDirError(f"--run-dir {run_dir}: its {CONFIG} is not valid JSON; pass a new --run-dir")
+    old = read_run_json(path, "pass a new --run-dir, or restore the file to resume the run")
+    if not isinstance(old.get("flags", {}), dict):
+        raise bad_field(path, "flags", old["flags"], "an object", "pass a new --run-dir")
     old_flags = run_flags(old)  # older run folders resume
     differ = sorted(k for k in set(flags) | set(old_flags)
                     if k not in RESUMABLE_CHANGES and old_flags.get(k) != flags.get(k))
@@ -147,19 +205,31 @@ def prepare_run_dir(run_dir: str, flags: dict = None, script: str = "") -> None:
                           f"(config.json 'argv'), or pass a new --run-dir to start fresh")
 
 
-def check_data_files(run_dir: str, now: dict, flag: str = "--run-dir") -> None:
+def finished(run_dir: str) -> bool:
+    """The run in this folder finished: metrics.json, written last, is there (with model/)."""
+    return os.path.exists(os.path.join(run_dir, METRICS)) and os.path.isdir(os.path.join(run_dir, MODEL))
+
+
+def check_data_files(run_dir: str, now: dict, flag: str = "--run-dir",
+                     fix: str = "restore the file to resume, or pass a new --run-dir", config: dict = None) -> None:
     """A run on own data resumes, and is evaluated, only on the files it started with
-    (config.json's sha256s)."""
+    (config.json's sha256s; `config`: the run's, already read by load_run). `fix`: what the
+    caller's user can do about a changed file."""
     path = os.path.join(run_dir, CONFIG)
-    if not os.path.exists(path):
-        return
-    before = read_json(path).get("resolved", {}).get("data_files") or {}
+    if config is None:
+        if not os.path.exists(path):
+            return
+        config = read_json(path)
+    before = config.get("resolved", {}).get("data_files") or {}
+    if not isinstance(before, dict) or not all(isinstance(v, str) for v in before.values()):
+        raise bad_field(path, "resolved.data_files", before, "an object {path: sha256}",
+                        f"restore the {CONFIG} its train script wrote")
     changed = sorted(p for p in set(before) | set(now) if before.get(p) != now.get(p))
     if changed:
         raise RunDirError(f"{flag} {run_dir}: its run began on other data ({changed[0]} "
                           f"{'changed' if changed[0] in before and changed[0] in now else 'differs'}: sha256 "
                           f"{(before.get(changed[0]) or 'none')[:12]} -> {(now.get(changed[0]) or 'none')[:12]}); "
-                          f"restore the file to resume, or pass a new --run-dir")
+                          f"{fix}")
 
 
 def versions() -> dict:

@@ -37,6 +37,7 @@ def wordpiece_settings(tokenizer) -> dict:
     for token, i in tokenizer.get_vocab().items():
         vocab[i] = token
     return {"vocab": vocab, "lower_case": lower, "unk": tokenizer.unk_token,
+            "clean_text": norm.get("clean_text", True),
             "suffix": spec["model"].get("continuing_subword_prefix", "##"),
             "cls": tokenizer.cls_token_id, "sep": tokenizer.sep_token_id, "pad": tokenizer.pad_token_id}
 
@@ -56,6 +57,7 @@ class SentimentServer(tf.Module):
                                                 unknown_token=w["unk"], token_out_type=tf.int32,
                                                 lower_case_nfd_strip_accents=w["lower_case"])
         self.cls, self.sep, self.pad = w["cls"], w["sep"], w["pad"]
+        self.clean_text = w.get("clean_text", True)
         self.max_length = int(max_length)
         self.temperature = tf.Variable(float(temperature), trainable=False, name="temperature")
         self.labels = tf.constant(list(labels))
@@ -64,8 +66,24 @@ class SentimentServer(tf.Module):
     # converting transformers' functions costs seconds per export.
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")], autograph=False)
     def serve(self, text):
-        pieces = self.tokenizer.tokenize(text)[:, : self.max_length - 2]  # room for [CLS] and [SEP]
-        n = pieces.nrows()
+        # One rule with eval/predict.py (docs/using-the-model.md): a text with no tokens (empty,
+        # blank) is refused, the request failing with this message; an empty batch gives zero
+        # rows; a long text is truncated to the run's max length (capped at the encoder's positions).
+        if self.clean_text:  # BertNormalizer drops U+FFFD; FastBertTokenizer makes it [UNK]
+            text = tf.strings.regex_replace(text, "\ufffd", "")
+        pieces = self.tokenizer.tokenize(text)
+        empty = tf.where(pieces.row_lengths() == 0)[:, 0]
+        refuse = tf.debugging.Assert(tf.size(empty) == 0, [
+            "serving: no tokens (an empty or blank text) in the texts at batch index", empty,
+            "; drop them before calling (eval/predict.py refuses them too; docs/using-the-model.md)"], summarize=10)
+        with tf.control_dependencies([refuse]):
+            pieces = pieces[:, : self.max_length - 2]  # room for [CLS] and [SEP]
+            n = tf.identity(pieces.nrows())
+        return tf.cond(n > 0, lambda: self._label(pieces, n), lambda: {
+            "label_id": tf.zeros([0], tf.int32), "label": tf.zeros([0], tf.string),
+            "probabilities": tf.zeros([0, self.labels.shape[0]], tf.float32)})
+
+    def _label(self, pieces, n):
         ids = tf.concat([tf.fill([n, 1], self.cls), pieces, tf.fill([n, 1], self.sep)], axis=1)
         input_ids = ids.to_tensor(default_value=self.pad)  # padded to this batch's longest sentence
         mask = tf.ones_like(ids).to_tensor(default_value=0)

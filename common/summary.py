@@ -28,9 +28,37 @@ def find_runs(paths) -> list:
 
 
 def load(run_dir: str) -> dict:
-    cfg = runs.read_json(os.path.join(run_dir, runs.CONFIG))
+    """A finished run's config.json and metrics.json, checked (runs.load_run, read_metrics);
+    its model/ is not needed."""
+    cfg = runs.load_run(run_dir, need_model=False)
     return {"dir": run_dir, "script": os.path.basename(cfg["script"]).removesuffix(".py"), "flags": runs.run_flags(cfg),
-            "metrics": runs.read_json(os.path.join(run_dir, runs.METRICS))}
+            "metrics": read_metrics(run_dir)}
+
+
+def read_metrics(run_dir: str) -> dict:
+    """metrics.json, with the figures a summary reads: per split accuracy and macro_f1 in
+    [0, 1] and per_class {name: {f1}}; wall_seconds, if there, a number."""
+    path = os.path.join(run_dir, runs.METRICS)
+    fix = f"restore the {runs.METRICS} its run wrote (e.g. from a copy of the run folder), or leave the run out"
+    m = runs.read_run_json(path, fix)
+
+    def fraction(x):
+        return type(x) in (int, float) and 0 <= x <= 1
+
+    for part in ("validation", "test"):
+        figures = m.get(part)
+        if not isinstance(figures, dict):
+            raise runs.bad_field(path, part, figures, "an object of the split's figures", fix)
+        for key in ("accuracy", "macro_f1"):
+            if not fraction(figures.get(key)):
+                raise runs.bad_field(path, f"{part}.{key}", figures.get(key), "a number in [0, 1]", fix)
+        per_class = figures.get("per_class")
+        if not isinstance(per_class, dict) or not per_class or not all(
+                isinstance(c, dict) and fraction(c.get("f1")) for c in per_class.values()):
+            raise runs.bad_field(path, f"{part}.per_class", per_class, "{class: {f1: a number in [0, 1]}}", fix)
+    if type(m.get("wall_seconds", 0)) not in (int, float):
+        raise runs.bad_field(path, "wall_seconds", m["wall_seconds"], "a number", fix)
+    return m
 
 
 def group(loaded: list) -> dict:

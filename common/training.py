@@ -7,15 +7,17 @@ report.py, the XLA step in xla.py. There is ONE fit path (`fit_model`): the trai
 scripts' fit() and the tuner's trials both call it, so a trial trains exactly what its
 flags would train.
 """
+import contextlib
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
 
 from common import callbacks as cb
-from common import data, metrics, optim, phrasebank, report, runs, sources, token_cache
+from common import data, errors, metrics, optim, phrasebank, report, run_lock, runs, sources, token_cache
 from common.env import keras, tf
-from common.errors import FlagError, ModelError, TrainingFailed
+from common.errors import FinsentError, FlagError, ModelError, NothingToDo, TrainingFailed
 
 
 # ----------------------------------------------------------------------------- compile
@@ -87,7 +89,7 @@ def restart_after_peer_failure(error) -> None:
 
 
 def fit_model(model, cfg, splits, callbacks=(), epochs: int = None, initial_epoch: int = 0, tb_dir: str = None,
-              verbose=None):
+              verbose=None, start_step: int = None):
     """THE fit: class weights, the unfreezing schedule, one validation pass per epoch,
     throughput, the NaN guard, then `callbacks` (which read the keys ours add to the logs).
     Train scripts and tuner trials both come through here.
@@ -96,6 +98,8 @@ def fit_model(model, cfg, splits, callbacks=(), epochs: int = None, initial_epoc
     that trial's TF checkpoint, which holds the optimizer too, so the step counter and with
     it the learning-rate schedule continue; the unfreezing schedule follows the epoch index
     Keras passes (tests/test_tune.py checks both).
+    start_step: where a run resumed from its backup starts (callbacks.resume_step); the data
+    then continues with the batches the uninterrupted run drew there (data.epochs_of).
     Returns (history, Throughput callback, NaN guard)."""
     st = splits.train_stats
     throughput = cb.Throughput(st["steps"], st["examples"], st["real_tokens"])
@@ -107,8 +111,12 @@ def fit_model(model, cfg, splits, callbacks=(), epochs: int = None, initial_epoc
         ours.insert(0, optim.UnfreezeSchedule(**optim.layer_schedule(cfg)))
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
-    history = model.fit(splits.train, epochs=cfg.epochs if epochs is None else epochs, initial_epoch=initial_epoch,
-                        callbacks=[*ours, *callbacks], class_weight=splits.fit_class_weight, verbose=verbose)
+    epochs = cfg.epochs if epochs is None else epochs
+    start_step = initial_epoch * st["steps"] if start_step is None else start_step
+    # One iterator over all the epochs left (steps_per_epoch given): each epoch's order is fixed by the seed
+    history = model.fit(splits.train_from(start_step, epochs), steps_per_epoch=st["steps"], epochs=epochs,
+                        initial_epoch=initial_epoch, callbacks=[*ours, *callbacks],
+                        class_weight=splits.fit_class_weight, verbose=verbose)
     return history, throughput, nan_guard
 
 
@@ -126,15 +134,21 @@ def fit(model, cfg, run_dir: str, splits, hparams: dict, is_chief: bool = True, 
     tensorboard = keras.callbacks.TensorBoard(tb_dir, update_freq=cfg.log_every_steps or "epoch", write_graph=False,
                                               profile_batch=0)
     hparams_writer = tf.summary.create_file_writer(os.path.join(tb_dir, "hparams")) if is_chief else None
+    backup_dir = os.path.join(run_dir, runs.BACKUP)
+    start_step = cb.resume_step(backup_dir, splits.train_stats["steps"])
+    if start_step >= cfg.epochs * splits.train_stats["steps"]:
+        print(f"resuming from {backup_dir}: training had finished; the stages after it run again")
+    elif start_step:
+        print(f"resuming from {backup_dir} at step {start_step} (model, optimizer, epoch and step)")
+    best = None if cfg.ema else cb.BestCheckpoint(best_path, "val_macro_f1", is_chief)
     callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(run_dir, runs.BACKUP),
-                                         save_freq=cfg.backup_every_steps or "epoch"),
         # --ema: the run ends with the weights' moving average (Keras puts it in place at the end of
         # fit), not the best epoch's weights
-        *([] if cfg.ema else [keras.callbacks.ModelCheckpoint(best_path, monitor="val_macro_f1", mode="max",
-                                                              save_best_only=True, save_weights_only=True)]),
+        *([best] if best else []),
         tensorboard,
         *([hp.KerasCallback(hparams_writer, hparams, trial_id=os.path.basename(run_dir))] if is_chief else []),
+        *([cb.EpochLog(os.path.join(run_dir, runs.EPOCHS), start_step // splits.train_stats["steps"])]
+          if is_chief else []),
         *extra_callbacks,
     ]
     if cfg.tb_staging and is_chief:  # after TensorBoard, which writes the epoch's scalars first
@@ -142,11 +156,14 @@ def fit(model, cfg, run_dir: str, splits, hparams: dict, is_chief: bool = True, 
         callbacks.append(cb.CopyTensorBoard(tb_dir, os.path.join(run_dir, runs.TB), cfg.tb_copy_every,
                                             cfg.backup_every_steps,
                                             lambda: [*tensorboard._writers.values(), hparams_writer]))
+    # last: an epoch's backup is taken once everything above has recorded that epoch
+    callbacks.append(cb.Backup(backup_dir, cfg.backup_every_steps, splits.train_stats["steps"]))
     if restores_prior(model, cfg, splits):
         print("note: the epoch lines' and TensorBoard's val_* figures are the model as trained; the final figures "
               "and metrics.json are after the class prior is restored at the end (--restore-prior)")
     try:
-        history, throughput, nan_guard = fit_model(model, cfg, splits, callbacks, tb_dir=tb_dir if is_chief else None)
+        history, throughput, nan_guard = fit_model(model, cfg, splits, callbacks, tb_dir=tb_dir if is_chief else None,
+                                                   start_step=start_step)
     except (tf.errors.UnavailableError, tf.errors.AbortedError) as e:  # a peer died, or died and restarted
         if not os.environ.get("TF_CONFIG"):
             raise
@@ -158,10 +175,6 @@ def fit(model, cfg, run_dir: str, splits, hparams: dict, is_chief: bool = True, 
         strategy = model.distribute_strategy
         strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
     steps_done = int(model.optimizer.iterations.numpy())  # before load_weights, which restores it too
-    try:  # Keras deletes its checkpoints after a finished fit() but leaves the folder
-        os.rmdir(os.path.join(run_dir, runs.BACKUP))
-    except OSError:
-        pass
     if nan_guard.fired:
         raise TrainingFailed(f"loss became NaN; stopped. The best weights so far are in {best_path}* "
                              f"(try a lower --lr or --precision fp32)")
@@ -219,6 +232,7 @@ class Run:
     splits: data.Splits
     script: str
     wall_start: float
+    lock: object = None   # run_lock.Lock: this process writes run_dir (the chief), until the run ends
 
 
 def check_flags(cfg) -> None:
@@ -244,11 +258,24 @@ def check_flags(cfg) -> None:
     sources.check_flags(cfg.to_dict())
 
 
+def check_max_length(cfg, source: str, tokenizer) -> None:
+    """--max-length within what the encoder can read: its position embeddings, and room for
+    at least one token beside the special ones."""
+    from common import models
+    limit, special = models.position_limit(source), tokenizer.num_special_tokens_to_add()
+    if cfg.max_length > limit:
+        raise FlagError(f"--max-length {cfg.max_length}: {source} reads at most {limit} tokens (its position "
+                        f"embeddings); pass --max-length {limit} or less (texts longer than it are truncated)")
+    if cfg.max_length <= special:
+        raise FlagError(f"--max-length {cfg.max_length}: leaves no room for text beside the {special} special tokens; "
+                        f"pass at least {special + 1} (the PhraseBank's sentences need about 64)")
+
+
 def start(cfg, script: str, run_folder="train") -> Run:
     """Flags -> strategy, precision, seed, run folder, tokenizer, data. Prints what it chose.
     run_folder: "train" (checked: writable, and no other run's flags in it), "search"
     (keras-tuner's state: writable), None (nothing is written: a benchmark)."""
-    from common import distribute, models
+    from common import distribute
     wall_start = time.time()
     check_flags(cfg)
     harness = distribute.setup(cfg)  # before any model: strategy + dtype policy
@@ -261,10 +288,53 @@ def start(cfg, script: str, run_folder="train") -> Run:
                         "workers restore from the chief's backup there)")
     run_dir = cfg.run_dir or runs.default_run_dir(script)
     tb_folder(cfg, run_dir)  # a --tb-staging inside the run folder is refused before anything is written
+    lock = None
     if harness.is_chief and run_folder:
-        runs.prepare_run_dir(run_dir, cfg.to_dict() if run_folder == "train" else None, f"{script}.py")
-        if sources.is_own(cfg.data):  # a resume refuses a data file that changed since the run began
-            runs.check_data_files(run_dir, sources.digests(cfg.data))
+        runs.check_writable(run_dir)
+    # one writer per folder, taken before anything in it is read: the chief (keras-tuner's workers
+    # write their trials into the chief's search folder, as one job)
+    if harness.is_chief and run_folder and os.environ.get("KERASTUNER_TUNER_ID", "chief") == "chief":
+        lock = run_lock.hold(run_dir)
+        if lock.note:
+            print("note:", lock.note)
+    with refused_leaves_no_folder(lock):
+        if harness.is_chief and run_folder:
+            check_run_dir(cfg, run_dir, run_folder, script)
+        source, tokenizer = open_model_source(cfg)
+        # run_folder None ("nothing is written", a benchmark): no token cache, no drawn split kept
+        # (other workers draw the same split in memory: the draw depends only on the file and --split-seed)
+        splits = data.load_data(cfg, tokenizer, harness.replicas,
+                                token_cache.cache_dir_for(run_dir) if run_folder else None,
+                                os.path.join(run_dir, sources.SPLIT_FILE) if run_folder and harness.is_chief else None)
+    print_data(cfg, splits)
+    return Run(cfg, harness, run_dir, source, tokenizer, splits, script, wall_start, lock)
+
+
+@contextlib.contextmanager
+def refused_leaves_no_folder(lock):
+    """Bad input found once the run folder is held: release it, and remove the folder if this
+    run made it and left nothing in it."""
+    try:
+        yield
+    except FinsentError:
+        if lock:
+            lock.release(remove_created=True)
+        raise
+
+
+def check_run_dir(cfg, run_dir: str, run_folder: str, script: str) -> None:
+    """The folder holds no other run (flags, data files), and not this run finished."""
+    runs.prepare_run_dir(run_dir, cfg.to_dict() if run_folder == "train" else None, f"{script}.py")
+    if run_folder == "train" and runs.finished(run_dir):
+        raise NothingToDo(f"the run in {run_dir} has finished already ({runs.METRICS}, {runs.MODEL}/): nothing to "
+                          f"do. Next: python eval/evaluate.py {run_dir}; to train again, pass a new --run-dir")
+    if sources.is_own(cfg.data):  # a resume refuses a data file that changed since the run began
+        runs.check_data_files(run_dir, sources.digests(cfg.data))
+
+
+def open_model_source(cfg):
+    """(where the weights come from, its tokenizer): --model, or --init-from's model/."""
+    from common import models
     if cfg.init_from:
         init = runs.load_run(cfg.init_from, "--init-from")  # a clear error if it is not a finished run
         had = init.get("flags", {}).get("head", "library")
@@ -273,23 +343,28 @@ def start(cfg, script: str, run_folder="train") -> Run:
                              f"pass --head {had} to continue it, or train from --model instead")
     source = os.path.join(cfg.init_from, runs.MODEL) if cfg.init_from else cfg.model
     tokenizer = models.load_tokenizer(source)
-    # run_folder None ("nothing is written", a benchmark): no token cache, no drawn split kept
-    splits = data.load_data(cfg, tokenizer, harness.replicas, token_cache.cache_dir_for(run_dir) if run_folder else None,
-                            os.path.join(run_dir, sources.SPLIT_FILE) if run_folder and harness.is_chief else None)
-    # (other workers draw the same split in memory: the draw depends only on the file and --split-seed)
+    check_max_length(cfg, source, tokenizer)
+    return source, tokenizer
+
+
+def print_data(cfg, splits) -> None:
     st = splits.train_stats
     what = (f"{cfg.data} ({','.join(splits.labels)})" if sources.is_own(cfg.data) else
             f"{phrasebank.level_name(cfg.agreement)}, split={cfg.split}")
     print(f"data: {what}: " + ", ".join(f"{k} {len(v)}" for k, v in splits.rows.items())
-          + (f" (train includes {st['extra_examples']} sentences {phrasebank.level_name(cfg.extra_agreement)} adds, at "
-             f"weight {cfg.extra_weight:g})" if st["extra_examples"] else "")
+          + (f" (train includes {st['extra_examples']} sentences {phrasebank.level_name(cfg.extra_agreement)} "
+             f"adds, at weight {cfg.extra_weight:g})" if st["extra_examples"] else "")
           + f" | {st['steps']} steps/epoch, widths {st['widths']}, real-token share {st['real_token_share']:.3f}")
-    return Run(cfg, harness, run_dir, source, tokenizer, splits, script, wall_start)
 
 
 def build_model(run: Run):
     """The classifier the flags describe (--head, --freeze, --init-from), compiled.
     Call inside run.harness.strategy.scope()."""
+    with refused_leaves_no_folder(run.lock):
+        return _build_model(run)
+
+
+def _build_model(run: Run):
     from common import models
     cfg = run.cfg
     try:
@@ -327,7 +402,18 @@ def resolved_settings(run: Run) -> dict:
 
 def fit_and_report(run: Run, model) -> dict:
     """Fit -> restore best -> evaluate -> calibrate -> export (model/, serving/) -> metrics.json.
-    Under TF_CONFIG every worker trains; only the chief writes the run folder."""
+    Under TF_CONFIG every worker trains; only the chief writes the run folder. A full disk is
+    one line: every stage resumes, so the same command finishes the run once there is room."""
+    try:
+        return _fit_and_report(run, model)
+    except Exception as e:
+        if not errors.disk_full(e):
+            raise
+        raise TrainingFailed(f"--run-dir {run.run_dir}: the disk is full ({errors.first_line(e)}); free space there "
+                             f"and rerun the same command: it resumes from its last backup") from e
+
+
+def _fit_and_report(run: Run, model) -> dict:
     from common import models
     cfg, harness = run.cfg, run.harness
     trainable = models.count_params(model.trainable_weights)
@@ -338,15 +424,18 @@ def fit_and_report(run: Run, model) -> dict:
     print(f"model: {run.source} ({model.count_params() / 1e6:.1f}M params, {trainable / 1e6:.2f}M trainable) on "
           f"{harness.replicas} replica(s) {harness.devices}, precision {harness.precision}, xla {harness.xla} "
           f"-> {run.run_dir}{'' if harness.is_chief else ' (written by the chief)'}")
-    if tf.train.latest_checkpoint(os.path.join(run.run_dir, runs.BACKUP, "chief")):
-        print(f"resuming from {os.path.join(run.run_dir, runs.BACKUP)} (model, optimizer, epoch and step)")
     history, throughput, steps_done = fit(model, cfg, run.run_dir, run.splits, hparams_of(cfg, harness),
                                           harness.is_chief)
     # the figures in float32 whatever the training precision (docs/precision.md, "Evaluation")
     results = report.evaluate_splits(model if harness.precision == "fp32" else models.float32_copy(model), run.splits)
     print(f"weights digest {report.weights_digest(model)}")
+    # per epoch: the whole run's (epochs.json, however often it was restarted), else this process's
+    epochs_path = os.path.join(run.run_dir, runs.EPOCHS)
+    epochs_log = runs.read_json(epochs_path) if harness.is_chief and os.path.exists(epochs_path) else []
+    best = cb.read_best(os.path.join(run.run_dir, runs.BEST, "best.json"))
     extra = {"precision": report.precision_audit(model),
-             "train_loss_per_epoch": [float(x) for x in history.history.get("loss", [])]}
+             "train_loss_per_epoch": [e["loss"] for e in epochs_log] or history.history.get("loss", []),
+             "best_epoch": best["epoch"] if best and not cfg.ema else None}
     if harness.xla == "on":
         extra["xla_compilations"] = model.xla_compilations()
         print(f"xla: {extra['xla_compilations']} compilation(s) of the per-replica step over "
@@ -357,7 +446,12 @@ def fit_and_report(run: Run, model) -> dict:
     report.export(model, run.tokenizer, run.run_dir)
     extra["serving"] = report.export_serving(run.run_dir)
     m = report.write_metrics(run.run_dir, results, run.splits, throughput, run.wall_start,
-                             steps_done, run.splits.train_stats["steps"] * cfg.epochs, extra)
+                             steps_done, run.splits.train_stats["steps"] * cfg.epochs, extra,
+                             per_epoch=[e for e in epochs_log if "examples_per_sec" in e])
+    # the backup outlived fit() so that the stages above resume without training; the run is done now
+    shutil.rmtree(os.path.join(run.run_dir, runs.BACKUP), ignore_errors=True)
+    if run.lock:
+        run.lock.release()
     print(report.summary_line(m))
     print(f"run folder: {run.run_dir}\nnext: python eval/evaluate.py {run.run_dir}   |   "
           f"python eval/predict.py {run.run_dir} --input FILE   |   tensorboard --logdir {run.run_dir}")

@@ -30,9 +30,9 @@ def parse(argv=None):
 
 def main(argv=None):
     args = parse(argv)
-    run = FinishedRun.open(args.run_dir)
+    run = FinishedRun.open(args.run_dir, calibrated=False)  # its calibration.json is what this writes again
     # data: the run's own validation and test splits (the temperature is fitted on validation only)
-    rows = run.split_rows()
+    rows = run.split_rows(if_changed="restore the file: the temperature is fitted on the run's own validation split")
     # model
     run.load_model(args.precision)
     split_logits, split_labels = {}, {}

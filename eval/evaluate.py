@@ -91,7 +91,8 @@ def evaluate_run(run, agreement=None, source=None, part="test", batch_size=64):
 def evaluate_own(run, part="test", batch_size=64):
     """Evaluate a FinishedRun trained on own data on its own split (the one recorded in the
     run folder); writes <run>/eval/own-<part>/."""
-    rows = run.split_rows()[part]
+    rows = run.split_rows(if_changed="restore the file to evaluate the run on its own split, or evaluate it on a "
+                                     "labelled file with --csv FILE")[part]
     ids, _ = run.encode([s for s, _ in rows])
     logits = run.logits(ids, batch_size)
     out = os.path.join(run.run_dir, "eval", f"own-{part}")

@@ -17,15 +17,16 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import env  # noqa: E402,F401  (first)
-from common import config, errors, runs, serving  # noqa: E402
+from common import config, errors, serving  # noqa: E402
 
 
 def main(argv=None):
     p = config.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a finished run folder (runs/<name>)")
     args = p.parse_args(argv)
-    runs.load_run(args.run_dir)
-    path = serving.export_serving(args.run_dir)  # a ModelError (one line) for non-WordPiece tokenizers
+    # refused in one line: a folder that is not a finished run, a file of it not as its run wrote it
+    # (FinishedRun.open), a tokenizer the graph cannot reproduce (ModelError)
+    path = serving.export_serving(args.run_dir)
     print(f"wrote {path}/ (signature {serving.SIGNATURE}: text -> label_id, label, probabilities)")
     return path
 

@@ -25,7 +25,15 @@ def main(argv=None):
     p.add_argument("--errors", action="store_true", help="also list, per configuration, the test sentences at least "
                    "half of its seeds got wrong (needs eval/evaluate.py RUN on each run first)")
     args = p.parse_args(argv)
-    loaded = [summary.load(d) for d in summary.find_runs(args.paths)]
+    found, loaded = summary.find_runs(args.paths), []
+    for d in found:  # a folder whose files are not as its run wrote them: named, and the rest summarized
+        try:
+            loaded.append(summary.load(d))
+        except errors.RunDirError as e:
+            print(f"skipped: {e}", file=sys.stderr, flush=True)
+    if not loaded:
+        raise errors.RunDirError(f"none of the {len(found)} run folder(s) found under {' '.join(args.paths)} could be "
+                                 f"read (each is named above); restore their files, or pass other folders")
     groups = summary.group(loaded)
     text = summary.table(groups, args.part)
     if args.errors:

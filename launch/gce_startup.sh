@@ -14,10 +14,12 @@
 # debugging (only when asked).
 #
 # Settings come from instance metadata (finsent-repo, finsent-ref, finsent-bucket,
-# finsent-run, finsent-command, finsent-on-failure), or from FINSENT_* environment
+# finsent-run, finsent-argv, finsent-on-failure), or from FINSENT_* environment
 # variables of the same names, which take precedence (tests use them, with a folder
-# standing in for the bucket). FINSENT_SYNC (default: gcloud storage rsync --recursive),
-# FINSENT_DELETE_VM and FINSENT_STOP_VM are the only cloud commands; all can be pointed elsewhere.
+# standing in for the bucket). finsent-argv is the command as a JSON array, one element per
+# argument, read back into a bash array: no argument is split, globbed or run as code.
+# FINSENT_SYNC (default: gcloud storage rsync --recursive), FINSENT_DELETE_VM and
+# FINSENT_STOP_VM are the only cloud commands; all can be pointed elsewhere.
 # A delete or stop that fails (say the VM's service account lacks the right) falls back to
 # FINSENT_SHUTDOWN (default: shutdown -h now): a VM that shuts itself down is stopped, and a
 # stopped VM bills its disk only, not its GPUs.
@@ -29,7 +31,7 @@ md() {  # metadata attribute $1, unless FINSENT_<NAME> is set
     curl -fsS -H "Metadata-Flavor: Google" \
         "http://metadata.google.internal/computeMetadata/v1/instance/attributes/finsent-$1" 2>/dev/null || true
 }
-REPO=$(md repo); REF=$(md ref); BUCKET=$(md bucket); RUN=$(md run); COMMAND=$(md command)
+REPO=$(md repo); REF=$(md ref); BUCKET=$(md bucket); RUN=$(md run); ARGV_JSON=$(md argv)
 ON_FAILURE=$(md on-failure); ON_FAILURE=${ON_FAILURE:-delete}
 WORK=${FINSENT_WORKDIR:-/opt/finsent}
 SYNC=${FINSENT_SYNC:-gcloud storage rsync --recursive}
@@ -120,16 +122,34 @@ trap finish EXIT
 trap 'TERMINATED=1; exit 143' TERM
 trap 'exit 130' INT
 mkdir -p "$WORK"
-for v in REPO BUCKET RUN COMMAND; do
-    [ -n "${!v}" ] || { echo "gce_startup: finsent-$(echo $v | tr A-Z a-z) is not set (metadata or FINSENT_$v)" >&2; exit 2; }
+for v in REPO BUCKET RUN ARGV_JSON; do
+    key=$(echo "${v%_JSON}" | tr A-Z a-z)
+    [ -n "${!v}" ] || { echo "gce_startup: finsent-$key is not set (metadata or FINSENT_${v%_JSON})" >&2; exit 2; }
 done
 case "$ON_FAILURE" in delete|stop|keep) ;; *) echo "gce_startup: finsent-on-failure must be delete, stop or keep" >&2; exit 2;; esac
+[[ $REPO != -* && $REF != -* ]] \
+    || { echo "gce_startup: finsent-repo and finsent-ref must not start with '-' (git would read an option)" >&2; exit 2; }
+# the command: finsent-argv back into an array, one element per argument, with the image's
+# python3 (nothing is installed yet). launch/argv.sh's argv_from_json, restated: this script
+# runs alone, before the clone, and must not depend on what it clones.
+STEP="reading finsent-argv"
+mapfile -t -d '' ARGV < <(python3 -c 'import json, sys
+try:
+    argv = json.loads(sys.argv[1])
+except ValueError:
+    argv = None
+if not (isinstance(argv, list) and argv and all(isinstance(a, str) and "\0" not in a for a in argv)):
+    sys.exit(f"gce_startup: finsent-argv is not a JSON array of strings: {sys.argv[1][:80]!r}; "
+             "give e.g. [\"train/full_finetune.py\", \"--epochs\", \"3\"]")
+sys.stdout.buffer.write(b"".join(a.encode("utf-8", "surrogateescape") + b"\0" for a in argv))' "$ARGV_JSON")
+wait $! || exit 2   # the decoder's status (mapfile's is not it)
+COMMAND=$(printf '%q ' "${ARGV[@]}")   # for the log and the EXIT report only
 
 # 1. the project, at the requested ref
 STEP="cloning $REPO"
 if [ ! -d "$WORK/repo/.git" ]; then
     log "cloning $REPO"
-    git clone --quiet "$REPO" "$WORK/repo" || exit 1
+    git clone --quiet -- "$REPO" "$WORK/repo" || exit 1
 fi
 STEP="checking out $REF"
 [ -z "$REF" ] || git -C "$WORK/repo" checkout --quiet "$REF" || exit 1
@@ -168,12 +188,11 @@ fi
 rm -f "$LOCAL/EXIT"
 
 # 5. run, syncing while it trains
-STEP="training: $COMMAND"
+STEP="training: ${COMMAND% }"
 # TensorBoard writes on this disk and copies into the run folder at every backup (as on the
 # other launchers): the bucket then holds closed, flushed event files up to the last backup
-log "running: $COMMAND --run-dir $LOCAL --tb-staging $WORK/tb-staging"
-# shellcheck disable=SC2086  # COMMAND is a command line
-"$VENV/bin/python" $COMMAND --run-dir "$LOCAL" --tb-staging "$WORK/tb-staging" &
+log "running: $COMMAND--run-dir $LOCAL --tb-staging $WORK/tb-staging"
+"$VENV/bin/python" "${ARGV[@]}" --run-dir "$LOCAL" --tb-staging "$WORK/tb-staging" &
 TRAIN=$!
 ( while sleep "$SYNC_EVERY"; do sync_up; done ) &
 SYNCER=$!

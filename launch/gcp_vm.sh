@@ -25,69 +25,56 @@
 # FINSENT_BUCKET; credentials are gcloud's own, never in files.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
+ME=gcp_vm.sh
+. "$HERE/flags.sh"   # --name --project --gpus --gpu-type --machine-type --spot --bucket --repo --ref --dry-run
 
-NAME="finsent-$(date +%Y%m%d-%H%M%S)"
-PROJECT=${GOOGLE_CLOUD_PROJECT:-}
 ZONE=${CLOUDSDK_COMPUTE_ZONE:-us-central1-a}
-GPUS=1
 GPU_TYPE=nvidia-tesla-t4
-MACHINE=""
-SPOT=0
-BUCKET=${FINSENT_BUCKET:-}
 IMAGE_FAMILY=common-cu129-ubuntu-2204-nvidia-580   # Deep Learning VM Base GPU (TF comes from requirements.txt)
 IMAGE_PROJECT=deeplearning-platform-release
-REPO=$(git -C "$HERE/.." remote get-url origin 2>/dev/null || echo "")
-REF=$(git -C "$HERE/.." rev-parse HEAD 2>/dev/null || echo "")
 DISK=100GB
 ON_FAILURE=delete
 MAX_RUN=24h
 SERVICE_ACCOUNT=""
-DRY=0
-
-usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; cat <<U
-Options: --name NAME  --project P  --zone Z  --gpus N ($GPUS)  --gpu-type T ($GPU_TYPE)
+VALUE_FLAGS+=([--zone]=ZONE [--image-family]=IMAGE_FAMILY [--image-project]=IMAGE_PROJECT [--disk]=DISK
+              [--on-failure]=ON_FAILURE [--max-run-duration]=MAX_RUN [--service-account]=SERVICE_ACCOUNT)
+FROM_ENV+=([--zone]=CLOUDSDK_COMPUTE_ZONE)
+OPTIONAL+=([--service-account]=1)
+OPTIONS="Options: --name NAME  --project P  --zone Z  --gpus N ($GPUS)  --gpu-type T ($GPU_TYPE)
          --machine-type M (default n1-standard-\$((8*GPUS)))  --spot  --bucket gs://B
          --image-family F ($IMAGE_FAMILY)  --image-project P  --repo URL  --ref REF  --disk SIZE
          --on-failure delete|stop|keep ($ON_FAILURE)  --max-run-duration D ($MAX_RUN; e.g. 90m, 2d)
-         --service-account EMAIL  --dry-run
-U
-exit "${1:-2}"; }
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --name) NAME=$2; shift 2;;  --project) PROJECT=$2; shift 2;;  --zone) ZONE=$2; shift 2;;
-        --gpus) GPUS=$2; shift 2;;  --gpu-type) GPU_TYPE=$2; shift 2;;  --machine-type) MACHINE=$2; shift 2;;
-        --spot) SPOT=1; shift;;  --bucket) BUCKET=$2; shift 2;;  --image-family) IMAGE_FAMILY=$2; shift 2;;
-        --image-project) IMAGE_PROJECT=$2; shift 2;;  --repo) REPO=$2; shift 2;;  --ref) REF=$2; shift 2;;
-        --disk) DISK=$2; shift 2;;  --on-failure) ON_FAILURE=$2; shift 2;;  --dry-run) DRY=1; shift;;
-        --max-run-duration) MAX_RUN=$2; shift 2;;  --service-account) SERVICE_ACCOUNT=$2; shift 2;;
-        -h|--help) usage 0;;
-        --) shift; break;;  -*) echo "gcp_vm.sh: unknown option $1" >&2; usage;;  *) break;;
-    esac
-done
-[ $# -ge 1 ] || { echo "gcp_vm.sh: give the script to run, e.g. train/full_finetune.py" >&2; usage; }
-[ -f "$HERE/../$1" ] || { echo "gcp_vm.sh: no script $1 in this project" >&2; exit 2; }
-[ -n "$BUCKET" ] || { [ "$DRY" = 1 ] && BUCKET="gs://YOUR-BUCKET"; } || { echo "gcp_vm.sh: --bucket gs://... (or FINSENT_BUCKET) is required" >&2; exit 2; }
-case "$ON_FAILURE" in delete|stop|keep) ;; *) echo "gcp_vm.sh: --on-failure takes delete, stop or keep" >&2; exit 2;; esac
-[[ "$MAX_RUN" =~ ^([0-9]+[dhms])+$ ]] || { echo "gcp_vm.sh: --max-run-duration $MAX_RUN: give a duration such as 24h, 90m or 1d12h" >&2; exit 2; }
-[ -n "$REPO" ] || { echo "gcp_vm.sh: --repo URL is required (no git remote 'origin' here)" >&2; exit 2; }
-. "$HERE/repo_check.sh"
-check_repo gcp_vm.sh "$REPO" "$REF" || exit 2
-MACHINE=${MACHINE:-n1-standard-$((8 * GPUS))}
+         --service-account EMAIL  --dry-run"
+parse_flags "$@"
+check --zone zone
+check --image-family resource images
+check --image-project project
+check --disk disk
+check --service-account email
+check --on-failure on-failure
+check --max-run-duration duration
+check_common instance resource
+MACHINE=${MACHINE:-n1-standard-$((8 * GPUS))}   # GPUS is a checked number: nothing to evaluate
 # your own --data goes to the bucket beside the run; the VM reads it there (tf.io.gfile)
 . "$HERE/stage_data.sh"
-stage_data gcp_vm.sh "$BUCKET/runs/$NAME/data" "$BUCKET/runs/$NAME/data" "$@" || exit 2
-set -- "${STAGED_ARGS[@]}"
-# the command: the user's script and flags, with --gpus added unless given
-COMMAND="$*"
-case " $COMMAND " in *" --gpus "*) ;; *) COMMAND="$COMMAND --gpus $GPUS";; esac
+stage_data "$ME" "$BUCKET/runs/$NAME/data" "$BUCKET/runs/$NAME/data" "${JOB_ARGV[@]}" || exit 2
+# the command: the user's script and flags, with --gpus added unless given. It reaches the VM
+# as a JSON array in the metadata key finsent-argv, from a file: --metadata values are split
+# at commas (or at the delimiter ^##^ names), which any argument may hold.
+has_flag --gpus "${STAGED_ARGS[@]}" || STAGED_ARGS+=(--gpus "$GPUS")
+ARGV_FILE=$(mktemp "${TMPDIR:-/tmp}/finsent-argv-XXXXXX")
+trap 'rm -f "$ARGV_FILE"' EXIT
+json_array "${STAGED_ARGS[@]}" > "$ARGV_FILE"
+[[ "$HERE$ARGV_FILE" != *'##'* ]] || fail "the paths $HERE and $ARGV_FILE must not hold '##' (gcloud's list delimiter here)"
 
 CMD=(gcloud compute instances create "$NAME" --zone "$ZONE" --machine-type "$MACHINE"
      --accelerator "type=$GPU_TYPE,count=$GPUS" --maintenance-policy TERMINATE
      --image-family "$IMAGE_FAMILY" --image-project "$IMAGE_PROJECT" --boot-disk-size "$DISK"
      --scopes cloud-platform
-     --metadata-from-file "startup-script=$HERE/gce_startup.sh"
-     --metadata "^##^install-nvidia-driver=True##finsent-repo=$REPO##finsent-ref=$REF##finsent-bucket=$BUCKET##finsent-run=$NAME##finsent-command=$COMMAND##finsent-on-failure=$ON_FAILURE")
-# ^##^ sets gcloud's list delimiter to ## (see `gcloud topic escaping`): the command may hold commas
+     --metadata-from-file "^##^startup-script=$HERE/gce_startup.sh##finsent-argv=$ARGV_FILE"
+     --metadata "^##^install-nvidia-driver=True##finsent-repo=$REPO##finsent-ref=$REF##finsent-bucket=$BUCKET##finsent-run=$NAME##finsent-on-failure=$ON_FAILURE")
+# ^##^ sets gcloud's list delimiter to ## (see `gcloud topic escaping`): a path or URL may hold
+# commas; none of these values can hold '##' (each was checked above)
 # one termination action for both: STOP keeps a preempted spot VM's disk, so a restart resumes
 CMD+=(--max-run-duration "$MAX_RUN" --instance-termination-action STOP)
 [ "$SPOT" = 0 ] || CMD+=(--provisioning-model SPOT)
@@ -103,6 +90,7 @@ if [ "$DRY" = 1 ]; then
     printf '%q ' "${PREFLIGHT[@]}"; echo
     [ ${#UPLOAD[@]} -eq 0 ] || { printf '%q ' "${UPLOAD[@]}"; echo; }
     printf '%q ' "${CMD[@]}"; echo
+    echo "# finsent-argv (the job's command, one JSON array element per argument): $(cat "$ARGV_FILE")"
     echo "# startup script: $HERE/gce_startup.sh; results: $BUCKET/runs/$NAME"
     exit 0
 fi

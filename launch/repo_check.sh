@@ -10,6 +10,10 @@ check_repo() {
         git@*|ssh://*)
             echo "$me: $url is an SSH URL; the VM clones without your SSH keys. Pass --repo https://..." >&2; return 2;;
     esac
+    # one URL: not an option to git (--upload-pack=... runs a command), no space, no '#'
+    # (the instance metadata's delimiter is ##)
+    [[ $url =~ ^[a-zA-Z][a-zA-Z0-9+.-]*://[^[:space:][:cntrl:]#]+$ ]] || {
+        echo "$me: --repo $(shown "$url"): not a repository URL the VM can clone; use --repo https://..." >&2; return 2; }
     [ -n "$ref" ] || return 0
     local tips
     if ! tips=$(GIT_TERMINAL_PROMPT=0 timeout 60 git ls-remote "$url" 2>&1); then

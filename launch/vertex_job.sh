@@ -22,88 +22,98 @@
 # Project and region: --project/--region or GOOGLE_CLOUD_PROJECT / CLOUDSDK_AI_REGION.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
+ME=vertex_job.sh
+. "$HERE/flags.sh"   # --name --project --gpus --gpu-type --machine-type --spot --bucket --repo --ref --dry-run
 
-NAME="finsent-$(date +%Y%m%d-%H%M%S)"
-PROJECT=${GOOGLE_CLOUD_PROJECT:-}
 REGION=${CLOUDSDK_AI_REGION:-us-central1}
-GPUS=1
 GPU_TYPE=NVIDIA_TESLA_T4
-MACHINE=""
 WORKERS=0
-SPOT=0
-BUCKET=${FINSENT_BUCKET:-}
 IMAGE=""
 REGISTRY=""
 BUILD=0
-REPO=$(git -C "$HERE/.." remote get-url origin 2>/dev/null || echo "")
-REF=$(git -C "$HERE/.." rev-parse HEAD 2>/dev/null || echo "")
-DRY=0
-
-usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; cat <<U
-Options: --name N  --project P  --region R  --gpus N ($GPUS)  --gpu-type T ($GPU_TYPE)  --machine-type M
+VALUE_FLAGS+=([--region]=REGION [--workers]=WORKERS [--image]=IMAGE [--registry]=REGISTRY)
+SWITCH_FLAGS+=([--build]=BUILD)
+FROM_ENV+=([--region]=CLOUDSDK_AI_REGION)
+OPTIONAL+=([--image]=1 [--registry]=1)
+OPTIONS="Options: --name N  --project P  --region R  --gpus N ($GPUS)  --gpu-type T ($GPU_TYPE)  --machine-type M
          --workers N ($WORKERS)  --spot  --bucket gs://B  --build  --registry HOST/PROJECT/REPOSITORY
-         --image URI (instead of REGISTRY/finsent:COMMIT)  --repo URL  --ref REF  --dry-run
-U
-exit "${1:-2}"; }
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --name) NAME=$2; shift 2;;  --project) PROJECT=$2; shift 2;;  --region) REGION=$2; shift 2;;
-        --gpus) GPUS=$2; shift 2;;  --gpu-type) GPU_TYPE=$2; shift 2;;  --machine-type) MACHINE=$2; shift 2;;
-        --workers) WORKERS=$2; shift 2;;  --spot) SPOT=1; shift;;  --bucket) BUCKET=$2; shift 2;;
-        --image) IMAGE=$2; shift 2;;  --repo) REPO=$2; shift 2;;  --ref) REF=$2; shift 2;;
-        --build) BUILD=1; shift;;  --registry) REGISTRY=$2; shift 2;;
-        --dry-run) DRY=1; shift;;  -h|--help) usage 0;;  --) shift; break;;
-        -*) echo "vertex_job.sh: unknown option $1" >&2; usage;;  *) break;;
-    esac
-done
-[ $# -ge 1 ] || { echo "vertex_job.sh: give the script to run, e.g. train/full_finetune.py" >&2; usage; }
-[ -f "$HERE/../$1" ] || { echo "vertex_job.sh: no script $1 in this project" >&2; exit 2; }
-[ -n "$BUCKET" ] || { [ "$DRY" = 1 ] && BUCKET="gs://YOUR-BUCKET"; } || { echo "vertex_job.sh: --bucket gs://... (or FINSENT_BUCKET) is required" >&2; exit 2; }
-[ -n "$REPO" ] || { echo "vertex_job.sh: --repo URL is required (no git remote 'origin' here)" >&2; exit 2; }
-. "$HERE/repo_check.sh"
-check_repo vertex_job.sh "$REPO" "$REF" || exit 2
+         --image URI (instead of REGISTRY/finsent:COMMIT)  --repo URL  --ref REF  --dry-run"
+parse_flags "$@"
+check --region region
+check --workers count0
+check --registry registry
+check --image image
+check_common job accelerator
 COMMIT=$(git -C "$HERE/.." rev-parse --verify --quiet "$REF^{commit}") \
-    || { echo "vertex_job.sh: commit $REF is not in this checkout (git fetch it; the image is built from it)" >&2; exit 2; }
+    || fail "commit $REF is not in this checkout (git fetch it; the image is built from it)"
 if [ -z "$REGISTRY" ]; then
-    [ -n "$PROJECT" ] || [ "$DRY" = 1 ] \
-        || { echo "vertex_job.sh: --registry HOST/PROJECT/REPOSITORY or --project is required (the image's home)" >&2; exit 2; }
+    [ -n "$PROJECT" ] || [ "$DRY" = 1 ] || fail "--registry HOST/PROJECT/REPOSITORY or --project is required (the image's home)"
     REGISTRY="$REGION-docker.pkg.dev/${PROJECT:-YOUR-PROJECT}/finsent"
 fi
 IMAGE=${IMAGE:-$REGISTRY/finsent:$COMMIT}
-MACHINE=${MACHINE:-n1-standard-$((8 * GPUS))}
+MACHINE=${MACHINE:-n1-standard-$((8 * GPUS))}   # GPUS is a checked number: nothing to evaluate
 # your own --data goes to the bucket beside the run; the job reads it through Vertex's /gcs/ mount
 . "$HERE/stage_data.sh"
-stage_data vertex_job.sh "$BUCKET/runs/$NAME/data" "/gcs/${BUCKET#gs://}/runs/$NAME/data" "$@" || exit 2
-set -- "${STAGED_ARGS[@]}"
-COMMAND="$*"
-case " $COMMAND " in *" --gpus "*) ;; *) COMMAND="$COMMAND --gpus $GPUS";; esac
+stage_data "$ME" "$BUCKET/runs/$NAME/data" "/gcs/${BUCKET#gs://}/runs/$NAME/data" "${JOB_ARGV[@]}" || exit 2
+has_flag --gpus "${STAGED_ARGS[@]}" || STAGED_ARGS+=(--gpus "$GPUS")
 RUN_DIR="/gcs/${BUCKET#gs://}/runs/$NAME"
-ENTRY="python $COMMAND --run-dir $RUN_DIR --tb-staging /tmp/finsent-tb"   # in /app, the image's venv
+# the container runs `python SCRIPT ARGS...` in /app with the image's venv first on the PATH;
+# Vertex starts it with this argv as it is (command and args are lists: no shell in between)
+ARGS=("${STAGED_ARGS[@]}" --run-dir "$RUN_DIR" --tb-staging /tmp/finsent-tb)
 
-pool() {  # one workerPoolSpecs entry
-    cat <<Y
-  - machineSpec:
-      machineType: $MACHINE
-      acceleratorType: $GPU_TYPE
-      acceleratorCount: $GPUS
-    replicaCount: $1
-    diskSpec:
-      bootDiskSizeGb: 100
-    containerSpec:
-      imageUri: $IMAGE
-      command: ["bash", "-c"]
-      args: ["$ENTRY"]
-Y
-}
 SPEC=$(mktemp "${TMPDIR:-/tmp}/vertex-$NAME-XXXX.yaml")
 SOURCE=$(mktemp -d "${TMPDIR:-/tmp}/finsent-source-XXXXXX")   # --build: the commit's files, Cloud Build's source
 trap 'rm -rf "$SPEC" "$SOURCE"' EXIT
-{
-    echo "workerPoolSpecs:"
-    pool 1
-    [ "$WORKERS" -eq 0 ] || pool "$WORKERS"
-    [ "$SPOT" = 0 ] || printf 'scheduling:\n  strategy: SPOT\n'
-} > "$SPEC"
+# The job spec (a CustomJobSpec), written by a serializer rather than pasted into a text:
+# each string is plain only when YAML can read it back as that same string (letters, digits
+# and ._/:@- from a letter on, not ending in ':', no YAML keyword); any other, and every list element, is a
+# JSON string (JSON's quoting is YAML's), with what YAML may not hold raw written as \uXXXX.
+python3 - "$SPEC" "$MACHINE" "$GPU_TYPE" "$GPUS" "$WORKERS" "$SPOT" "$IMAGE" "${ARGS[@]}" <<'PY' || exit 2
+import json, re, sys
+out, machine, gpu_type, gpus, workers, spot, image, *args = sys.argv[1:]
+for i, a in enumerate(args):  # surrogateescape: bytes that were not UTF-8 in the shell
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in a):
+        sys.exit(f"vertex_job.sh: argument {i + 1} of the job ({a.encode('utf-8', 'surrogateescape')!r}) is not "
+                 f"UTF-8 text, which a job spec must be; pass it as UTF-8")
+PLAIN = re.compile(r"[A-Za-z]([A-Za-z0-9_./:@-]*[A-Za-z0-9_./@-])?")  # not ending in ":" (a key)
+KEYWORDS = {"y", "n", "yes", "no", "on", "off", "true", "false", "null"}
+NOT_PRINTABLE = re.compile("[^\t\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]")
+
+def quoted(s):
+    return NOT_PRINTABLE.sub(lambda m: "\\u%04x" % ord(m.group()), json.dumps(s, ensure_ascii=False))
+
+def scalar(v):
+    if isinstance(v, int):
+        return str(v)
+    return v if PLAIN.fullmatch(v) and v.lower() not in KEYWORDS else quoted(v)
+
+def emit(mapping, indent=""):
+    lines = []
+    for key, v in mapping.items():
+        if isinstance(v, dict):
+            lines += [f"{indent}{key}:"] + emit(v, indent + "  ")
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            lines.append(f"{indent}{key}:")
+            for item in v:
+                first, *rest = emit(item, indent + "  ")
+                lines += [f"{indent}- {first.lstrip()}"] + rest
+        elif isinstance(v, list):
+            lines.append(f"{indent}{key}: [{', '.join(quoted(x) for x in v)}]")
+        else:
+            lines.append(f"{indent}{key}: {scalar(v)}")
+    return lines
+
+def pool(replicas):
+    return {"machineSpec": {"machineType": machine, "acceleratorType": gpu_type, "acceleratorCount": int(gpus)},
+            "replicaCount": replicas, "diskSpec": {"bootDiskSizeGb": 100},
+            "containerSpec": {"imageUri": image, "command": ["python"], "args": args}}
+
+spec = {"workerPoolSpecs": [pool(1)] + ([pool(int(workers))] if int(workers) else [])}
+if spot == "1":
+    spec["scheduling"] = {"strategy": "SPOT"}
+with open(out, "w", encoding="utf-8") as f:
+    f.write("\n".join(emit(spec)) + "\n")
+PY
 CMD=(gcloud ai custom-jobs create --region "$REGION" --display-name "$NAME" --config "$SPEC")
 P=(); [ -z "$PROJECT" ] || P=(--project "$PROJECT")
 CMD+=("${P[@]}")

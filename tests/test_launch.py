@@ -32,6 +32,12 @@ def _dry(remote):
     return dry
 
 
+def _argv_line(out):
+    """The job's command a gcp_vm.sh dry run shows, as the VM reads it back (a JSON array)."""
+    line = next(l for l in out.splitlines() if l.startswith("# finsent-argv "))
+    return json.loads(line.split(": ", 1)[1])
+
+
 def test_gcp_vm_dry_run_has_gpus_spot_image_and_command(_dry):
     out = _dry("gcp_vm.sh", "--gpus", "4", "--gpu-type", "nvidia-l4", "--spot", "--bucket", "gs://b",
                "train/full_finetune.py", "--epochs", "3", "--head-hidden", "256,64")
@@ -45,7 +51,9 @@ def test_gcp_vm_dry_run_has_gpus_spot_image_and_command(_dry):
     assert "--max-run-duration 24h --instance-termination-action STOP --provisioning-model SPOT" in out
     assert "--image-family common-cu129-ubuntu-2204-nvidia-580 --image-project deeplearning-platform-release" in out
     assert "startup-script=" + os.path.join(LAUNCH, "gce_startup.sh") in out
-    assert "finsent-command=train/full_finetune.py\\ --epochs\\ 3\\ --head-hidden\\ 256\\,64\\ --gpus\\ 4" in out
+    # the command goes as a JSON array (finsent-argv, from a file), one element per argument, --gpus added
+    assert "##finsent-argv=" in out and "finsent-command" not in out
+    assert _argv_line(out) == ["train/full_finetune.py", "--epochs", "3", "--head-hidden", "256,64", "--gpus", "4"]
     assert "finsent-bucket=gs://b" in out and "finsent-on-failure=delete" in out
     assert "finsent-on-failure=stop" in _dry("gcp_vm.sh", "--on-failure", "stop", "train/full_finetune.py")
     no_spot = _dry("gcp_vm.sh", "--gpus", "1", "--max-run-duration", "3h", "--service-account",
@@ -62,9 +70,18 @@ def test_vertex_dry_run_has_build_image_pools_gpus_spot_and_command(_dry):
     assert f"# image: {image}\n" in out and f"imageUri: {image}\n" in out
     assert "gcloud ai custom-jobs create --region europe-west4" in out
     assert out.count("acceleratorCount: 2") == 2 and "replicaCount: 3" in out and "strategy: SPOT" in out
-    # replicas train at once (nothing installed), TensorBoard through a local folder (the mount uploads closed files)
-    assert 'args: ["python train/full_finetune.py --epochs 1 --gpus 2 --run-dir /gcs/b/runs/' in out
-    assert "--tb-staging /tmp/finsent-tb" in out and "pip install" not in out
+    # replicas train at once (nothing installed), TensorBoard through a local folder (the mount uploads closed
+    # files); the container runs python with a list of arguments, no shell in between
+    import yaml
+    pools = yaml.safe_load(out.split("# job spec (--config):\n", 1)[1])["workerPoolSpecs"]
+    for pool in pools:
+        container = pool["containerSpec"]
+        assert container["command"] == ["python"]
+        args = container["args"]
+        assert args[:5] == ["train/full_finetune.py", "--epochs", "1", "--gpus", "2"]
+        assert args[5] == "--run-dir" and args[6].startswith("/gcs/b/runs/finsent-")
+        assert args[7:] == ["--tb-staging", "/tmp/finsent-tb"]
+    assert "pip install" not in out
     plain = _dry("vertex_job.sh", "--registry", "us-docker.pkg.dev/p/r", "train/full_finetune.py")
     assert "SPOT" not in plain and "builds submit" not in plain  # without --build: the commit's image, checked first
     assert plain.startswith(f"bash {LAUNCH}/preflight.sh --bucket gs://YOUR-BUCKET --image "
@@ -106,12 +123,12 @@ def test_skypilot_yaml_builds_tf_config_from_node_variables(tmp_path):
     assert spec["resources"]["use_spot"] is True and spec["file_mounts"]["/runs"]["mode"] == "MOUNT_CACHED"
     # run the YAML's own run: section for node 1 of 2, with the training command replaced by printing TF_CONFIG
     run = spec["run"].replace(". ~/finsent-venv/bin/activate", "true").replace(
-        "python ${SCRIPT}", 'echo "$TF_CONFIG"; echo ${SCRIPT}')
+        'python "${SCRIPT}" "${ARGV[@]}"', 'echo "$TF_CONFIG"; echo "${SCRIPT}" "${ARGV[@]}"')
     def node(rank, task_id, **extra):
         env = {**os.environ, **{k: str(v) for k, v in spec["envs"].items()}, "SKYPILOT_NUM_NODES": "2",
                "SKYPILOT_NODE_IPS": "10.0.0.5\n10.0.0.6", "SKYPILOT_NODE_RANK": str(rank),
                "SKYPILOT_NUM_GPUS_PER_NODE": "8", "SKYPILOT_TASK_ID": task_id, **extra}
-        p = subprocess.run(["bash", "-c", run], capture_output=True, text=True, env=env)
+        p = subprocess.run(["bash", "-c", run], capture_output=True, text=True, env=env, cwd=REPO_ROOT)
         assert p.returncode == 0, p.stderr
         return p.stdout.strip().splitlines()
 
@@ -139,8 +156,9 @@ def test_skypilot_job_killed_mid_epoch_leaves_its_tensorboard_scalars_in_the_buc
     env = {**os.environ, **{k: str(v) for k, v in spec["envs"].items()}, "HOME": str(tmp_path),
            "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
            "SKYPILOT_NUM_NODES": "1", "SKYPILOT_NODE_RANK": "0", "SKYPILOT_NUM_GPUS_PER_NODE": "0",
-           "SKYPILOT_TASK_ID": "job1", "ARGS": f"--model {tiny_distilbert} --data {data_dir} --epochs 2000 "
-                                               f"--precision fp32 --log-every-steps 1 --backup-every-steps 4"}
+           "SKYPILOT_TASK_ID": "job1", "ARGS": json.dumps(["--model", tiny_distilbert, "--data", data_dir, "--epochs",
+                                                           "2000", "--precision", "fp32", "--log-every-steps", "1",
+                                                           "--backup-every-steps", "4"])}
     log = tmp_path / "job.log"
     job = subprocess.Popen(["bash", "-c", run], cwd=REPO_ROOT, env=env, stdout=open(log, "w"),
                            stderr=subprocess.STDOUT, start_new_session=True)
@@ -169,14 +187,19 @@ def _startup(env, log):
                             stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
-def _startup_env(tmp_path, command, venv, **overrides):
+def _argv(*args):
+    """finsent-argv: the command as a JSON array, one element per argument."""
+    return json.dumps([str(a) for a in args])
+
+
+def _startup_env(tmp_path, argv, venv, **overrides):
     """The startup script's settings for a VM whose disk, bucket and cloud commands are local
     stand-ins: a folder for the bucket, touch-a-file for deleting / stopping / shutting down
     the VM, and a venv that has the stack (launch/install.sh runs, and finds it there)."""
     (tmp_path / "bucket").mkdir(exist_ok=True)
     env = {**os.environ,
            "FINSENT_REPO": REPO_ROOT, "FINSENT_REF": head_commit(), "FINSENT_BUCKET": str(tmp_path / "bucket"),
-           "FINSENT_RUN": "job1", "FINSENT_COMMAND": command,
+           "FINSENT_RUN": "job1", "FINSENT_ARGV": _argv(*argv),
            "FINSENT_WORKDIR": str(tmp_path / "vm-disk"), "FINSENT_VENV": venv,
            "FINSENT_SYNC": f"{sys.executable} {os.path.join(REPO_ROOT, 'tests', 'folder_bucket_sync.py')}",
            "FINSENT_SYNC_EVERY": "2",
@@ -200,9 +223,9 @@ FAILURES = [  # (id, env overrides(tmp_path, tiny, data) -> dict, step named in 
     ("pip", lambda t, m, d: {"FINSENT_VENV": _fake_venv(t)}, "step: installing requirements", "vm-deleted"),
     ("no-gpu", lambda t, m, d: {"FINSENT_EXPECT_GPU": "1"}, "step: checking that TensorFlow sees the GPUs",
      "vm-deleted"),
-    ("train", lambda t, m, d: {"FINSENT_COMMAND": f"train/full_finetune.py --model {m} --data {t / 'nowhere'}"},
+    ("train", lambda t, m, d: {"FINSENT_ARGV": _argv("train/full_finetune.py", "--model", m, "--data", t / "nowhere")},
      "step: training: train/full_finetune.py", "vm-deleted"),
-    ("sync", lambda t, m, d: {"FINSENT_COMMAND": f"train/full_finetune.py --model {m} --data {t / 'nowhere'}",
+    ("sync", lambda t, m, d: {"FINSENT_ARGV": _argv("train/full_finetune.py", "--model", m, "--data", t / "nowhere"),
                               "FINSENT_SYNC": "false"}, None, "vm-stopped"),
     ("keep-on-failure", lambda t, m, d: {"FINSENT_REPO": str(t / "no-such-repo"), "FINSENT_ON_FAILURE": "keep"},
      "step: cloning", None),
@@ -217,7 +240,7 @@ SLOW_FAILURES = ("no-gpu", "train", "sync")  # these start TensorFlow on the "VM
 def test_gce_startup_every_failure_syncs_reports_and_deletes_the_vm(case, tiny_distilbert, data_dir, tmp_path,
                                                                    stack_venv):
     name, overrides, step, action = case
-    env = _startup_env(tmp_path, f"train/full_finetune.py --model {tiny_distilbert} --data {data_dir} --epochs 1",
+    env = _startup_env(tmp_path, ["train/full_finetune.py", "--model", tiny_distilbert, "--data", data_dir, "--epochs", 1],
                        stack_venv, **overrides(tmp_path, tiny_distilbert, data_dir))
     log = tmp_path / "startup.log"
     code = _startup(env, log).wait(timeout=300)
@@ -236,7 +259,7 @@ def test_gce_startup_every_failure_syncs_reports_and_deletes_the_vm(case, tiny_d
 def test_gce_startup_shuts_the_vm_down_when_it_may_not_delete_or_stop_it(refused, tmp_path, stack_venv):
     """An organisation policy can leave the VM's service account without the right to delete
     or stop the VM: the GPUs must not go on billing, so the VM shuts itself down (= stopped)."""
-    env = _startup_env(tmp_path, "train/full_finetune.py", stack_venv, FINSENT_REPO=str(tmp_path / "no-such-repo"),
+    env = _startup_env(tmp_path, ["train/full_finetune.py"], stack_venv, FINSENT_REPO=str(tmp_path / "no-such-repo"),
                        FINSENT_ON_FAILURE=refused,
                        **{f"FINSENT_{refused.upper()}_VM": "false"})
     log = tmp_path / "startup.log"
@@ -253,8 +276,8 @@ def test_gce_startup_script_installs_runs_syncs_and_resumes_after_reboot(tiny_di
     checkpoint that is all there, and a new disk resumes from it and finishes the plan."""
     bucket, work = tmp_path / "bucket", tmp_path / "vm-disk"
     mark = tmp_path / "uploading-backup"
-    env = _startup_env(tmp_path, f"train/full_finetune.py --model {tiny_distilbert} --data {data_dir} --epochs 6 "
-                                 f"--precision fp32 --backup-every-steps 10 --log-every-steps 1", stack_venv,
+    env = _startup_env(tmp_path, ["train/full_finetune.py", "--model", tiny_distilbert, "--data", data_dir, "--epochs", 6,
+                                  "--precision", "fp32", "--backup-every-steps", 10, "--log-every-steps", 1], stack_venv,
                        FOLDER_SYNC_DELAY="0.2", FOLDER_SYNC_MARK=str(mark))
     log = tmp_path / "startup.log"
     first = _startup(env, log)
@@ -323,7 +346,8 @@ def test_local_cluster_stops_every_worker_on_hup_int_term(sig, tiny_distilbert, 
 def test_gce_startup_restore_never_overwrites_the_newer_local_run(tiny_distilbert, tmp_path, stack_venv):
     """A spot VM stopped and started again keeps its disk: what is there is newer than the
     bucket (which only receives copies of it), so the restore leaves it alone."""
-    env = _startup_env(tmp_path, f"train/full_finetune.py --model {tiny_distilbert} --data {tmp_path / 'nowhere'}", stack_venv)
+    env = _startup_env(tmp_path, ["train/full_finetune.py", "--model", tiny_distilbert, "--data", tmp_path / "nowhere"],
+                       stack_venv)
     subprocess.run(["git", "clone", "--quiet", REPO_ROOT, str(tmp_path / "vm-disk" / "repo")], check=True)
     local = tmp_path / "vm-disk" / "repo" / "runs" / "job1"
     remote = tmp_path / "bucket" / "runs" / "job1"

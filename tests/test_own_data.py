@@ -283,11 +283,13 @@ def test_launchers_put_a_local_data_file_in_the_bucket_beside_the_run(desk_csv, 
     assert vm.returncode == 0, vm.stderr
     preflight, first, second = vm.stdout.splitlines()[:3]  # the checks, the upload, the VM
     assert preflight.startswith("bash ") and first == f"gcloud storage cp --recursive {desk_csv} gs://b/runs/job1/data/ "
-    assert r"finsent-command=train/full_finetune.py\ --data\ gs://b/runs/job1/data/desk.csv\ --epochs\ 1" in second
+    from tests.test_launch import _argv_line
+    assert _argv_line(vm.stdout) == ["train/full_finetune.py", "--data", "gs://b/runs/job1/data/desk.csv", "--epochs",
+                                     "1", "--gpus", "1"], vm.stdout
     job = _launch("vertex_job.sh", *args, f"--data={desk_csv}")
-    assert job.returncode == 0 and "--data /gcs/b/runs/job1/data/desk.csv" in job.stdout, job.stderr
+    assert job.returncode == 0 and '"--data", "/gcs/b/runs/job1/data/desk.csv"' in job.stdout, job.stdout + job.stderr
     url = _launch("gcp_vm.sh", *args, "--data", "gs://mine/desk.csv")
-    assert "gcloud storage cp" not in url.stdout and r"--data\ gs://mine/desk.csv" in url.stdout
+    assert "gcloud storage cp" not in url.stdout and '"--data", "gs://mine/desk.csv"' in url.stdout, url.stdout
     for bad, message in ((data_dir, "not your own labelled data"), (str(tmp_path / "nope.csv"), "no such file")):
         p = _launch("gcp_vm.sh", *args, "--data", bad)
         assert p.returncode == 2 and message in p.stderr and len(p.stderr.strip().splitlines()) == 1 and not p.stdout

@@ -1,0 +1,208 @@
+"""A finished run folder's files edited or broken by hand, as a user might: config.json,
+calibration.json and metrics.json are checked when read (common/runs.py load_run,
+common/calibration.py temperature_of, common/summary.py read_metrics, FinishedRun.open's
+labels check) and each fault is one line `<file>: <what is wrong>; <the fix>`, exit status
+2. One tiny random DistilBERT run per module; each case breaks a copy of it."""
+import hashlib
+import json
+import re
+import shutil
+
+import pytest
+
+from common import errors
+from tests.conftest import assert_one_line_error, call_main, run_script
+
+RESTORE_CONFIG = "restore the config.json its train script wrote (e.g. from a copy of the run folder)"
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_distilbert, data_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("finished") / "run"
+    run_script("train/full_finetune.py", "--model", tiny_distilbert, "--data", data_dir, "--train-examples", 96,
+               "--epochs", 1, "--run-dir", run)
+    return run
+
+
+def copy_of(finished, tmp_path, name="run"):
+    dst = tmp_path / name
+    shutil.copytree(finished, dst, ignore=shutil.ignore_patterns("tb", "best", "serving"))
+    return dst
+
+
+def edit(path, change):
+    """Rewrite a JSON file with change(its content) as a user's editor would save it."""
+    path.write_text(json.dumps(change(json.loads(path.read_text())), indent=2))
+
+
+def with_flags(**flags):
+    return lambda cfg: {**cfg, "flags": {**cfg["flags"], **flags}}
+
+
+def cut_short(path, keep=50):
+    """The file as a copy that stopped part-way leaves it; returns json's complaint about it."""
+    text = path.read_text()[:keep]
+    path.write_text(text)
+    with pytest.raises(ValueError) as e:
+        json.loads(text)
+    return str(e.value)
+
+
+def refused(script, *args) -> str:
+    """The message of the RunDirError a script's main() refuses with (in this process)."""
+    with pytest.raises(errors.RunDirError) as e:
+        call_main(script, *args)
+    return str(e.value)
+
+
+def help_flags(script, capsys) -> set:
+    """The flags a script's --help lists."""
+    with pytest.raises(SystemExit):
+        call_main(script, "--help")
+    return set(re.findall(r"--[a-z][a-z-]*", capsys.readouterr().out))
+
+
+def texts_file(tmp_path):
+    path = tmp_path / "in.txt"
+    path.write_text("Quarterly profit beat forecasts .\n")
+    return path
+
+
+# ----------------------------------------------------------------------------- config.json's labels against model/'s
+
+def labels_message(run, labels):
+    return (f"{run}/config.json: flags.labels is \"{labels}\", but {run}/model/config.json is a classifier for 3 "
+            f"classes (negative,neutral,positive); set flags.labels to \"negative,neutral,positive\" (the model's "
+            f"classes in id order), or restore the run's own model/ folder")
+
+
+def test_predict_refuses_labels_that_are_not_the_models(finished, tmp_path):
+    """Other names for the same number of classes: loaded, the model would get a new random head."""
+    run = copy_of(finished, tmp_path)
+    edit(run / "config.json", with_flags(labels="bad,neutral,good"))
+    p = run_script("eval/predict.py", run, "--input", texts_file(tmp_path), check=False)
+    assert_one_line_error(p, "eval/predict.py", labels_message(run, "bad,neutral,good"))
+    assert p.stdout == ""
+
+
+def test_evaluate_refuses_more_labels_than_the_model_has(finished, tmp_path):
+    run = copy_of(finished, tmp_path)
+    edit(run / "config.json", with_flags(labels="a,b,c,d"))
+    assert refused("eval/evaluate.py", run) == labels_message(run, "a,b,c,d")
+
+
+# ----------------------------------------------------------------------------- calibration.json
+
+@pytest.mark.parametrize("temperature, shown, script", [
+    (-1.0, "-1.0", "eval/predict.py"),
+    (0, "0", "eval/evaluate.py"),
+    (float("nan"), "NaN", "eval/agreement_matrix.py"),
+    ("hot", '"hot"', "eval/export.py"),
+], ids=["negative-predict", "zero-evaluate", "nan-agreement-matrix", "text-export"])
+def test_a_temperature_that_is_not_positive_is_refused(finished, tmp_path, temperature, shown, script):
+    run = copy_of(finished, tmp_path)
+    edit(run / "calibration.json", lambda c: {**c, "temperature": temperature})
+    args = {"eval/predict.py": ["--input", texts_file(tmp_path)],
+            "eval/agreement_matrix.py": ["--out", tmp_path / "matrix"]}.get(script, [])
+    assert refused(script, run, *args) == (
+        f"{run}/calibration.json: temperature is {shown}, expected a positive number (the logits are divided by it); "
+        f"run python eval/calibrate.py {run} to fit it again")
+
+
+def test_calibrate_fits_a_broken_calibration_json_again(finished, tmp_path):
+    """The fix the line names works: eval/calibrate.py does not read the old calibration.json."""
+    run = copy_of(finished, tmp_path)
+    cut_short(run / "calibration.json")
+    out = call_main("eval/calibrate.py", run)
+    assert out["temperature"] > 0 and json.loads((run / "calibration.json").read_text())["temperature"] > 0
+    rows = call_main("eval/predict.py", run, "--input", texts_file(tmp_path), "--output", tmp_path / "out.csv")
+    assert len(rows) == 1 and rows[0]["label"] != "abstain"
+
+
+def test_evaluate_refuses_a_calibration_json_cut_short(finished, tmp_path):
+    run = copy_of(finished, tmp_path)
+    why = cut_short(run / "calibration.json")
+    assert refused("eval/evaluate.py", run) == (
+        f"{run}/calibration.json: not valid JSON, cut short or edited ({why}); run python eval/calibrate.py {run} "
+        f"to fit it again")
+
+
+# ----------------------------------------------------------------------------- config.json
+
+def test_evaluate_refuses_a_config_json_that_is_a_list(finished, tmp_path):
+    run = copy_of(finished, tmp_path)
+    edit(run / "config.json", lambda cfg: [cfg])
+    p = run_script("eval/evaluate.py", run, check=False)
+    assert_one_line_error(p, "eval/evaluate.py",
+                          f"{run}/config.json: a JSON list, expected an object; {RESTORE_CONFIG}")
+    assert not (run / "eval").exists()
+
+
+@pytest.mark.parametrize("value, shown, script", [
+    (12.5, "12.5", "eval/predict.py"), ("long", '"long"', "eval/export.py"), (0, "0", "eval/evaluate.py")],
+    ids=["fraction-predict", "text-export", "zero-evaluate"])
+def test_a_max_length_that_is_not_a_whole_number_of_tokens_is_refused(finished, tmp_path, value, shown, script):
+    run = copy_of(finished, tmp_path)
+    edit(run / "config.json", with_flags(max_length=value))
+    args = ["--input", texts_file(tmp_path)] if script == "eval/predict.py" else []
+    expected = "a number of tokens, at least 1" if value == 0 else "a whole number"
+    assert refused(script, run, *args) == f"{run}/config.json: flags.max_length is {shown}, expected {expected}; " \
+                                          f"{RESTORE_CONFIG}"
+
+
+# ----------------------------------------------------------------------------- metrics.json, and summarize over a tree
+
+def test_summarize_names_each_bad_folder_and_summarizes_the_rest(finished, tmp_path):
+    tree = tmp_path / "runs"
+    good = copy_of(finished, tree, "good")
+    cut = copy_of(finished, tree, "metrics-cut-short")
+    why = cut_short(cut / "metrics.json")
+    edit(copy_of(finished, tree, "metrics-no-accuracy") / "metrics.json",
+         lambda m: {**m, "test": {**m["test"], "accuracy": "high"}})
+    edit(copy_of(finished, tree, "config-list") / "config.json", lambda cfg: [cfg])
+    p = run_script("eval/summarize.py", tree, check=False)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "Traceback" not in p.stderr
+    restore = "restore the metrics.json its run wrote (e.g. from a copy of the run folder), or leave the run out"
+    assert [l for l in p.stderr.splitlines() if l.strip()] == [
+        f"skipped: {tree}/config-list/config.json: a JSON list, expected an object; {RESTORE_CONFIG}",
+        f"skipped: {cut}/metrics.json: not valid JSON, cut short or edited ({why}); {restore}",
+        f"skipped: {tree}/metrics-no-accuracy/metrics.json: test.accuracy is \"high\", expected a number in [0, 1]; "
+        f"{restore}"]
+    accuracy = json.loads((good / "metrics.json").read_text())["test"]["accuracy"]
+    assert f"| full_finetune | 1 | {accuracy:.4f} ± 0.0000 |" in p.stdout
+
+
+def test_summarize_with_no_readable_run_is_refused(finished, tmp_path, capsys):
+    tree = tmp_path / "runs"
+    edit(copy_of(finished, tree, "config-list") / "config.json", lambda cfg: [cfg])
+    message = refused("eval/summarize.py", tree)
+    assert message.startswith(f"none of the 1 run folder(s) found under {tree} could be read")
+    assert capsys.readouterr().err.startswith(f"skipped: {tree}/config-list/config.json: a JSON list")
+
+
+# ----------------------------------------------------------------------------- own data changed since the run
+
+@pytest.fixture
+def own_data_run(finished, tmp_path):
+    """The run as if trained on a CSV file, whose content then changed (config.json keeps
+    the sha256 it trained on: all zeros here)."""
+    run = copy_of(finished, tmp_path)
+    data = tmp_path / "desk.csv"
+    data.write_text("headline,label\nProfit rose .,positive\n")
+    edit(run / "config.json", lambda cfg: {**with_flags(data=str(data))(cfg),
+                                           "resolved": {**cfg["resolved"], "data_files": {str(data): "0" * 64}}})
+    return run, data, hashlib.sha256(data.read_bytes()).hexdigest()[:12]
+
+
+@pytest.mark.parametrize("script, fix", [
+    ("eval/evaluate.py", "restore the file to evaluate the run on its own split, or evaluate it on a labelled file "
+                         "with --csv FILE"),
+    ("eval/calibrate.py", "restore the file: the temperature is fitted on the run's own validation split")],
+    ids=["evaluate", "calibrate"])
+def test_changed_data_is_refused_with_a_fix_the_script_offers(own_data_run, script, fix, capsys):
+    run, data, now = own_data_run
+    message = refused(script, run)
+    assert message == (f"run folder {run}: its run began on other data ({data} changed: sha256 000000000000 -> "
+                       f"{now}); {fix}")
+    assert set(re.findall(r"--[a-z][a-z-]*", message)) <= help_flags(script, capsys)  # no flag it does not have
