@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from common import metrics, models, runs
+from common.errors import RunDirError
 from common.phrasebank import LABELS
 from common.env import keras, tf
 
@@ -101,9 +102,9 @@ class StopOnNaN(keras.callbacks.TerminateOnNaN):
 
 class CopyTensorBoard(keras.callbacks.Callback):
     """--tb-staging: TensorBoard writes its event files on the local disk, and this copies
-    them into the run folder's tb/ every `every_seconds`, every `every_steps` steps (the
-    backups' cadence: the logs keep up with the state a restart resumes from), at each
-    epoch's end and at the end.
+    them into the run folder's tb/ every `every_seconds`, at each epoch's end, at the end,
+    and at every backup (Backup calls copy(): the logs keep up with the state a restart
+    resumes from).
 
     Why: a bucket mount uploads a file only once it is closed (SkyPilot's MOUNT_CACHED;
     Cloud Storage FUSE, Vertex's /gcs/), and TensorBoard keeps its event files open until
@@ -112,11 +113,11 @@ class CopyTensorBoard(keras.callbacks.Callback):
     a file is copied again when its size changed. `writers()` returns the summary writers
     to flush first (Keras' TensorBoard callback has no public flush; see common/training.py)."""
 
-    def __init__(self, staging: str, run_tb: str, every_seconds: float, every_steps: int = 0, writers=lambda: ()):
+    def __init__(self, staging: str, run_tb: str, every_seconds: float, writers=lambda: ()):
         super().__init__()
         self.staging, self.run_tb = staging, run_tb
-        self.every_seconds, self.every_steps, self.writers = every_seconds, every_steps, writers
-        self._last, self._steps = time.monotonic(), 0
+        self.every_seconds, self.writers = every_seconds, writers
+        self._last = time.monotonic()
 
     def copy(self):
         for writer in self.writers():
@@ -134,9 +135,7 @@ class CopyTensorBoard(keras.callbacks.Callback):
         self._last = time.monotonic()
 
     def on_train_batch_end(self, batch, logs=None):
-        self._steps += 1
-        if (self.every_steps and self._steps % self.every_steps == 0) or \
-                time.monotonic() - self._last >= self.every_seconds:
+        if time.monotonic() - self._last >= self.every_seconds:
             self.copy()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -176,7 +175,12 @@ def read_best(path: str):
     """best.json's {epoch, monitor, value}, or None where there is none (no epoch saved yet)."""
     if not os.path.exists(path):
         return None
-    return runs.read_json(path)
+    fix = "delete best/ to choose the best epoch again from the epochs still to run, or pass a new --run-dir"
+    record = runs.read_run_json(path, fix)
+    for field in ("epoch", "value"):
+        if type(record.get(field)) not in (int, float):
+            raise runs.bad_field(path, field, record.get(field), "a number", fix)
+    return record
 
 
 class Backup(keras.callbacks.BackupAndRestore):
@@ -189,9 +193,9 @@ class Backup(keras.callbacks.BackupAndRestore):
       while it evaluates, calibrates or exports, resumes there instead of training again.
       The run removes it once metrics.json is written."""
 
-    def __init__(self, backup_dir: str, every_steps: int, steps_per_epoch: int):
+    def __init__(self, backup_dir: str, every_steps: int, steps_per_epoch: int, after=None):
         super().__init__(backup_dir, save_freq=every_steps or "epoch", delete_checkpoint=False)
-        self.steps_per_epoch = steps_per_epoch
+        self.steps_per_epoch, self.after = steps_per_epoch, after
 
     def on_train_batch_end(self, batch, logs=None):
         if batch == self.steps_per_epoch - 1:  # on_epoch_end backs up, after the others
@@ -200,7 +204,14 @@ class Backup(keras.callbacks.BackupAndRestore):
         super().on_train_batch_end(batch, logs)
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.model.stop_training:  # a NaN loss cut the epoch short: keep the last good backup
+            return
         self._backup(epoch=epoch, batch=self.steps_per_epoch - 1)
+
+    def _backup(self, epoch, batch=0):
+        super()._backup(epoch, batch)
+        if self.after:  # --tb-staging: the TensorBoard copies keep up with the backups
+            self.after()
 
 
 def resume_step(backup_dir: str, steps_per_epoch: int) -> int:
@@ -224,7 +235,13 @@ class EpochLog(keras.callbacks.Callback):
     def __init__(self, path: str, first_epoch: int):
         super().__init__()
         self.path = path
-        old = runs.read_json(path) if os.path.exists(path) else []
+        try:
+            old = runs.read_json(path) if os.path.exists(path) else []
+        except ValueError:
+            old = None
+        if not isinstance(old, list) or not all(isinstance(e, dict) and type(e.get("epoch")) is int for e in old):
+            raise RunDirError(f"{path}: not the list of epochs the run wrote (edited, or cut short); delete it to "
+                              f"resume (metrics.json's per-epoch losses then start at the resumed epoch)")
         self.epochs = [e for e in old if e["epoch"] <= first_epoch]  # 1-based: those finished before it
 
     def on_epoch_end(self, epoch, logs=None):

@@ -12,6 +12,7 @@ Batched as evaluation is (data.length_batches: sorted by length, each batch padd
 next fixed width): the choices eval/benchmark.py --predict measures against transformers'
 pipeline.
 """
+import functools
 import os
 from dataclasses import dataclass, field
 
@@ -55,9 +56,9 @@ class FinishedRun:
     def model_dir(self) -> str:
         return os.path.join(self.run_dir, runs.MODEL)
 
-    @property
+    @functools.cached_property
     def max_length(self) -> int:
-        """--max-length, capped at the encoder's positions (issue 31): a run made before
+        """--max-length, capped at the encoder's positions: a run made before
         training refused a longer one truncates there in predict, evaluate and serving/, as
         every text it trained on was (a longer one would have failed its training)."""
         return min(int(self.flags["max_length"]), models.position_limit(self.model_dir))

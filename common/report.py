@@ -1,7 +1,6 @@
 """What a finished run reports: validation/test figures, the exported model, metrics.json."""
 import hashlib
 import os
-import shutil
 import time
 
 import numpy as np
@@ -22,8 +21,7 @@ def evaluate_splits(model, splits) -> dict:
 
 def export(model, tokenizer, run_dir: str) -> None:
     """save_pretrained() model + tokenizer into run_dir/model, atomically."""
-    tmp = os.path.join(run_dir, runs.MODEL + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)  # a stopped export's leftovers
+    tmp = runs.fresh_dir(os.path.join(run_dir, runs.MODEL + ".tmp"))
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     runs.publish_dir(tmp, os.path.join(run_dir, runs.MODEL))

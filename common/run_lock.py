@@ -1,89 +1,122 @@
 """One writer per run or search folder: run.lock, an flock naming its holder, with a heartbeat
 for shared file systems where flock does not reach across hosts (docs/run-folder.md#one-writer)."""
+import contextlib
 import datetime
 import json
 import os
 import sys
+import threading
 import time
 
 from common.errors import RunDirError
-from common.runs import LOCK, umask
+from common.runs import LOCK, UMASK
 
 LOCK_HEARTBEAT_SECONDS = 30
-LOCK_STALE_SECONDS = 300  # another host's lock with no heartbeat for this long is taken over
+LOCK_STALE_SECONDS = 300  # another machine's lock with no heartbeat for this long is taken over
+
+
+def this_machine() -> str:
+    """Host name and boot id: containers that share a host name (pods, job replicas) are
+    still told apart, and so is the same host after a reboot (its old pids mean nothing)."""
+    import socket
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f"{socket.gethostname()}/{f.read().strip()[:8]}"
+    except OSError:
+        return socket.gethostname()
 
 
 class Lock:
     """The one writer of a run or search folder: `run.lock` in it, held with flock (the kernel
-    releases it when the holder dies, however it dies) and naming its holder (host, pid,
+    releases it when the holder dies, however it dies) and naming its holder (machine, pid,
     start, heartbeat); removed when the holder ends. A killed holder's file stays and is taken
-    over with a note. flock does not reach across hosts on every shared file system (a bucket
-    mount), so a lock that names another host counts until its heartbeat, refreshed every
-    LOCK_HEARTBEAT_SECONDS, is LOCK_STALE_SECONDS old.
-    (Python's standard library has flock but no lock file with a holder and a stale rule;
-    the `filelock` package has no holder either.)"""
+    over with a note. flock does not reach across machines on every shared file system (a
+    bucket mount), so a lock that names another machine counts until its heartbeat, rewritten
+    every LOCK_HEARTBEAT_SECONDS, is LOCK_STALE_SECONDS old; one that names this machine
+    counts while its pid runs. (Python has flock, but no lock file with a holder and a stale
+    rule; nor has the `filelock` package.)"""
 
     def __init__(self, run_dir: str, flag: str = "--run-dir"):
         import atexit
-        import socket
-        import threading
-        self.run_dir, self.path = run_dir, os.path.join(run_dir, LOCK)
+        self.run_dir, self.path, self.flag = run_dir, os.path.join(run_dir, LOCK), flag
         self.created = not os.path.exists(run_dir)
         os.makedirs(run_dir, exist_ok=True)
-        self.fd = self._acquire(flag)
-        holder, host = self._holder(), socket.gethostname()
+        self._guard = threading.Lock()  # the heartbeat thread writes the same file descriptor
+        self.fd = self._acquire()
+        holder, machine = self._holder(), this_machine()
         self.note = None
-        if holder and holder.get("host") != host and time.time() - holder.get("heartbeat", 0) < LOCK_STALE_SECONDS:
-            self._close()
-            raise RunDirError(f"{flag} {run_dir}: in use by {_describe(holder)} ({self.path}; taken over once its "
-                              f"heartbeat is {LOCK_STALE_SECONDS // 60} minutes old); wait for it to finish, or "
-                              f"pass another {flag}")
-        if holder:
+        if holder and not self._gone(holder, machine):
+            self._refuse(holder, across_machines=holder.get("machine") != machine)
+        if holder and holder.get("pid") != os.getpid():  # (the same pid: this program after os.execv)
             self.note = f"took over the lock of {_describe(holder)}, which is no longer running ({self.path})"
-        self.me = {"host": host, "pid": os.getpid(), "since": time.time(), "argv": sys.argv}
+        self.me = {"machine": machine, "pid": os.getpid(), "since": time.time(), "argv": sys.argv}
         self._write()
         self._stop = threading.Event()
-        threading.Thread(target=self._beat, daemon=True, name="run-lock-heartbeat").start()
+        self._beat_thread = threading.Thread(target=self._beat, daemon=True, name="run-lock-heartbeat")
+        self._beat_thread.start()
         atexit.register(self.release, remove_created=True)
 
-    def _acquire(self, flag: str) -> int:
+    def _acquire(self) -> int:
         import fcntl
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~umask())
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~UMASK)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                self.fd = fd
-                holder = self._holder()
-                self._close()
-                raise RunDirError(f"{flag} {self.run_dir}: in use by {_describe(holder)} ({self.path}); wait for it "
-                                  f"to finish, or pass another {flag}") from None
+                self._refuse(self._holder())
             except OSError:  # no flock on this file system: the file's content alone decides
-                return fd
+                return self.fd
             try:  # the holder before us may have removed the file we opened: then lock the new one
-                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
-                    return fd
+                if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
+                    return self.fd
             except FileNotFoundError:
                 pass
-            os.close(fd)
+            self._close()
+
+    @staticmethod
+    def _gone(holder: dict, machine: str) -> bool:
+        """The holder named in the file no longer writes (we hold the flock, where there is one)."""
+        if holder.get("machine") != machine:
+            beat = holder.get("heartbeat")
+            return not isinstance(beat, (int, float)) or time.time() - beat >= LOCK_STALE_SECONDS
+        pid = holder.get("pid")
+        if pid == os.getpid() or not isinstance(pid, int):
+            return True
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # it runs, as another user
+            pass
+        return False
+
+    def _refuse(self, holder, across_machines: bool = False):
+        self._close()
+        stale = (f"; taken over once its heartbeat is {LOCK_STALE_SECONDS // 60} minutes old" if across_machines
+                 else "")
+        raise RunDirError(f"{self.flag} {self.run_dir}: in use by {_describe(holder)} ({self.path}{stale}); wait "
+                          f"for it to finish, or pass another {self.flag}") from None
 
     def _holder(self):
         os.lseek(self.fd, 0, os.SEEK_SET)
         text = os.read(self.fd, 1 << 16).decode("utf-8", "replace").strip()
         try:
             holder = json.loads(text) if text else None
-        except ValueError:
-            return {"host": "?", "pid": "?", "heartbeat": 0}
+        except ValueError:  # a file edited by hand, or cut short: nobody we can wait for
+            return {"machine": "?", "pid": "?", "heartbeat": 0}
         return holder if isinstance(holder, dict) else None
 
     def _write(self):
         content = json.dumps({**self.me, "heartbeat": time.time()}).encode()
-        try:
-            os.ftruncate(self.fd, 0)
-            os.pwrite(self.fd, content, 0)
-            os.fsync(self.fd)  # a bucket mount uploads it then
-        except OSError as e:  # (a full disk): name the file
-            raise OSError(e.errno, e.strerror, self.path) from e
+        with self._guard:
+            if self.fd is None:
+                return
+            try:
+                os.ftruncate(self.fd, 0)
+                os.pwrite(self.fd, content, 0)
+                os.fsync(self.fd)  # a bucket mount uploads it then
+            except OSError as e:  # (a full disk): name the file
+                raise OSError(e.errno, e.strerror, self.path) from e
 
     def _beat(self):
         while not self._stop.wait(LOCK_HEARTBEAT_SECONDS):
@@ -93,8 +126,10 @@ class Lock:
                 pass
 
     def _close(self):
-        os.close(self.fd)
-        self.fd = None
+        with self._guard:
+            if self.fd is not None:
+                os.close(self.fd)
+                self.fd = None
 
     def release(self, remove_created: bool = False) -> None:
         """End the hold: remove the file (while still holding it), then let go. remove_created:
@@ -126,9 +161,26 @@ def hold(run_dir: str, flag: str = "--run-dir") -> Lock:
     return _HELD[key]
 
 
+@contextlib.contextmanager
+def held(run_dir: str, flag: str = "run folder"):
+    """A finished run's folder held while the block writes in it (evaluate, calibrate,
+    export): released after, unless this process held it before. A folder that does not
+    exist is not made (the script refuses it in its own words)."""
+    key = os.path.realpath(run_dir)
+    if not os.path.isdir(run_dir) or (key in _HELD and _HELD[key].fd is not None):
+        yield _HELD.get(key)
+        return
+    lock = hold(run_dir, flag)
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
 def _describe(holder) -> str:
     if not holder:
         return "another process"
     since = datetime.datetime.fromtimestamp(holder["since"]).strftime("%Y-%m-%d %H:%M:%S") \
         if isinstance(holder.get("since"), (int, float)) else "?"
-    return f"pid {holder.get('pid')} on {holder.get('host')} (since {since})"
+    where = str(holder.get("machine", holder.get("host", "?"))).split("/")[0]
+    return f"pid {holder.get('pid')} on {where} (since {since})"

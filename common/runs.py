@@ -39,7 +39,7 @@ def atomic_write(path: str, write, binary: bool = False, temp_prefix: str = None
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix or "." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
         # mkstemp makes it 0600: a shared folder's readers need the usual mode (a replaced file keeps its own)
-        os.fchmod(fd, stat.S_IMODE(os.stat(path).st_mode) if os.path.exists(path) else 0o666 & ~umask())
+        os.fchmod(fd, stat.S_IMODE(os.stat(path).st_mode) if os.path.exists(path) else 0o666 & ~UMASK)
         with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", newline="", encoding="utf-8")) as f:
             write(f)
             f.flush()
@@ -53,10 +53,13 @@ def atomic_write(path: str, write, binary: bool = False, temp_prefix: str = None
         raise
 
 
-def umask() -> int:
-    mask = os.umask(0)  # the only way to read it is to set it
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it: once, at import, before any thread
     os.umask(mask)
     return mask
+
+
+UMASK = _read_umask()
 
 
 def write_json(path: str, obj) -> None:
@@ -85,6 +88,12 @@ def write_csv(path: str, header, rows) -> None:
         w.writerows(rows)
 
     atomic_write(path, write)
+
+
+def fresh_dir(path: str) -> str:
+    """An empty temporary folder at `path` for publish_dir (a stopped export's leftovers removed)."""
+    shutil.rmtree(path, ignore_errors=True)
+    return path
 
 
 def publish_dir(tmp_dir: str, final_dir: str) -> None:

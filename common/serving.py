@@ -104,10 +104,7 @@ def export_serving(run_dir: str) -> str:
     model = run.load_model("fp32")  # portable: any CPU or GPU serves it
     server = SentimentServer(model, settings, run.max_length, run.temperature, run.labels)
     final = os.path.join(run_dir, SERVING)
-    tmp = final + ".tmp"
-    if os.path.exists(tmp):
-        import shutil
-        shutil.rmtree(tmp)
+    tmp = runs.fresh_dir(final + ".tmp")  # (a stopped export's leftovers removed)
     tf.saved_model.save(server, tmp, signatures={SIGNATURE: server.serve})
     runs.publish_dir(tmp, final)
     return final

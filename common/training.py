@@ -151,13 +151,16 @@ def fit(model, cfg, run_dir: str, splits, hparams: dict, is_chief: bool = True, 
           if is_chief else []),
         *extra_callbacks,
     ]
+    copy_tb = None
     if cfg.tb_staging and is_chief:  # after TensorBoard, which writes the epoch's scalars first
         # Keras 2.15 (pinned) keeps its TensorBoard callback's writers in _writers, and offers no flush
-        callbacks.append(cb.CopyTensorBoard(tb_dir, os.path.join(run_dir, runs.TB), cfg.tb_copy_every,
-                                            cfg.backup_every_steps,
-                                            lambda: [*tensorboard._writers.values(), hparams_writer]))
-    # last: an epoch's backup is taken once everything above has recorded that epoch
-    callbacks.append(cb.Backup(backup_dir, cfg.backup_every_steps, splits.train_stats["steps"]))
+        copy_tb = cb.CopyTensorBoard(tb_dir, os.path.join(run_dir, runs.TB), cfg.tb_copy_every,
+                                     lambda: [*tensorboard._writers.values(), hparams_writer])
+        callbacks.append(copy_tb)
+    # last: an epoch's backup is taken once everything above has recorded that epoch; the
+    # TensorBoard copies keep up with every backup (the state a restart resumes from)
+    callbacks.append(cb.Backup(backup_dir, cfg.backup_every_steps, splits.train_stats["steps"],
+                               after=copy_tb.copy if copy_tb else None))
     if restores_prior(model, cfg, splits):
         print("note: the epoch lines' and TensorBoard's val_* figures are the model as trained; the final figures "
               "and metrics.json are after the class prior is restored at the end (--restore-prior)")
@@ -300,6 +303,8 @@ def start(cfg, script: str, run_folder="train") -> Run:
     with refused_leaves_no_folder(lock):
         if harness.is_chief and run_folder:
             check_run_dir(cfg, run_dir, run_folder, script)
+        if run_folder == "train":  # every worker: the folder is shared, and a lone worker would wait for peers
+            check_finished(run_dir)
         source, tokenizer = open_model_source(cfg)
         # run_folder None ("nothing is written", a benchmark): no token cache, no drawn split kept
         # (other workers draw the same split in memory: the draw depends only on the file and --split-seed)
@@ -322,12 +327,18 @@ def refused_leaves_no_folder(lock):
         raise
 
 
-def check_run_dir(cfg, run_dir: str, run_folder: str, script: str) -> None:
-    """The folder holds no other run (flags, data files), and not this run finished."""
-    runs.prepare_run_dir(run_dir, cfg.to_dict() if run_folder == "train" else None, f"{script}.py")
-    if run_folder == "train" and runs.finished(run_dir):
+def check_finished(run_dir: str) -> None:
+    """A finished run's command, run again, does nothing (and says so)."""
+    if runs.finished(run_dir):
+        # a kill between metrics.json and the backup's removal left it behind
+        shutil.rmtree(os.path.join(run_dir, runs.BACKUP), ignore_errors=True)
         raise NothingToDo(f"the run in {run_dir} has finished already ({runs.METRICS}, {runs.MODEL}/): nothing to "
                           f"do. Next: python eval/evaluate.py {run_dir}; to train again, pass a new --run-dir")
+
+
+def check_run_dir(cfg, run_dir: str, run_folder: str, script: str) -> None:
+    """The folder holds no other run (flags, data files)."""
+    runs.prepare_run_dir(run_dir, cfg.to_dict() if run_folder == "train" else None, f"{script}.py")
     if sources.is_own(cfg.data):  # a resume refuses a data file that changed since the run began
         runs.check_data_files(run_dir, sources.digests(cfg.data))
 

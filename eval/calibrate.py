@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import env  # noqa: E402,F401  (first)
-from common import calibration, config, errors, report, runs  # noqa: E402
+from common import calibration, config, errors, report, run_lock, runs  # noqa: E402
 from common.finished_run import FinishedRun  # noqa: E402
 from common.env import tf  # noqa: E402
 
@@ -40,11 +40,12 @@ def main(argv=None):
         ids, _ = run.encode([s for s, _ in rows[part]])
         split_logits[part] = run.logits(ids, args.batch_size)
         split_labels[part] = [l for _, l in rows[part]]
-    # calibrate, then re-export serving/ with the temperature
-    writer = tf.summary.create_file_writer(os.path.join(args.run_dir, runs.TB, "calibration"))
-    out = calibration.calibrate(args.run_dir, split_logits, split_labels, writer)
-    print(calibration.summary(out))
-    report.export_serving(args.run_dir)
+    # calibrate, then re-export serving/ with the temperature (not while another process writes the folder)
+    with run_lock.held(args.run_dir):
+        writer = tf.summary.create_file_writer(os.path.join(args.run_dir, runs.TB, "calibration"))
+        out = calibration.calibrate(args.run_dir, split_logits, split_labels, writer)
+        print(calibration.summary(out))
+        report.export_serving(args.run_dir)
     return out
 
 

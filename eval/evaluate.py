@@ -21,7 +21,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import env  # noqa: E402,F401  (first)
-from common import calibration, config, errors, metrics, phrasebank, runs, texts  # noqa: E402
+from common import calibration, config, errors, metrics, phrasebank, run_lock, runs, texts  # noqa: E402
 from common.env import tf  # noqa: E402
 from common.finished_run import FinishedRun  # noqa: E402
 
@@ -161,20 +161,21 @@ def evaluate_file(run, path, text_column=None, label_column="label", label_map=N
 def main(argv=None):
     args = parse(argv)
     run = FinishedRun.open(args.run_dir)
-    if args.csv:
-        if args.agreement or args.data:
-            raise errors.FlagError("--csv evaluates on your file: drop --agreement/--data (they pick a PhraseBank "
-                                   "split)")
-        m, report, out, mistakes = evaluate_file(run, args.csv, args.text_column, args.label_column,
-                                                 args.label_map, args.batch_size)
-    elif run.own_data:
-        if args.agreement or args.data:
-            raise errors.FlagError(f"--agreement/--data: {args.run_dir} trained on your own data "
-                                   f"({run.flags['data']}); it is evaluated on its own split (--part), or on a file "
-                                   f"with --csv")
-        m, report, out, mistakes = evaluate_own(run, args.part, args.batch_size)
-    else:
-        m, report, out, mistakes = evaluate_run(run, args.agreement, args.data, args.part, args.batch_size)
+    with run_lock.held(args.run_dir):  # writes eval/ in the run folder: not while another process writes it
+        if args.csv:
+            if args.agreement or args.data:
+                raise errors.FlagError("--csv evaluates on your file: drop --agreement/--data (they pick a PhraseBank "
+                                       "split)")
+            m, report, out, mistakes = evaluate_file(run, args.csv, args.text_column, args.label_column,
+                                                     args.label_map, args.batch_size)
+        elif run.own_data:
+            if args.agreement or args.data:
+                raise errors.FlagError(f"--agreement/--data: {args.run_dir} trained on your own data "
+                                       f"({run.flags['data']}); it is evaluated on its own split (--part), or on a "
+                                       f"file with --csv")
+            m, report, out, mistakes = evaluate_own(run, args.part, args.batch_size)
+        else:
+            m, report, out, mistakes = evaluate_run(run, args.agreement, args.data, args.part, args.batch_size)
     print(report)
     print(f"wrote {out}/ (report.txt, error_analysis.md, metrics.json, confusion_matrix.png, "
           f"errors.csv: {mistakes} mistakes)")

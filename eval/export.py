@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import env  # noqa: E402,F401  (first)
-from common import config, errors, serving  # noqa: E402
+from common import config, errors, run_lock, serving  # noqa: E402
 
 
 def main(argv=None):
@@ -26,7 +26,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     # refused in one line: a folder that is not a finished run, a file of it not as its run wrote it
     # (FinishedRun.open), a tokenizer the graph cannot reproduce (ModelError)
-    path = serving.export_serving(args.run_dir)
+    with run_lock.held(args.run_dir):  # not while another process writes the run folder
+        path = serving.export_serving(args.run_dir)
     print(f"wrote {path}/ (signature {serving.SIGNATURE}: text -> label_id, label, probabilities)")
     return path
 

@@ -11,6 +11,11 @@
 # A bad value is one line on stderr naming the flag, what the provider accepts and an
 # example, and exit 2: the providers' rules are cited in docs/cloud.md#sources.
 
+if [ "${BASH_VERSINFO[0]:-0}" -lt 4 ]; then  # associative arrays below (macOS ships bash 3.2)
+    echo "${ME:-launch}: needs bash 4 or newer (this is $BASH_VERSION); install one, e.g. brew install bash" >&2
+    exit 2
+fi
+
 NAME="finsent-$(date +%Y%m%d-%H%M%S)"
 PROJECT=${GOOGLE_CLOUD_PROJECT:-}
 GPUS=1

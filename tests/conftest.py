@@ -99,12 +99,16 @@ def stack_venv(tmp_path_factory) -> str:
     return venv
 
 
-@pytest.fixture(scope="session")
-def tiny_distilbert(tmp_path_factory):
+def tiny_distilbert_at(folder) -> str:
     """A tiny random DistilBERT (2 layers, 32 wide), like the Hub's distilbert-base-uncased."""
     from transformers import DistilBertConfig, TFDistilBertForSequenceClassification
-    return saved_tiny_model(tmp_path_factory.mktemp("tiny-distilbert"), TFDistilBertForSequenceClassification,
-                            DistilBertConfig, dim=32, n_layers=2, n_heads=2, hidden_dim=64)
+    return saved_tiny_model(folder, TFDistilBertForSequenceClassification, DistilBertConfig, dim=32, n_layers=2,
+                            n_heads=2, hidden_dim=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_distilbert(tmp_path_factory):
+    return tiny_distilbert_at(tmp_path_factory.mktemp("tiny-distilbert"))
 
 
 @pytest.fixture(scope="session")

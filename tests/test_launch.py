@@ -276,7 +276,8 @@ def test_gce_startup_script_installs_runs_syncs_and_resumes_after_reboot(tiny_di
     checkpoint that is all there, and a new disk resumes from it and finishes the plan."""
     bucket, work = tmp_path / "bucket", tmp_path / "vm-disk"
     mark = tmp_path / "uploading-backup"
-    env = _startup_env(tmp_path, ["train/full_finetune.py", "--model", tiny_distilbert, "--data", data_dir, "--epochs", 6,
+    # 10 epochs (~1 s each): long enough for the bucket to hold one checkpoint while a later one goes up, under load
+    env = _startup_env(tmp_path, ["train/full_finetune.py", "--model", tiny_distilbert, "--data", data_dir, "--epochs", 10,
                                   "--precision", "fp32", "--backup-every-steps", 10, "--log-every-steps", 1], stack_venv,
                        FOLDER_SYNC_DELAY="0.2", FOLDER_SYNC_MARK=str(mark))
     log = tmp_path / "startup.log"
@@ -300,7 +301,7 @@ def test_gce_startup_script_installs_runs_syncs_and_resumes_after_reboot(tiny_di
     assert "restored runs/job1" in text and "resuming from" in text
     done = bucket / "runs" / "job1"
     m = json.loads((done / "metrics.json").read_text())
-    assert m["optimizer_steps"] == m["planned_steps"] == planned_steps(data_dir, epochs=6)
+    assert m["optimizer_steps"] == m["planned_steps"] == planned_steps(data_dir, epochs=10)
     assert (done / "DONE").exists() and (done / "model" / "tf_model.h5").exists()
     assert (tmp_path / "vm-deleted").exists() and "status: ok" in (done / "EXIT").read_text()
     assert not [f for f in (done / "backup").rglob("*") if f.is_file()]  # old checkpoints pruned once finished

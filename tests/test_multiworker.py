@@ -35,6 +35,13 @@ def test_two_workers_train_in_lockstep_and_only_the_chief_writes(tiny_distilbert
     assert sorted(os.listdir(run)) == ["best", "calibration.json", "config.json", "epochs.json", "metrics.json",
                                       "model", "reliability.png", "serving", "tb"]
     assert not [d for d, _, _ in os.walk(run) if "temp" in os.path.basename(d)]  # no worker leftovers
+    # the same command again: every worker sees the finished run (a lone worker would wait for its peers)
+    again = subprocess.run(p.args, capture_output=True, text=True, cwd=REPO_ROOT, timeout=300,
+                           env={**os.environ, "PYTHON": sys.executable})
+    assert again.returncode == 0, (again.stdout[-3000:], again.stderr[-3000:])
+    for w in ("[worker 0]", "[worker 1]"):
+        assert any(l.startswith(w) and "has finished already" in l for l in again.stdout.splitlines()), again.stdout
+    assert "Epoch" not in again.stdout
 
 
 @pytest.mark.slow

@@ -13,8 +13,8 @@ import pytest
 from common import REPO_ROOT
 from tests.conftest import assert_one_line_error, run_script
 
-# A tiny model at a high learning rate: validation macro-F1 peaks at epoch 2 of 4 for this seed
-# (the later epochs are worse), so a resumed run that forgot the best value would keep a later epoch.
+# A tiny model at a high learning rate: validation macro-F1 peaks before the last of 4 epochs (the
+# later ones are worse), so a resumed run that forgot the best value would keep a later epoch.
 RECIPE = ("--epochs", "4", "--lr", "1e-2", "--seed", "1", "--precision", "fp32", "--backup-every-steps", "7")
 
 
@@ -43,11 +43,22 @@ def kill_when(args, seen_line, delay=0.0):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tiny_distilbert, data_dir, tmp_path_factory):
+def model(tmp_path_factory):
+    """The tiny DistilBERT made in a process of its own: the same weights whichever tests ran
+    before (the session's tiny_distilbert is drawn after them), so the best epoch is fixed."""
+    folder = str(tmp_path_factory.mktemp("resume-model"))
+    subprocess.run([sys.executable, "-c", "import sys; from tests.conftest import tiny_distilbert_at; "
+                    "tiny_distilbert_at(sys.argv[1])", folder], check=True, cwd=REPO_ROOT)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(model, data_dir, tmp_path_factory):
     run = tmp_path_factory.mktemp("resume") / "uninterrupted"
-    p = run_script(*train_args(tiny_distilbert, data_dir, run))
+    p = run_script(*train_args(model, data_dir, run))
     m = json.loads((run / "metrics.json").read_text())
-    assert m["best_epoch"] == 2 and len(m["train_loss_per_epoch"]) == 4, m  # what makes the test able to fail
+    # what makes the test able to fail: a later epoch, worse, that a resume could keep instead
+    assert m["best_epoch"] < 4 and len(m["train_loss_per_epoch"]) == 4, m
     return digest(p.stdout), m
 
 
@@ -56,7 +67,7 @@ def assert_same_run(run, p, uninterrupted, resumed_epoch=None):
     want_digest, want = uninterrupted
     m = json.loads((run / "metrics.json").read_text())
     assert digest(p.stdout) == want_digest
-    assert m["best_epoch"] == want["best_epoch"] and json.loads((run / "best" / "best.json").read_text())["epoch"] == 2
+    assert m["best_epoch"] == want["best_epoch"] == json.loads((run / "best" / "best.json").read_text())["epoch"]
     assert m["test"] == want["test"] and m["validation"] == want["validation"]
     assert m["optimizer_steps"] == want["optimizer_steps"]
     kept = [i for i in range(4) if i + 1 != resumed_epoch]
@@ -66,20 +77,21 @@ def assert_same_run(run, p, uninterrupted, resumed_epoch=None):
 
 
 @pytest.mark.slow
-def test_killed_mid_epoch_then_rerun_is_the_uninterrupted_run(tiny_distilbert, data_dir, tmp_path, uninterrupted):
+def test_killed_mid_epoch_then_rerun_is_the_uninterrupted_run(model, data_dir, tmp_path, uninterrupted):
     run = tmp_path / "killed"
-    args = train_args(tiny_distilbert, data_dir, run)
-    kill_when(args, "Epoch 3/4", delay=0.5)  # after epoch 2, the best, was saved
+    args = train_args(model, data_dir, run)
+    after_best = uninterrupted[1]["best_epoch"] + 1
+    kill_when(args, f"Epoch {after_best}/4", delay=0.5)  # in the epoch after the best one was saved
     assert not (run / "metrics.json").exists()
     p = run_script(*args)
     assert "resuming from" in p.stdout and "Epoch 1/4" not in p.stdout, p.stdout[-2000:]
-    assert_same_run(run, p, uninterrupted, resumed_epoch=3)
+    assert_same_run(run, p, uninterrupted, resumed_epoch=after_best)
 
 
 @pytest.mark.slow
-def test_killed_during_export_then_rerun_resumes_without_training(tiny_distilbert, data_dir, tmp_path, uninterrupted):
+def test_killed_during_export_then_rerun_resumes_without_training(model, data_dir, tmp_path, uninterrupted):
     run = tmp_path / "killed"
-    args = train_args(tiny_distilbert, data_dir, run)
+    args = train_args(model, data_dir, run)
     kill_when(args, "weights digest")  # training done; calibration and export under way
     assert not (run / "metrics.json").exists()
     p = run_script(*args)
@@ -129,7 +141,7 @@ def test_a_killed_holders_lock_is_taken_over_with_a_note(tiny_distilbert, data_d
             "--epochs", "1", "--train-examples", "64", "--precision", "fp32"]
     out = kill_when(args, "data:")
     holder = json.loads((run / "run.lock").read_text())
-    assert holder["host"] == socket.gethostname() and isinstance(holder["pid"], int), out
+    assert holder["machine"].split("/")[0] == socket.gethostname() and isinstance(holder["pid"], int), out
     p = run_script(*args)
     assert f"took over the lock of pid {holder['pid']}" in p.stdout, p.stdout[-2000:]
     assert (run / "metrics.json").exists() and not (run / "run.lock").exists()  # released at the end
@@ -140,8 +152,8 @@ def test_another_hosts_lock_counts_until_its_heartbeat_is_stale(tiny_distilbert,
     """flock does not reach across hosts on a bucket mount: the lock file's heartbeat decides."""
     run = tmp_path / "bucket-run"
     run.mkdir()
-    (run / "run.lock").write_text(json.dumps({"host": "vm-elsewhere", "pid": 4242, "since": time.time() - age,
-                                              "heartbeat": time.time() - age}))
+    (run / "run.lock").write_text(json.dumps({"machine": "vm-elsewhere/1f3e5a7c", "pid": 4242,
+                                              "since": time.time() - age, "heartbeat": time.time() - age}))
     p = run_script("train/full_finetune.py", "--model", tiny_distilbert, "--data", data_dir, "--run-dir", str(run),
                    "--epochs", "1", "--train-examples", "64", "--precision", "fp32", check=False)
     if refused:
@@ -174,17 +186,18 @@ def test_max_length_outside_what_the_encoder_reads_is_one_line(tiny_distilbert, 
     assert not (tmp_path / "run").exists()
 
 
-def test_written_files_keep_the_umask_mode(tmp_path):
-    from common import runs
-    old = os.umask(0o022)
-    try:
-        runs.write_json(str(tmp_path / "a.json"), {"a": 1})
-        os.umask(0o027)
-        runs.write_text(str(tmp_path / "b.txt"), "b")
-    finally:
-        os.umask(old)
-    assert oct(os.stat(tmp_path / "a.json").st_mode & 0o777) == oct(0o644)
-    assert oct(os.stat(tmp_path / "b.txt").st_mode & 0o777) == oct(0o640)
+@pytest.mark.parametrize("mask, mode", [("022", 0o644), ("027", 0o640)])
+def test_written_files_keep_the_umask_mode(tmp_path, mask, mode):
+    """A shared run folder's readers (a TensorBoard server as another user) need the usual
+    mode; a replaced file keeps its own."""
+    (tmp_path / "kept.json").write_text("{}")
+    os.chmod(tmp_path / "kept.json", 0o664)
+    code = ("import sys; from common import runs; runs.write_json(sys.argv[1] + '/new.json', {'a': 1}); "
+            "runs.write_json(sys.argv[1] + '/kept.json', {'a': 1})")
+    subprocess.run(["sh", "-c", f'umask {mask} && exec "$0" -c "$1" "$2"', sys.executable, code, str(tmp_path)],
+                   check=True, cwd=REPO_ROOT)
+    assert oct(os.stat(tmp_path / "new.json").st_mode & 0o777) == oct(mode)
+    assert oct(os.stat(tmp_path / "kept.json").st_mode & 0o777) == oct(0o664)
 
 
 @pytest.fixture
