@@ -167,16 +167,18 @@ def fit(model, cfg, run_dir: str, splits, hparams: dict, is_chief: bool = True, 
     try:
         history, throughput, nan_guard = fit_model(model, cfg, splits, callbacks, tb_dir=tb_dir if is_chief else None,
                                                    start_step=start_step)
+        if os.environ.get("TF_CONFIG"):
+            # Every worker loads the chief's best weights below: none may read them before the chief's
+            # last save is on disk (else a worker ends with another epoch's weights). A collective op
+            # returns on no worker before every worker has reached it, the chief after its callbacks.
+            strategy = model.distribute_strategy
+            strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
     except (tf.errors.UnavailableError, tf.errors.AbortedError) as e:  # a peer died, or died and restarted
         if not os.environ.get("TF_CONFIG"):
             raise
+        # (a peer lost after the last step too: the restart resumes from the finished backup, and
+        # meets it at this barrier)
         restart_after_peer_failure(e)
-    if os.environ.get("TF_CONFIG"):
-        # Every worker loads the chief's best weights below: none may read them before the chief's
-        # last save is on disk (else a worker ends with another epoch's weights). A collective op
-        # returns on no worker before every worker has reached it, the chief after its callbacks.
-        strategy = model.distribute_strategy
-        strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
     steps_done = int(model.optimizer.iterations.numpy())  # before load_weights, which restores it too
     if nan_guard.fired:
         raise TrainingFailed(f"loss became NaN; stopped. The best weights so far are in {best_path}* "
