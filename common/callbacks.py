@@ -245,7 +245,6 @@ class EpochLog(keras.callbacks.Callback):
         self.epochs = [e for e in old if e["epoch"] <= first_epoch]  # 1-based: those finished before it
 
     def on_epoch_end(self, epoch, logs=None):
-        self.epochs = [e for e in self.epochs if e["epoch"] < epoch + 1]
         self.epochs.append({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()
                                                    if np.ndim(v) == 0}})
         runs.write_json(self.path, self.epochs)

@@ -13,6 +13,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from common import callbacks as cb
 from common import data, errors, metrics, optim, phrasebank, report, run_lock, runs, sources, token_cache
@@ -120,11 +121,20 @@ def fit_model(model, cfg, splits, callbacks=(), epochs: int = None, initial_epoc
     return history, throughput, nan_guard
 
 
+class Fitted(NamedTuple):
+    history: object
+    throughput: object
+    steps_done: int
+    epochs: list          # every epoch's logs, this process's and the ones before a restart (chief only)
+    best_epoch: int       # the epoch best/ holds (None with --ema)
+
+
 def fit(model, cfg, run_dir: str, splits, hparams: dict, is_chief: bool = True, extra_callbacks=()):
     """A train script's fit: fit_model with the run folder's callbacks (backup, best
     checkpoint, TensorBoard, HParams), then the best epoch's weights, with the training data's
     class prior put back if the loss was class-weighted (--restore-prior).
-    Returns (history, throughput, optimizer steps taken in all)."""
+    Returns a Fitted: the history, throughput, optimizer steps taken in all, the whole run's
+    epochs (epochs.json's, on the chief) and the best epoch (None with --ema)."""
     from tensorboard.plugins.hparams import api as hp
     tb_dir = tb_folder(cfg, run_dir)
     best_path = os.path.join(run_dir, runs.BEST, "weights")
@@ -141,14 +151,15 @@ def fit(model, cfg, run_dir: str, splits, hparams: dict, is_chief: bool = True, 
     elif start_step:
         print(f"resuming from {backup_dir} at step {start_step} (model, optimizer, epoch and step)")
     best = None if cfg.ema else cb.BestCheckpoint(best_path, "val_macro_f1", is_chief)
+    epoch_log = cb.EpochLog(os.path.join(run_dir, runs.EPOCHS), start_step // splits.train_stats["steps"]) \
+        if is_chief else None
     callbacks = [
         # --ema: the run ends with the weights' moving average (Keras puts it in place at the end of
         # fit), not the best epoch's weights
         *([best] if best else []),
         tensorboard,
         *([hp.KerasCallback(hparams_writer, hparams, trial_id=os.path.basename(run_dir))] if is_chief else []),
-        *([cb.EpochLog(os.path.join(run_dir, runs.EPOCHS), start_step // splits.train_stats["steps"])]
-          if is_chief else []),
+        *([epoch_log] if epoch_log else []),
         *extra_callbacks,
     ]
     copy_tb = None
@@ -190,7 +201,8 @@ def fit(model, cfg, run_dir: str, splits, hparams: dict, is_chief: bool = True, 
         models.restore_class_prior(model, splits.class_weights)
         print("class prior restored (--restore-prior): the figures below and metrics.json are after it; the epoch "
               "lines' and TensorBoard's val_* before it")
-    return history, throughput, steps_done
+    return Fitted(history, throughput, steps_done, epoch_log.epochs if epoch_log else [],
+                  best.best_epoch if best else None)
 
 
 def tb_folder(cfg, run_dir: str) -> str:
@@ -437,18 +449,14 @@ def _fit_and_report(run: Run, model) -> dict:
     print(f"model: {run.source} ({model.count_params() / 1e6:.1f}M params, {trainable / 1e6:.2f}M trainable) on "
           f"{harness.replicas} replica(s) {harness.devices}, precision {harness.precision}, xla {harness.xla} "
           f"-> {run.run_dir}{'' if harness.is_chief else ' (written by the chief)'}")
-    history, throughput, steps_done = fit(model, cfg, run.run_dir, run.splits, hparams_of(cfg, harness),
-                                          harness.is_chief)
+    fitted = fit(model, cfg, run.run_dir, run.splits, hparams_of(cfg, harness), harness.is_chief)
     # the figures in float32 whatever the training precision (docs/precision.md, "Evaluation")
     results = report.evaluate_splits(model if harness.precision == "fp32" else models.float32_copy(model), run.splits)
     print(f"weights digest {report.weights_digest(model)}")
     # per epoch: the whole run's (epochs.json, however often it was restarted), else this process's
-    epochs_path = os.path.join(run.run_dir, runs.EPOCHS)
-    epochs_log = runs.read_json(epochs_path) if harness.is_chief and os.path.exists(epochs_path) else []
-    best = cb.read_best(os.path.join(run.run_dir, runs.BEST, "best.json"))
     extra = {"precision": report.precision_audit(model),
-             "train_loss_per_epoch": [e["loss"] for e in epochs_log] or history.history.get("loss", []),
-             "best_epoch": best["epoch"] if best and not cfg.ema else None}
+             "train_loss_per_epoch": [e["loss"] for e in fitted.epochs] or fitted.history.history.get("loss", []),
+             "best_epoch": fitted.best_epoch}
     if harness.xla == "on":
         extra["xla_compilations"] = model.xla_compilations()
         print(f"xla: {extra['xla_compilations']} compilation(s) of the per-replica step over "
@@ -458,9 +466,9 @@ def _fit_and_report(run: Run, model) -> dict:
     extra["calibration"] = report.calibrate_run(run.run_dir, results, run.splits)
     report.export(model, run.tokenizer, run.run_dir)
     extra["serving"] = report.export_serving(run.run_dir)
-    m = report.write_metrics(run.run_dir, results, run.splits, throughput, run.wall_start,
-                             steps_done, run.splits.train_stats["steps"] * cfg.epochs, extra,
-                             per_epoch=[e for e in epochs_log if "examples_per_sec" in e])
+    m = report.write_metrics(run.run_dir, results, run.splits, fitted.throughput, run.wall_start,
+                             fitted.steps_done, run.splits.train_stats["steps"] * cfg.epochs, extra,
+                             per_epoch=[e for e in fitted.epochs if "examples_per_sec" in e])
     # the backup outlived fit() so that the stages above resume without training; the run is done now
     shutil.rmtree(os.path.join(run.run_dir, runs.BACKUP), ignore_errors=True)
     if run.lock:
