@@ -10,7 +10,6 @@ import numpy as np
 
 from common import metrics, models, runs
 from common.errors import RunDirError
-from common.phrasebank import LABELS
 from common.env import keras, tf
 
 
@@ -60,7 +59,7 @@ class Validation(keras.callbacks.Callback):
     confusion matrix cost ~10% of a MiniLM run (docs/performance.md#the-default-recipe-choice-by-choice). Runs on every
     worker: dataset_logits is local, and the weights are the same on all of them."""
 
-    def __init__(self, dataset, labels_in_dataset_order, tb_dir: str = None, names=LABELS):
+    def __init__(self, dataset, labels_in_dataset_order, names, tb_dir: str = None):
         super().__init__()
         self.dataset, self.y = dataset, np.asarray(labels_in_dataset_order)
         self.names = names  # the class names in id order
@@ -78,9 +77,8 @@ class Validation(keras.callbacks.Callback):
 
 
 class LearningRate(keras.callbacks.Callback):
-    """Adds the learning rate at the epoch's end to the logs. Keras' TensorBoard callback
-    logs it only for a plain optimizer: under mixed_float16 compile() wraps ours in a
-    LossScaleOptimizer, and the scalar silently disappears (the GPU default)."""
+    """Adds the learning rate at the epoch's end to the logs, under the name Keras' TensorBoard
+    callback gives it, also where compile() wraps ours in a LossScaleOptimizer (mixed_float16)."""
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
@@ -151,19 +149,34 @@ class BestCheckpoint(keras.callbacks.ModelCheckpoint):
     them. Keras' own starts again from -inf in a restarted process, so a resumed run would
     overwrite the best epoch with a worse later one (the uninterrupted run would not).
     A kill between the weights and best.json leaves the older record: the resumed run redoes
-    that epoch (its backup comes after both), draws the same batches and saves it again."""
+    that epoch (its backup comes after both), draws the same batches and saves it again.
+    Only the chief writes: Keras 3's ModelCheckpoint has every worker write the same file
+    (Keras 2 sent the others to temporary folders), so the others keep the record only."""
 
     def __init__(self, path: str, monitor: str, is_chief: bool = True):
         self.record_path = os.path.join(os.path.dirname(path), "best.json")
         record = read_best(self.record_path)
         super().__init__(path, monitor=monitor, mode="max", save_best_only=True, save_weights_only=True,
-                         initial_value_threshold=record["value"] if record else None)
+                         initial_value_threshold=record["value"] if record else None, verbose=0)
         self.best_epoch = record["epoch"] if record else None
         self.is_chief = is_chief
 
     def _save_model(self, epoch, batch, logs):
         before = self.best
-        super()._save_model(epoch, batch, logs)
+        if self.is_chief:  # written beside, then renamed: a kill never leaves half a weights file
+            final = self.filepath
+            folder, name = os.path.split(final)
+            self.filepath = os.path.join(folder, ".saving." + name)
+            try:
+                super()._save_model(epoch, batch, logs)
+            finally:
+                self.filepath = final
+            if os.path.exists(os.path.join(folder, ".saving." + name)):
+                os.replace(os.path.join(folder, ".saving." + name), final)
+        else:
+            current = (logs or {}).get(self.monitor)
+            if current is not None and self._is_improvement(current, self.best):
+                self.best = current
         if self.best != before:
             self.best_epoch = epoch + 1
             if self.is_chief:
@@ -183,47 +196,125 @@ def read_best(path: str):
     return record
 
 
-class Backup(keras.callbacks.BackupAndRestore):
-    """Keras' BackupAndRestore, with two changes that make a resumed run the uninterrupted one:
-    - an epoch's last backup is taken at the epoch's end, after this epoch's best checkpoint
-      and logs (Keras' step-level backup at the epoch's last step comes before them: a kill
-      there resumed at the next epoch with this one's checkpoint never taken). Put it last in
-      the callback list.
-    - the backup is kept when fit() returns (Keras deletes it): a run killed after training,
-      while it evaluates, calibrates or exports, resumes there instead of training again.
-      The run removes it once metrics.json is written."""
+def seed_states(model) -> list:
+    """The state variables of every Keras random layer's seed generator (dropout): where each
+    stream of masks stands. Keras does not count them among a model's weights."""
+    return [sg.state for layer in model._flatten_layers() for sg in getattr(layer, "_seed_generators", [])]
 
-    def __init__(self, backup_dir: str, every_steps: int, steps_per_epoch: int, after=None):
-        super().__init__(backup_dir, save_freq=every_steps or "epoch", delete_checkpoint=False)
-        self.steps_per_epoch, self.after = steps_per_epoch, after
+
+def _checkpoint(model, epoch, batch):
+    return tf.train.Checkpoint(model=model, optimizer=model.optimizer, seeds=seed_states(model), epoch=epoch,
+                               batch=batch)
+
+
+class Backup(keras.callbacks.Callback):
+    """The run's backup in backup/chief: the model's weights, the optimizer (its step, moments,
+    loss scale, moving averages), every dropout layer's seed state, and the epoch and batch it
+    was taken at; every `every_steps` optimizer steps and at each epoch's end. A run started
+    again restores it (`restore`) and goes on from the next step, drawing the batches and
+    masks the uninterrupted run drew (data.epochs_of).
+
+    Why not Keras' BackupAndRestore: in Keras 3 it restores whole epochs only (a run killed
+    mid-epoch does that epoch again, on other batches), keeps no seed states, and has every
+    worker write the same file. Here:
+    - an epoch's last backup is taken at the epoch's end, after this epoch's best checkpoint
+      and logs: put it last in the callback list;
+    - the backup is kept when fit() returns: a run killed after training, while it
+      evaluates, calibrates or exports, resumes there instead of training again. The run
+      removes it once metrics.json is written;
+    - only the chief writes; every worker restores from the chief's.
+    `batch_offset`: the steps of the current epoch done before this fit() began (a resumed
+    epoch's remainder is its own fit())."""
+
+    def __init__(self, backup_dir: str, every_steps: int, steps_per_epoch: int, is_chief: bool = True, after=None):
+        super().__init__()
+        self.folder = os.path.join(backup_dir, "chief")
+        self.every_steps, self.steps_per_epoch = every_steps, steps_per_epoch
+        self.is_chief, self.after = is_chief, after
+        self.batch_offset = 0
+        self._manager = None
+
+    def _save(self, epoch, batch):
+        if self._manager is None:  # one checkpoint object, its epoch and batch assigned at each backup
+            self._where = tf.Variable(0, dtype=tf.int64), tf.Variable(0, dtype=tf.int64)
+            self._manager = tf.train.CheckpointManager(_checkpoint(self.model, *self._where), self.folder,
+                                                       max_to_keep=1)
+        self._where[0].assign(epoch)
+        self._where[1].assign(batch)
+        # numbered by the optimizer step: each backup is a new file set, and the index file
+        # ("checkpoint") names it only once it is complete; the older set is deleted after that
+        self._manager.save(checkpoint_number=int(self.model.optimizer.iterations.numpy()))
 
     def on_train_batch_end(self, batch, logs=None):
-        if batch == self.steps_per_epoch - 1:  # on_epoch_end backs up, after the others
-            self._batches_count = 0
-            return
-        super().on_train_batch_end(batch, logs)
+        batch += self.batch_offset
+        if (self.every_steps and batch < self.steps_per_epoch - 1  # the epoch's end backs up, after the others
+                and int(self.model.optimizer.iterations.numpy()) % self.every_steps == 0):
+            self._backup(self._epoch, batch)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
 
     def on_epoch_end(self, epoch, logs=None):
         if self.model.stop_training:  # a NaN loss cut the epoch short: keep the last good backup
             return
-        self._backup(epoch=epoch, batch=self.steps_per_epoch - 1)
+        self._backup(epoch, -1)
 
-    def _backup(self, epoch, batch=0):
-        super()._backup(epoch, batch)
+    def _backup(self, epoch, batch):
+        """batch -1: the epoch is finished."""
+        if self.is_chief:
+            self._save(epoch, batch)
         if self.after:  # --tb-staging: the TensorBoard copies keep up with the backups
             self.after()
 
 
 def resume_step(backup_dir: str, steps_per_epoch: int) -> int:
-    """The optimizer step a run resumes at from its backup (0 without one), as Keras computes
-    it from the epoch and batch the backup holds (keras' worker_training_state)."""
+    """The optimizer step a run resumes at from its backup (0 without one)."""
     latest = tf.train.latest_checkpoint(os.path.join(backup_dir, "chief"))
     if not latest:
         return 0
-    reader = tf.train.load_checkpoint(latest)
-    epoch = int(reader.get_tensor("ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"))
-    batch = int(reader.get_tensor("ckpt_saved_batch/.ATTRIBUTES/VARIABLE_VALUE"))
-    return epoch * steps_per_epoch + batch + 1 if batch >= 0 else (epoch + 1) * steps_per_epoch
+    try:
+        reader = tf.train.load_checkpoint(latest)
+        epoch = int(reader.get_tensor("epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+        batch = int(reader.get_tensor("batch/.ATTRIBUTES/VARIABLE_VALUE"))
+    except (ValueError, tf.errors.OpError) as e:  # damaged, or not this version's backup
+        raise RunDirError(f"{backup_dir}: not a backup this version can read ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:120]}); delete {backup_dir} to train this run again from its "
+                          f"start, or pass a new --run-dir") from e
+    return (epoch + 1) * steps_per_epoch if batch < 0 else epoch * steps_per_epoch + batch + 1
+
+
+def restore(model, backup_dir: str) -> None:
+    """Put the backup's weights, optimizer and seed states into `model` (built and compiled)."""
+    latest = tf.train.latest_checkpoint(os.path.join(backup_dir, "chief"))
+    if not latest:
+        return
+    try:
+        _checkpoint(model, tf.Variable(0, dtype=tf.int64), tf.Variable(0, dtype=tf.int64)).read(latest) \
+            .assert_existing_objects_matched()
+    except (ValueError, AssertionError, tf.errors.OpError) as e:  # another model or version, or a damaged file
+        raise RunDirError(f"{backup_dir}: the backup does not fit this run's model ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:120]}); delete {backup_dir} to train this run again from its "
+                          f"start, or pass a new --run-dir") from e
+
+
+class HParams(keras.callbacks.Callback):
+    """The run's hyperparameters for TensorBoard's HParams dashboard, written once, when
+    training first begins. (TensorBoard's hparams KerasCallback refuses a second fit(), and a
+    resumed epoch's remainder is a fit() of its own.)"""
+
+    def __init__(self, writer, hparams: dict, trial_id: str):
+        super().__init__()
+        self.writer, self.hparams, self.trial_id = writer, hparams, trial_id
+        self.written = False
+
+    def on_train_begin(self, logs=None):
+        if self.written:
+            return
+        from tensorboard.plugins.hparams import api as hp
+        with self.writer.as_default():
+            hp.hparams(self.hparams, trial_id=self.trial_id)
+        self.writer.flush()
+        self.written = True
 
 
 class EpochLog(keras.callbacks.Callback):

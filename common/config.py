@@ -45,10 +45,12 @@ class Config:
                       "as 'fixed' does, the mask hides padding; e.g. --recipe notebook --padding longest)",
                       choices=["buckets", "fixed", "longest"])
     # model
-    model: str = _f("distilbert-base-uncased", "Hub id or local folder of a TF-loadable (or PyTorch "
-                    "safetensors) encoder")
+    model: str = _f("distilbert-base-uncased", "Hugging Face Hub id or local folder of a DistilBERT or BERT "
+                    "encoder (config.json, model.safetensors, vocab.txt, tokenizer_config.json), converted by "
+                    "KerasHub; or a run's model/ folder")
     init_from: str = _f("", "start from the weights of this earlier run folder (runs/<name>)")
-    dropout: float = _f(-1.0, "classifier dropout; -1 keeps the model config's value")
+    dropout: float = _f(-1.0, "classifier dropout; -1 keeps the model config's value (DistilBERT "
+                        "seq_classif_dropout, BERT classifier_dropout or hidden_dropout_prob; 0.2 / 0.1 if unset)")
     freeze: str = _f("none", "which part does not train: none, encoder (head only), head (encoder only)",
                      choices=["none", "encoder", "head"])
     train_embeddings: bool = _f(False, "train the embedding layer too. Off by default: on MiniLM it is half of "

@@ -199,7 +199,7 @@ class Splits:
     test_order: np.ndarray
     rows: dict                 # split -> [(sentence, label)]
     train_stats: dict          # steps, examples, real tokens, real-token share, pipeline rate
-    labels: tuple = phrasebank.LABELS  # the class names in id order (--labels)
+    labels: tuple = None       # the class names in id order (--labels), the run's data source's
     class_weights: dict = None  # what the training loss is weighted by, per class (--class-weight)
     weights_in_dataset: bool = False  # the training batches carry them as per-example weights
     train_from: object = None  # (step, epochs) -> the training batches from that optimizer step on (fit)
@@ -262,7 +262,7 @@ def looser_training_sentences(cfg, tokenizer, strict_train, cache_dir: str = Non
     return [rows["train"][i] for i in keep], [ids["train"][i] for i in keep]
 
 
-def class_weights(labels, kind: str = "balanced", n_classes: int = len(phrasebank.LABELS)) -> dict | None:
+def class_weights(labels, kind: str, n_classes: int) -> dict | None:
     """Per-class loss weights for --class-weight: None for 'none'; 'balanced' = scikit-learn's
     n_samples / (n_classes * count(class)); 'sqrt' = their square roots, scaled so the mean
     weight per training example stays 1 (the learning rate means the same). scikit-learn
@@ -278,7 +278,7 @@ def class_weights(labels, kind: str = "balanced", n_classes: int = len(phraseban
     return dict(zip(classes.tolist(), w.tolist()))
 
 
-def training_rows(cfg, tokenizer, rows, ids, cache_dir: str = None):
+def training_rows(cfg, source, tokenizer, rows, ids, cache_dir: str = None):
     """The training split as the flags shape it: --train-examples' subset, then
     --extra-agreement's added sentences. Returns (rows, ids, per-example loss weights or
     None, class weights, number of added sentences); class weights are decided here, once."""
@@ -286,43 +286,45 @@ def training_rows(cfg, tokenizer, rows, ids, cache_dir: str = None):
     rows, ids = subset(rows, ids, cfg.train_examples, cfg.seed)
     rows, ids = rows + extra_rows, ids + extra_ids
     counts = Counter(y for _, y in rows)
-    labels = sources.labels_of(cfg.to_dict())
+    labels = source.labels
     missing = [labels[c] for c in range(len(labels)) if not counts[c]]
     if missing:
-        raise DataError(f"--data {cfg.data}{'' if sources.is_own(cfg.data) else ' --agreement ' + cfg.agreement}: "
+        raise DataError(f"--data {cfg.data}{'' if source.own else ' --agreement ' + cfg.agreement}: "
                         f"the training split has no {' or '.join(missing)} sentences ({len(rows)} in all); the "
                         f"classifier and its class weights need all of {', '.join(labels)}: check the file's labels")
     cw = class_weights([y for _, y in rows], cfg.class_weight, len(labels))
     weights = None
     if extra_rows:  # --extra-agreement: the looser level's added sentences, at --extra-weight; the class
-        # weights folded in here: Keras 2.15's class_weight fails on datasets that carry sample weights
+        # weights folded in here: Keras' class_weight cannot combine with a dataset's own sample weights
         weights = [1.0] * (len(rows) - len(extra_rows)) + [cfg.extra_weight] * len(extra_rows)
         if cw:
             weights = [w * cw[y] for w, (_, y) in zip(weights, rows)]
     return rows, ids, weights, cw, len(extra_rows)
 
 
-def run_encoded(cfg, tokenizer, cache_dir: str = None, split_path: str = None):
-    """(rows, ids) of the run's data: the PhraseBank through the token cache, own data read
-    and tokenised afresh (a user's file is small; its split is the run folder's, split_path)."""
-    if not sources.is_own(cfg.data):
+def run_encoded(cfg, source, tokenizer, cache_dir: str = None, split_path: str = None):
+    """(rows, ids) of the run's data (`source`, sources.resolve's): the PhraseBank through the
+    token cache, own data read and tokenised afresh (a user's file is small; its split is the
+    run folder's, split_path)."""
+    if not source.own:
         return encoded_splits(cfg.data, cfg.agreement, cfg.split, tokenizer, cfg.max_length, cache_dir)
-    rows = sources.own_splits(cfg.to_dict(), split_path)
+    rows = sources.own_splits(cfg, source, split_path)
     return rows, {k: encode(tokenizer, [s for s, _ in v], cfg.max_length) for k, v in rows.items()}
 
 
-def load_data(cfg, tokenizer, replicas: int, cache_dir: str = None, split_path: str = None) -> Splits:
+def load_data(cfg, source, tokenizer, replicas: int, cache_dir: str = None, split_path: str = None) -> Splits:
     """The run's splits as tf.data pipelines: bucketed (or fixed-width) training batches of
     the global --batch-size, length-sorted evaluation batches, and the pipeline's figures.
     cache_dir: the token cache (token_cache.cache_dir_for(run folder)); None: no cache. split_path: where
-    own data's drawn split is kept (sources.SPLIT_FILE in the run folder)."""
+    own data's drawn split is kept (sources.SPLIT_FILE in the run folder). source: the run's
+    sources.DataSource, resolved once by the caller."""
     if cfg.batch_size < 1 or cfg.batch_size % replicas:
         raise FlagError(f"--batch-size {cfg.batch_size}: must be a positive multiple of the {replicas} replicas "
                         f"(it is the global batch; each replica gets batch-size / {replicas})")
-    rows, ids = run_encoded(cfg, tokenizer, cache_dir, split_path)
+    rows, ids = run_encoded(cfg, source, tokenizer, cache_dir, split_path)
     rows, ids = dict(rows), dict(ids)
-    rows["train"], ids["train"], weights, cw, extra = training_rows(cfg, tokenizer, rows["train"], ids["train"],
-                                                                    cache_dir)
+    rows["train"], ids["train"], weights, cw, extra = training_rows(cfg, source, tokenizer, rows["train"],
+                                                                    ids["train"], cache_dir)
     y = {k: [l for _, l in v] for k, v in rows.items()}
     global_batch, pad = cfg.batch_size, tokenizer.pad_token_id
 
@@ -352,6 +354,6 @@ def load_data(cfg, tokenizer, replicas: int, cache_dir: str = None, split_path: 
             tf.data.experimental.assert_cardinality(max(0, (epochs - first) * steps - skip)))
     stats["extra_examples"] = extra
     return Splits(train.apply(tf.data.experimental.assert_cardinality(steps)), val, test, val_order, test_order,
-                  rows, stats, sources.labels_of(cfg.to_dict()), cw, weights is not None, train_from)
+                  rows, stats, source.labels, cw, weights is not None, train_from)
 
 

@@ -51,7 +51,9 @@ _STRATEGIES = {}
 def _mirrored(devices) -> tf.distribute.MirroredStrategy:
     """One MirroredStrategy per device set per process: a second one over the same devices
     reuses collective instance keys and fails with 'Shape mismatch in the collective
-    instance' on TF 2.15 (seen when main() runs twice in one process: tests, notebooks)."""
+    instance' (seen on TF 2.15 when main() runs twice in one process: tests, notebooks;
+    still so on TF 2.21: two strategies over /cpu:0,/cpu:1, all-reduces of shapes [3] then
+    [5, 2])."""
     key = tuple(devices)
     if key not in _STRATEGIES:
         _STRATEGIES[key] = tf.distribute.MirroredStrategy(list(devices))
@@ -66,14 +68,25 @@ def is_chief_task(tf_config: dict) -> bool:
     return task.get("type") == "worker" and task.get("index", 0) == 0 and "chief" not in cluster
 
 
+# ----------------------------------------------------------------------------- the two bf16 repairs
+#
+# Both measured again on TensorFlow 2.21 + Keras 3.15 (docs/precision.md, "On TensorFlow
+# 2.21 and Keras 3"): both faults are still there, and tests/test_precision.py's guard fails
+# with either repair removed. eval/precision_check.py turns each off to show what it does.
+
 def _bias_add_grad_accumulated_in_float32(op, grad):
     """BiasAdd's gradient with the bias part summed in float32 for bfloat16 tensors.
 
-    Why: TF 2.15's CPU BiasAddGrad kernel sums bfloat16 in bfloat16 (float16 it sums in
-    float32), so every Dense bias of a mixed_bfloat16 model got a gradient far off on
-    batch x sequence rows (docs/precision.md has the figures). A cast, a float32 Sum and a
-    cast back cost little and give the sum the float16 path already has. TF has no public
-    way to replace a built-in op's gradient, hence the registry entry below."""
+    Why: TensorFlow's CPU BiasAddGrad kernel sums bfloat16 in bfloat16 (float16 it sums in
+    float32; TF 2.15 and 2.21 alike), so every bias that Keras adds with BiasAdd got a
+    gradient far off on batch x sequence rows under mixed_bfloat16 (docs/precision.md has
+    the figures). Keras 3 adds a Dense bias with `ops.add`, which on TensorFlow becomes
+    tf.nn.bias_add (a BiasAdd op) wherever the bias is a vector along the last axis: every
+    Dense of KerasHub's encoder blocks (the attention output and the two feed-forward
+    layers) and of our heads; the attention's query/key/value biases ([heads, size]) are a
+    plain add, whose gradient is a Sum that accumulates in float32 already. A cast, a float32
+    Sum and a cast back cost little and give BiasAdd's the same. TF has no public way to
+    replace a built-in op's gradient, hence the registry entry below."""
     data_format = None if op.type == "BiasAddV1" else op.get_attr("data_format")
     if grad.dtype != tf.bfloat16:
         if op.type == "BiasAddV1":
@@ -87,34 +100,53 @@ def _bias_add_grad_accumulated_in_float32(op, grad):
     return grad, tf.cast(tf.reduce_sum(tf.cast(grad, tf.float32), axes), grad.dtype)
 
 
-def accumulate_bf16_bias_grads_in_float32() -> None:
-    """Install the gradient above for BiasAdd (Keras Dense) in this process. GradientTape
-    looks gradients up by op type in this registry, eager and in tf.function alike."""
+def _tensorflow_bias_add_grads() -> dict:
+    from tensorflow.python.ops import nn_grad
+    return {"BiasAdd": nn_grad._BiasAddGrad, "BiasAddV1": nn_grad._BiasAddGradV1}
+
+
+def accumulate_bf16_bias_grads_in_float32(on: bool = True) -> None:
+    """Install the gradient above for BiasAdd (Keras Dense) in this process (on=False: put
+    TensorFlow's back). GradientTape looks gradients up by op type in this registry, eager,
+    in tf.function and in XLA-compiled functions alike."""
     from tensorflow.python.framework import ops
-    for op_type in ("BiasAdd", "BiasAddV1"):
-        ops._gradient_registry._registry[op_type]["type"] = _bias_add_grad_accumulated_in_float32
+    for op_type, tf_grad in _tensorflow_bias_add_grads().items():
+        ops._gradient_registry._registry[op_type]["type"] = _bias_add_grad_accumulated_in_float32 if on else tf_grad
+
+
+def bf16_bias_grads_in_float32() -> bool:
+    from tensorflow.python.framework import ops
+    return ops._gradient_registry._registry["BiasAdd"]["type"] is _bias_add_grad_accumulated_in_float32
 
 
 KERAS_DROPOUT_CALL = keras.layers.Dropout.call
 
 
-def _dropout_drawn_in_float32(self, inputs, training=None):
+def _dropout_drawn_in_float32(self, inputs, training=False):
     """keras.layers.Dropout.call on float16 / bfloat16 inputs, with the mask and the scale
     drawn in float32, then cast back.
 
-    Why: under a mixed policy Keras draws the dropout's uniform numbers in the compute dtype.
-    In bfloat16 (8 bits) rate 0.1 then drops 10.2% and scales by 1.109375, so every dropout
-    lowers its activations' mean in training, and the masks are not float32's: bf16 training
-    lost test accuracy over seeds, and with masks drawn in float32 it gives float32's figures
-    (docs/precision.md has the figures). Keras has no setting for it."""
+    Why: under a mixed policy Keras draws the dropout's uniform numbers in the compute dtype
+    (Keras 3 on TensorFlow: tf.nn.experimental.stateless_dropout on the bf16 input). In
+    bfloat16 (8 bits) those are multiples of 1/128, so rate 0.1 drops 13/128 = 10.16% and
+    scales by 1.109375, and every dropout lowers its activations' mean by ~0.33% in
+    training; and the masks are not float32's: bf16 training lost test accuracy over seeds,
+    and with masks drawn in float32 it gives float32's figures (docs/precision.md has the
+    figures). Keras has no setting for it. The parameter names are Keras' (Keras reads the
+    call signature when a layer is made)."""
     if inputs.dtype in (tf.float16, tf.bfloat16):
         return tf.cast(KERAS_DROPOUT_CALL(self, tf.cast(inputs, tf.float32), training), inputs.dtype)
     return KERAS_DROPOUT_CALL(self, inputs, training)
 
 
-def draw_dropout_in_float32() -> None:
-    """Every keras.layers.Dropout in this process (the models' and ours) draws in float32."""
-    keras.layers.Dropout.call = _dropout_drawn_in_float32
+def draw_dropout_in_float32(on: bool = True) -> None:
+    """Every keras.layers.Dropout in this process (KerasHub's encoders' and our heads')
+    draws in float32 (on=False: Keras' own draw)."""
+    keras.layers.Dropout.call = _dropout_drawn_in_float32 if on else KERAS_DROPOUT_CALL
+
+
+def dropout_drawn_in_float32() -> bool:
+    return keras.layers.Dropout.call is _dropout_drawn_in_float32
 
 
 # On import, before any model is built: mixed-precision training in this process gets both.
@@ -123,8 +155,9 @@ draw_dropout_in_float32()
 
 
 def set_precision(precision: str = "auto") -> str:
-    """Set Keras' global dtype policy; 'auto' = fp16 on a GPU, bf16 on a CPU with bf16
-    units, else fp32. Returns the precision chosen."""
+    """Set Keras' global dtype policy (keras.config.set_dtype_policy under its
+    mixed-precision name); 'auto' = fp16 on a GPU, bf16 on a CPU with bf16 units, else fp32.
+    Returns the precision chosen."""
     if precision == "auto":
         precision = "fp16" if tf.config.list_physical_devices("GPU") else ("bf16" if _cpu_has_bf16() else "fp32")
     keras.mixed_precision.set_global_policy(

@@ -1,18 +1,11 @@
-"""Imported first by every script and test: quiet logs, one Keras (2.15), seeds.
-
-Why this file exists: transformers sets TF_USE_LEGACY_KERAS=1 when it is imported,
-and after that the *first* touch of `tf.keras` in TF 2.15 looks for the separate
-`tf_keras` package. Resolving `tf.keras` here, before transformers is imported,
-pins the model and keras-tuner to the same Keras 2.15.
-"""
+"""Imported first by every script and test: Keras 3 on TensorFlow, quiet logs, seeds,
+and the two repairs multi-worker training needs in Keras 3.15 (below)."""
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide C++ log spam (CUDA plugin notices on CPU-only machines); errors still raise in Python
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # we tokenize once, before tf.data forks threads
-# A parent process that imported transformers passes TF_USE_LEGACY_KERAS=1 down to us;
-# with it, tf.keras would demand tf_keras. Keras 2.15 is the one we want, so say so.
-os.environ["TF_USE_LEGACY_KERAS"] = "0"
+os.environ["KERAS_BACKEND"] = "tensorflow"  # Keras 3 runs on several backends: this project is TensorFlow's
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def _flag_value(argv, flag):
     for i, a in enumerate(argv):
@@ -32,25 +25,79 @@ if _flag_value(sys.argv, "--xla") == "auto":
             _xla_flags = (_xla_flags + " " + _f).strip()
     os.environ["TF_XLA_FLAGS"] = _xla_flags
 
-import tensorflow as tf  # noqa: E402
 
-keras = tf.keras  # the touch that resolves Keras 2.15 (see module docstring)
-_ = keras.layers.Layer
-if not keras.__name__.startswith("keras"):
-    raise RuntimeError(f"tf.keras resolved to {keras.__name__}; uninstall tf_keras (docs/install.md)")
 
+def _import_tensorflow():
+    """import tensorflow, with its C++ start-up lines (oneDNN's notice, "Could not find cuda
+    drivers", "All log messages before absl::InitializeLog()...") kept off stderr: TF 2.21
+    writes them through absl before TF_CPP_MIN_LOG_LEVEL applies (abseil/abseil-cpp#1957, open),
+    so every script's one-line error came after three lines of noise. Only while importing,
+    and only at our default level 3: a user who sets TF_CPP_MIN_LOG_LEVEL lower sees them.
+    A failed import still raises its Python exception."""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "3":
+        import tensorflow
+        return tensorflow
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        import tensorflow
+        return tensorflow
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+tf = _import_tensorflow()
+import keras  # noqa: E402
+
+if keras.backend.backend() != "tensorflow":
+    raise RuntimeError(f"Keras runs on {keras.backend.backend()}; this project needs KERAS_BACKEND=tensorflow")
 tf.get_logger().setLevel("ERROR")
+import absl.logging  # noqa: E402
 
-import transformers  # noqa: E402  (after the Keras touch, on purpose)
+absl.logging.set_verbosity(absl.logging.ERROR)
 
-transformers.logging.set_verbosity_error()
 
-# Dropout (and every Keras random layer) draws from a tf.random.Generator, whose state is a
-# variable that checkpoints hold: a run resumed from its backup draws the masks the
-# uninterrupted run drew from there on. Keras 2.15's default (TF1 stateful random ops)
-# restarts its streams in every process, so a resumed run trained on other masks.
-keras.backend.experimental.enable_tf_random_generator()
+def _repair_multi_worker_keras() -> None:
+    """Two Keras 3.15 bugs stop fit() under MultiWorkerMirroredStrategy; both are repaired
+    here, in this process, where Keras has no setting for them:
+    - fit() builds the model from a first batch it averages across workers with
+      strategy.reduce, which MultiWorkerMirroredStrategy cannot do for a dict of inputs
+      ("Attempt to convert a value ({'input_ids': PerReplica...}) with an unsupported type";
+      keras-team/keras#20329): the build needs one replica's batch, not a mean;
+    - each step's logs are reduced with strategy.reduce("MEAN", v, axis=0), which fails on
+      scalars ("Invalid reduction dimension 0 for input with 0 dimensions";
+      keras-team/keras#20585): scalars are reduced with axis=None.
+    tests/test_multiworker.py trains two loopback workers through both."""
+    from keras.src import tree
+    from keras.src.backend.tensorflow import trainer
 
+    def symbolic_build(self, iterator=None, data_batch=None):
+        if self._distribute_strategy is None:
+            return
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = tree.map_structure(
+                    lambda v: self.distribute_strategy.experimental_local_results(v)[0]
+                    if isinstance(v, tf.distribute.DistributedValues) else v, next(it))
+                break
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    keras_reduce = trainer.reduce_per_replica
+
+    def reduce_per_replica(values, strategy, reduction):
+        if trainer._collective_all_reduce_multi_worker(strategy) and reduction in ("auto", "mean"):
+            return tree.map_structure(
+                lambda v: strategy.reduce("MEAN", v, axis=None if v.shape.rank == 0 else 0), values)
+        return keras_reduce(values, strategy, reduction)
+
+    trainer.TensorFlowTrainer._maybe_symbolic_build = symbolic_build
+    trainer.reduce_per_replica = reduce_per_replica
+
+
+_repair_multi_worker_keras()
 
 
 def set_seed(seed: int, deterministic: bool = False) -> None:

@@ -9,8 +9,12 @@ FIGURES_PRECISION, whatever it trained in; predict takes --precision (default au
 device's fast precision); serving/ is float32 (any CPU or GPU serves it).
 
 Batched as evaluation is (data.length_batches: sorted by length, each batch padded to the
-next fixed width): the choices eval/benchmark.py --predict measures against transformers'
-pipeline.
+next fixed width): the choices eval/benchmark.py --predict measures beside serving/.
+
+model/ is what this version writes (models.Classifier.save_to_folder: a KerasHub preset of
+the encoder and tokenizer, head.json and head.weights.h5 beside it). A run folder whose
+model/ the TensorFlow 2.15 / Keras 2 / transformers version wrote (tf_model.h5) is refused
+in one line (check_model_format), naming the version and the commit that reads it.
 """
 import functools
 import os
@@ -28,7 +32,7 @@ FIGURES_PRECISION = "fp32"
 class FinishedRun:
     run_dir: str
     config: dict          # config.json as written
-    flags: dict           # its flags, with flags added since counting as their defaults (runs.run_flags)
+    flags: object         # its flags (a Config), with flags added since counting as their defaults (runs.run_flags)
     labels: tuple         # class names in id order
     temperature: float    # calibration.json's, 1.0 for a run made before calibration
     precision: str = None  # set by load_model
@@ -40,8 +44,10 @@ class FinishedRun:
         """A clear error (one line) if run_dir is not a finished run or one of its files is
         not as its run wrote it: config.json (runs.load_run), calibration.json
         (calibration.temperature_of; not read with calibrated=False: eval/calibrate.py
-        writes it again), model/'s classes against config.json's (check_labels)."""
+        writes it again), model/ written by an older version of the project
+        (check_model_format), model/'s classes against config.json's (check_labels)."""
         config = runs.load_run(run_dir, flag)
+        check_model_format(run_dir, config)
         flags = runs.run_flags(config)
         labels = sources.labels_of(flags)
         check_labels(run_dir, labels)
@@ -50,7 +56,7 @@ class FinishedRun:
     @property
     def own_data(self) -> bool:
         """Trained on the user's own labelled files (not the PhraseBank)."""
-        return sources.is_own(self.flags["data"])
+        return sources.is_own(self.flags.data)
 
     @property
     def model_dir(self) -> str:
@@ -61,7 +67,7 @@ class FinishedRun:
         """--max-length, capped at the encoder's positions: a run made before
         training refused a longer one truncates there in predict, evaluate and serving/, as
         every text it trained on was (a longer one would have failed its training)."""
-        return min(int(self.flags["max_length"]), models.position_limit(self.model_dir))
+        return min(int(self.flags.max_length), models.position_limit(self.model_dir))
 
     @property
     def tokenizer(self):
@@ -95,14 +101,15 @@ class FinishedRun:
         if_changed: the fix to name when own data changed since the run (the caller's options)."""
         if agreement is None and source is None:
             if self.own_data:  # the files it trained on, unchanged (their sha256 in config.json)
-                if not storage.exists(self.flags["data"]):
-                    raise RunDirError(f"run folder {self.run_dir}: the data its run trained on, {self.flags['data']} "
+                if not storage.exists(self.flags.data):
+                    raise RunDirError(f"run folder {self.run_dir}: the data its run trained on, {self.flags.data} "
                                       f"({runs.CONFIG} flags.data), is gone; {if_changed}")
-                runs.check_data_files(self.run_dir, sources.digests(self.flags["data"]), "run folder", if_changed,
-                                      self.config)
-            return sources.splits(self.flags, os.path.join(self.run_dir, sources.SPLIT_FILE), record=False)
-        return phrasebank.load_splits(source or self.flags["data"], agreement or self.flags["agreement"],
-                                      self.flags["split"])
+                data_source = sources.resolve(self.flags)
+                runs.check_data_files(self.run_dir, data_source.digests, "run folder", if_changed, self.config)
+                return sources.splits(self.flags, data_source, os.path.join(self.run_dir, sources.SPLIT_FILE),
+                                      record=False)
+            return sources.splits(self.flags, sources.resolve(self.flags))
+        return phrasebank.load_splits(source or self.flags.data, agreement or self.flags.agreement, self.flags.split)
 
     def encode(self, texts):
         """Token ids per text, truncated to the run's max_length; and how many were truncated."""
@@ -133,23 +140,59 @@ class FinishedRun:
         return calibration.probabilities(raw, self.temperature), raw, truncated
 
 
+# The last commit of the TensorFlow 2.15 / Keras 2 / transformers version: it reads the
+# model/ folders that version wrote (tf_model.h5), which this one does not.
+KERAS2_COMMIT = "dd16d3e"
+KERAS2_WEIGHTS = "tf_model.h5"  # transformers' save_pretrained (TF): the encoder's weights
+KERAS_HUB_METADATA = "metadata.json"  # a KerasHub preset's (save_to_preset): this version's model/
+
+
+def written_by(config: dict) -> str:
+    """The package versions config.json recorded (runs.versions), as one phrase."""
+    versions = config.get("versions") if isinstance(config.get("versions"), dict) else {}
+    shown = [f"{pkg} {versions[pkg]}" for pkg in ("tensorflow", "keras", "transformers") if versions.get(pkg)]
+    commit = config.get("git_commit")
+    if commit and isinstance(commit, str):
+        shown.append(f"commit {commit[:12]}")
+    return ", ".join(shown) or "versions not recorded"
+
+
+def check_model_format(run_dir: str, config: dict) -> None:
+    """model/ must be this version's (a KerasHub preset, head.json naming its architecture).
+    One written by the TensorFlow 2.15 / Keras 2 / transformers version (tf_model.h5 beside
+    transformers' config.json; a custom head's head.json without "architecture") is refused:
+    Keras 3 and KerasHub do not read it."""
+    model_dir = os.path.join(run_dir, runs.MODEL)
+    if os.path.exists(os.path.join(model_dir, KERAS_HUB_METADATA)):
+        return
+    head_path = os.path.join(model_dir, models.HEAD_CONFIG)
+    old = os.path.exists(os.path.join(model_dir, KERAS2_WEIGHTS))
+    if not old and os.path.exists(head_path):
+        try:
+            head = runs.read_json(head_path)
+        except (OSError, ValueError):
+            head = None  # check_labels names a broken head.json
+        old = isinstance(head, dict) and "architecture" not in head
+    if old:
+        raise RunDirError(
+            f"{model_dir}: written by the TensorFlow 2.15 / Keras 2 / transformers version of this project "
+            f"({written_by(config)}), which this version (Keras 3, KerasHub) cannot load; train it again with this "
+            f"version, or use the release/commit before the Keras 3 move (git checkout {KERAS2_COMMIT})")
+
+
 def check_labels(run_dir: str, labels: tuple) -> None:
     """config.json's classes (--labels, in id order) must be those model/ was trained for
-    (model/config.json's id2label, or a custom head's head.json labels): loaded for other
-    classes, the model would get a new random output layer."""
-    custom = os.path.exists(os.path.join(run_dir, runs.MODEL, models.HEAD_CONFIG))
-    path = os.path.join(run_dir, runs.MODEL, models.HEAD_CONFIG if custom else "config.json")
+    (model/head.json's labels): loaded for other classes, the model would get a new random
+    output layer."""
+    path = os.path.join(run_dir, runs.MODEL, models.HEAD_CONFIG)
     fix = f"restore the run's own {runs.MODEL}/ folder"
     if not os.path.exists(path):
         raise RunDirError(f"{path}: missing; {fix}")
-    key = "labels" if custom else "id2label"
-    default = list(phrasebank.LABELS) if custom else {"0": "LABEL_0", "1": "LABEL_1"}  # (older heads; transformers')
-    saved = runs.read_run_json(path, fix).get(key, default)
-    trained = saved if custom else [saved.get(str(i)) for i in range(len(saved))] if isinstance(saved, dict) else None
-    if not isinstance(trained, list) or not all(isinstance(x, str) for x in trained):
-        raise runs.bad_field(path, key, saved, "the class names in id order", fix)
-    generic = all(x == f"LABEL_{i}" for i, x in enumerate(trained))  # an encoder's names: only the count says
-    if len(trained) != len(labels) or not generic and tuple(trained) != tuple(labels):
+    head = runs.read_run_json(path, fix)
+    trained = head.get("labels")
+    if not isinstance(trained, list) or not trained or not all(isinstance(x, str) for x in trained):
+        raise runs.bad_field(path, "labels", trained, "the class names in id order", fix)
+    if tuple(trained) != tuple(labels):
         ours, its = ",".join(labels), ",".join(trained)
         raise RunDirError(f"{os.path.join(run_dir, runs.CONFIG)}: flags.labels is \"{ours}\", but {path} is a "
                           f"classifier for {len(trained)} classes ({its}); set flags.labels to \"{its}\" (the model's "

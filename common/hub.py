@@ -1,7 +1,9 @@
 """The Hugging Face Hub, reached at once or not at all.
 
-Unreachable (no network, DNS fails, a firewall), huggingface_hub retries each file's
-request with back-off: ~50 s and a screen of warnings before a run's one-line error.
+Unreachable (no network, DNS fails, a firewall), huggingface_hub (2.4) retries a file's
+request with back-off (hf_hub_download, the data zip: ~23 s and ten lines of warnings for a
+refused connection) and waits out each request's timeout where packets are dropped, before
+a run's one-line error.
 HF_HUB_OFFLINE=1 skips the network entirely; without it, one TCP connect to the endpoint
 (or to the HTTPS proxy in the environment), with a short timeout, decides: unreachable ->
 every Hub call here is made with local_files_only=True, so the cache answers at once or
@@ -43,7 +45,7 @@ def reachable() -> bool:
 
 
 def call_kwargs() -> dict:
-    """Extra keyword arguments for a from_pretrained / hf_hub_download call."""
+    """Extra keyword arguments for a snapshot_download / hf_hub_download call."""
     return {} if reachable() else {"local_files_only": True}
 
 

@@ -4,23 +4,21 @@ import io
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from common.phrasebank import LABELS
 from common.env import keras, tf
 
 
 class SparseMacroF1(keras.metrics.Metric):
     """Macro-F1 from integer labels and logits, as a streaming confusion matrix.
 
-    Written here because Keras 2.15's F1Score fails under MirroredStrategy (its result()
-    reads sync-on-read variables in a way TF 2.15 refuses), and wants one-hot labels.
-    Same state pattern as keras.metrics.MeanIoU, which is distribution-safe.
+    Written here because Keras' F1Score wants one-hot labels and probabilities. Same
+    state pattern as keras.metrics.MeanIoU, which is distribution-safe.
     """
 
-    def __init__(self, num_classes=len(LABELS), name="macro_f1", **kw):
+    def __init__(self, num_classes, name="macro_f1", **kw):
         super().__init__(name=name, **kw)
         self.num_classes = num_classes
-        self.cm = self.add_weight("confusion", shape=(num_classes, num_classes), initializer="zeros",
-                                  dtype=tf.float64)
+        self.cm = self.add_variable(shape=(num_classes, num_classes), initializer="zeros", dtype="float64",
+                                    name="confusion", aggregation="sum")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         y_true = tf.reshape(tf.cast(y_true, tf.int32), [-1])
@@ -30,13 +28,13 @@ class SparseMacroF1(keras.metrics.Metric):
                                                            dtype=tf.float64))
 
     def result(self):
-        cm = tf.convert_to_tensor(self.cm)
+        cm = tf.convert_to_tensor(self.cm.value)
         tp = tf.linalg.diag_part(cm)
         f1 = tf.math.divide_no_nan(2 * tp, tf.reduce_sum(cm, 0) + tf.reduce_sum(cm, 1))
         return tf.cast(tf.reduce_mean(f1), tf.float32)
 
     def reset_state(self):
-        self.cm.assign(tf.zeros_like(self.cm))
+        self.cm.assign(tf.zeros_like(self.cm.value))
 
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes}
@@ -49,7 +47,7 @@ def softmax(logits):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def classification_metrics(y_true, logits, names=LABELS) -> dict:
+def classification_metrics(y_true, logits, names) -> dict:
     """accuracy, macro-F1, per-class precision/recall/F1/support, mean CE loss, confusion
     matrix; names: the class names in id order (per_class's keys)."""
     y_true = np.asarray(y_true)
@@ -90,7 +88,7 @@ def _annotated_grid(ax, grid, rows, cols, xlabel, ylabel, title, fmt, cmap, vmin
                     color="white" if cmap != "Blues" or grid[i, j] > mid else "black")
 
 
-def confusion_figure(cm, title: str = "", names=LABELS):
+def confusion_figure(cm, title: str, names):
     size = 3.2 + 0.35 * len(names)
     fig, ax = _pyplot().subplots(figsize=(size, size * 0.9), dpi=100)
     _annotated_grid(ax, np.asarray(cm), names, names, "predicted", "true", title, lambda v: str(int(v)), "Blues")
@@ -112,7 +110,7 @@ def log_png(writer, tag: str, png: bytes, step: int) -> None:
     writer.flush()
 
 
-def error_analysis(sentences, y_true, probs, lengths, strictest_level, top: int = 10, names=LABELS) -> str:
+def error_analysis(sentences, y_true, probs, lengths, strictest_level, names, top: int = 10) -> str:
     """Markdown: the most confident mistakes, mistakes by sentence length and by the
     strictest agreement level that holds the sentence, and the confusion pairs that dominate."""
     y_true, probs = np.asarray(y_true), np.asarray(probs)

@@ -18,21 +18,22 @@ import numpy as np
 
 from common.env import keras, tf
 
-BLOCK = re.compile(r"/layer_\._(\d+)/")  # HF TF encoders name blocks .../layer_._<i>/...
+BLOCK = re.compile(r"(?:^|/)transformer_layer_(\d+)/")  # KerasHub names an encoder's blocks transformer_layer_<i>
 
 
 def variable_groups(model, encoder) -> tuple:
     """([(variable, group index)], number of blocks). Group 0 is the embeddings,
     1..L the blocks, L+1 the head."""
-    enc_ids = {id(v) for v in encoder.weights}
-    blocks = {int(m.group(1)) for v in encoder.weights for m in [BLOCK.search(v.name)] if m}
+    from common.models import embedding_layers
+    embedding_ids = {id(v) for layer in embedding_layers(encoder) for v in layer.weights}
+    blocks = {int(m.group(1)) for v in encoder.weights for m in [BLOCK.search(v.path)] if m}
     n = max(blocks) + 1 if blocks else 0
     groups = []
     for v in model.trainable_weights:
-        m = BLOCK.search(v.name)
-        if id(v) in enc_ids and m:
+        m = BLOCK.search(v.path)
+        if m:
             g = 1 + int(m.group(1))
-        elif id(v) in enc_ids and "embeddings" in v.name:
+        elif id(v) in embedding_ids:
             g = 0
         else:
             g = n + 1  # head, and encoder parts above the blocks (e.g. BERT's pooler)
@@ -64,19 +65,36 @@ def multipliers(n_blocks: int, epoch: int, decay: float = 1.0, head_warmup_epoch
 
 
 class LayerwiseAdamW(keras.optimizers.AdamW):
-    """AdamW with a learning-rate multiplier per variable group (weight decay scales too)."""
+    """AdamW with a learning-rate multiplier per variable group (weight decay scales too).
+
+    Args:
+        groups: [(variable, group index)] (variable_groups()).
+        n_groups: the number of groups.
+        **kwargs: keras.optimizers.AdamW's.
+    """
 
     def __init__(self, groups, n_groups: int, **kwargs):
         super().__init__(**kwargs)
+        # keys, not the variables: a list of variables held here would be tracked (and saved) as the optimizer's
         self._group_of = {self._var_key(v): g for v, g in groups}
-        self.lr_multipliers = tf.Variable(tf.ones([n_groups]), trainable=False, name="lr_multipliers",
-                                          aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.n_groups = n_groups
         self._current = None
+
+    def build(self, variables):
+        super().build(variables)
+        # held by the optimizer (so in its checkpoints); set by UnfreezeSchedule between epochs
+        self.lr_multipliers = self.add_variable((self.n_groups,), initializer="ones", name="lr_multipliers",
+                                                aggregation="only_first_replica")
 
     def _multiplier(self, variable):
         g = self._group_of.get(self._var_key(variable))
-        return None if g is None else tf.gather(self.lr_multipliers, g)
+        return None if g is None else tf.gather(self.lr_multipliers.value, g)
 
+    def update_step(self, gradient, variable, learning_rate):
+        m = self._multiplier(variable)
+        return super().update_step(gradient, variable, learning_rate if m is None else learning_rate * m)
+
+    # Keras' weight decay reads self.learning_rate once per variable, right after this call.
     @property
     def learning_rate(self):
         lr = keras.optimizers.AdamW.learning_rate.fget(self)
@@ -85,14 +103,6 @@ class LayerwiseAdamW(keras.optimizers.AdamW):
     @learning_rate.setter
     def learning_rate(self, value):
         keras.optimizers.AdamW.learning_rate.fset(self, value)
-
-    # Keras reads self.learning_rate once per variable, right after these two calls.
-    def _update_step(self, gradient, variable):
-        self._current = self._multiplier(variable)
-        try:
-            return super()._update_step(gradient, variable)
-        finally:
-            self._current = None
 
     def _use_weight_decay(self, variable):
         self._current = self._multiplier(variable)
@@ -103,6 +113,23 @@ class LayerwiseAdamW(keras.optimizers.AdamW):
             return super()._apply_weight_decay(variables)
         finally:
             self._current = None
+
+
+@keras.saving.register_keras_serializable(package="finsent")
+class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
+    """Keras' LossScaleOptimizer (mixed_float16), deciding whether a step is finite from every
+    replica's gradients. Keras 3.15's looks at the first replica's alone, before the
+    all-reduce (its merge_call path under MirroredStrategy): a step that overflowed on another
+    replica only wrote inf into the weights. Here every replica learns whether all were finite
+    (one scalar all-reduce), so such a step is skipped and the scale halves, as in Keras 2.
+    tests/test_xla.py overflows one replica's half of a batch, with and without --xla."""
+
+    def check_finite(self, grads):
+        finite = super().check_finite(grads)
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return finite
+        return context.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32)) == 0
 
 
 def base_optimizer(optimizer):
@@ -144,9 +171,36 @@ def layer_schedule(cfg) -> dict:
                 unfreeze_every=cfg.unfreeze_every, train_top_blocks=cfg.train_top_blocks)
 
 
+@keras.saving.register_keras_serializable(package="finsent")
+class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0 to `peak` over `warmup_steps`, then `after` (a schedule that
+    starts at step 0 where the warm-up ends). Keras has warm-up only in CosineDecay.
+
+    Args:
+        peak: the rate at the warm-up's end.
+        after: the schedule from there on.
+        warmup_steps: how many steps the warm-up takes.
+    """
+
+    def __init__(self, peak, after, warmup_steps):
+        self.peak, self.after, self.warmup_steps = peak, after, warmup_steps
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warm = self.peak * step / float(self.warmup_steps)
+        return tf.where(step < self.warmup_steps, warm, tf.cast(self.after(step - self.warmup_steps), tf.float32))
+
+    def get_config(self):
+        return {"peak": self.peak, "after": keras.saving.serialize_keras_object(self.after),
+                "warmup_steps": self.warmup_steps}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(config["peak"], keras.saving.deserialize_keras_object(config["after"]), config["warmup_steps"])
+
+
 def learning_rate_schedule(cfg, steps_per_epoch: int, lr: float = None):
     """Linear warm-up to the peak rate, then linear decay to 0 (or flat: --lr-schedule constant)."""
-    from transformers.optimization_tf import WarmUp
     lr = cfg.lr if lr is None else lr
     total = max(1, steps_per_epoch * cfg.epochs)
     warmup = int(round(cfg.warmup * total))
@@ -172,5 +226,6 @@ def make_optimizer(cfg, steps_per_epoch: int, model=None, lr: float = None):
         opt.n_blocks = n_blocks
     else:
         opt = keras.optimizers.AdamW(**kwargs)
-    opt.exclude_from_weight_decay(var_names=["LayerNorm", "layer_norm", "bias"])
+    # Keras 3 names a variable by its last part: LayerNorm's are gamma and beta
+    opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     return opt

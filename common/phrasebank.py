@@ -230,9 +230,9 @@ def load_splits(source: str, agreement: str, split: str = "hash") -> dict:
     return out
 
 
-def seen_sentences(run_flags: dict, part: str = "test") -> set:
-    """Normalised sentences a run (its config.json flags) trained on, and validated on
+def seen_sentences(source: str, agreement: str, split: str, part: str = "test") -> set:
+    """Normalised sentences a run on (source, agreement, split) trained on, and validated on
     when `part` is the test split."""
-    mine = load_splits(run_flags["data"], run_flags["agreement"], run_flags["split"])
+    mine = load_splits(source, agreement, split)
     return {normalise(s) for p in (("train", "validation") if part == "test" else ("train",)) for s, _ in mine[p]}
 

@@ -20,10 +20,10 @@ def evaluate_splits(model, splits) -> dict:
 
 
 def export(model, tokenizer, run_dir: str) -> None:
-    """save_pretrained() model + tokenizer into run_dir/model, atomically."""
+    """The model and its tokenizer into run_dir/model, atomically: model.save_to_folder (a
+    KerasHub preset of the encoder and tokenizer, head.json and head.weights.h5 beside it)."""
     tmp = runs.fresh_dir(os.path.join(run_dir, runs.MODEL + ".tmp"))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    model.save_to_folder(tmp, tokenizer)
     runs.publish_dir(tmp, os.path.join(run_dir, runs.MODEL))
 
 
@@ -66,7 +66,7 @@ def precision_audit(model) -> dict:
     opt = model.optimizer
     scale = None
     if isinstance(opt, keras.mixed_precision.LossScaleOptimizer):
-        scale = float(tf.convert_to_tensor(opt.loss_scale).numpy())
+        scale = float(opt.dynamic_scale.numpy())
     return {"policy": keras.mixed_precision.global_policy().name, "loss_scale_optimizer": scale is not None,
             "loss_scale": scale, "logits_dtype": models.logits_dtype(model)}
 

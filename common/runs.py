@@ -128,7 +128,7 @@ def load_run(run_dir: str, flag: str = "run folder", need_model: bool = True) ->
     flags, fields = run_flags(config), {f.name: f for f in dataclasses.fields(Config)}
     for name in ("data", "agreement", "extra_agreement", "split", "max_length", "labels", "label_map", "text_column",
                  "label_column", "head"):  # the flags eval scripts, summaries and --init-from read
-        value, default, choices = flags[name], fields[name].default, fields[name].metadata.get("choices")
+        value, default, choices = getattr(flags, name), fields[name].default, fields[name].metadata.get("choices")
         if type(value) is not type(default):
             expected = "a whole number" if type(default) is int else "a string"
         elif choices and value not in choices:
@@ -172,11 +172,12 @@ RESUMABLE_CHANGES = ("run_dir", "log_every_steps", "tb_staging", "tb_copy_every"
 BEFORE_FLAG = {"restore_prior": False}
 
 
-def run_flags(config: dict) -> dict:
-    """A run's flags from its config.json; a flag added after the run was made counts as its
-    default (the run ran with it), or as BEFORE_FLAG says where the default changed behaviour."""
+def run_flags(config: dict):
+    """A run's flags (a Config) from its config.json; a flag added after the run was made
+    counts as its default (the run ran with it), or as BEFORE_FLAG says where the default
+    changed behaviour."""
     from common.config import Config
-    return {**Config().to_dict(), **BEFORE_FLAG, **config.get("flags", {})}
+    return Config.from_dict({**BEFORE_FLAG, **config.get("flags", {})})
 
 
 def check_writable(run_dir: str) -> None:
@@ -201,7 +202,7 @@ def prepare_run_dir(run_dir: str, flags: dict = None, script: str = "") -> None:
     old = read_run_json(path, "pass a new --run-dir, or restore the file to resume the run")
     if not isinstance(old.get("flags", {}), dict):
         raise bad_field(path, "flags", old["flags"], "an object", "pass a new --run-dir")
-    old_flags = run_flags(old)  # older run folders resume
+    old_flags = run_flags(old).to_dict()  # older run folders resume
     differ = sorted(k for k in set(flags) | set(old_flags)
                     if k not in RESUMABLE_CHANGES and old_flags.get(k) != flags.get(k))
     if old.get("script") not in (None, script):
@@ -245,8 +246,8 @@ def versions() -> dict:
     """Installed versions of the stack (read from metadata: importing them costs seconds)."""
     from importlib.metadata import PackageNotFoundError, version
     out = {"python": platform.python_version()}
-    for pkg in ("tensorflow", "keras", "transformers", "huggingface-hub", "datasets", "tokenizers",
-                "keras-tuner", "tensorflow-text", "scikit-learn", "numpy"):
+    for pkg in ("tensorflow", "keras", "keras-hub", "keras-tuner", "tensorflow-text", "tensorboard",
+                "huggingface-hub", "safetensors", "datasets", "scikit-learn", "numpy"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:

@@ -1,5 +1,6 @@
 """Where a run's sentences come from: the Financial PhraseBank release, or a user's own
-labelled files. One entry point, `splits(flags)`, for training, evaluation and resume;
+labelled files. Decided once per run (`resolve` -> a DataSource, which the run passes on),
+read through one entry point, `splits(cfg, source)`, for training, evaluation and resume;
 no TensorFlow here.
 
 Own data (`--data` a CSV / TSV / JSONL file, or a folder holding train / validation / test
@@ -13,6 +14,7 @@ import hashlib
 import json
 import os
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 
 from common import phrasebank, storage, texts
 from common.errors import DataError, FlagError
@@ -31,9 +33,35 @@ def is_own(source: str) -> bool:
     return storage.isdir(source) and any(storage.exists(storage.join(source, "train" + e)) for e in EXTENSIONS)
 
 
-def labels_of(flags: dict) -> tuple:
-    """The run's class names in id order (--labels); runs made before the flag: the PhraseBank's."""
-    return tuple(x.strip() for x in flags.get("labels", ",".join(phrasebank.LABELS)).split(",") if x.strip())
+def labels_of(cfg) -> tuple:
+    """The run's class names in id order (--labels; runs made before the flag get the
+    PhraseBank's through runs.run_flags)."""
+    return tuple(x.strip() for x in cfg.labels.split(",") if x.strip())
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where a run's sentences come from, decided once (`resolve`) and passed on.
+
+    Args:
+        data: --data as given.
+        own: a user's labelled files (not the PhraseBank release).
+        labels: the class names in id order.
+        files: own data: {part: path} (files()); {} for the PhraseBank.
+        digests: own data: {absolute path: sha256} of those files, read once; {} otherwise.
+    """
+    data: str
+    own: bool
+    labels: tuple
+    files: dict = field(default_factory=dict)
+    digests: dict = field(default_factory=dict)
+
+
+def resolve(cfg) -> DataSource:
+    """The run's data source: one look at --data, one read of each own file's bytes."""
+    if is_own(cfg.data):
+        return DataSource(cfg.data, True, labels_of(cfg), files(cfg.data), digests(cfg.data))
+    return DataSource(cfg.data, False, labels_of(cfg))
 
 
 def files(source: str) -> dict:
@@ -69,28 +97,28 @@ def digests(source: str) -> dict:
     return out
 
 
-def check_flags(flags: dict) -> None:
+def check_flags(cfg) -> None:
     """Own-data flags with the PhraseBank, PhraseBank flags with own data: one line each."""
-    labels = labels_of(flags)
+    labels = labels_of(cfg)
     if len(labels) < 2 or len(set(l.lower() for l in labels)) != len(labels):
-        raise FlagError(f"--labels {flags['labels']!r}: name two or more different classes, comma-separated")
-    if is_own(flags["data"]):
-        given = [f"--{k.replace('_', '-')} {flags[k]}" for k, default in PHRASEBANK_ONLY.items()
-                 if flags.get(k, default) != default]
+        raise FlagError(f"--labels {cfg.labels!r}: name two or more different classes, comma-separated")
+    if is_own(cfg.data):
+        given = [f"--{k.replace('_', '-')} {getattr(cfg, k)}" for k, default in PHRASEBANK_ONLY.items()
+                 if getattr(cfg, k) != default]
         if given:
             raise FlagError(f"{', '.join(given)}: PhraseBank-only (its agreement levels and splits); --data "
-                            f"{flags['data']} is your own data: drop {'them' if len(given) > 1 else 'it'}")
+                            f"{cfg.data} is your own data: drop {'them' if len(given) > 1 else 'it'}")
         return
-    if labels != phrasebank.LABELS or flags.get("label_map"):
+    if labels != phrasebank.LABELS or cfg.label_map:
         raise FlagError(f"--labels / --label-map: the Financial PhraseBank's classes are "
                         f"{','.join(phrasebank.LABELS)}; these flags are for your own data (--data FILE)")
 
 
-def read(path: str, flags: dict, labels: tuple):
+def read(path: str, cfg, labels: tuple):
     """(rows [(text, label id)], line numbers) of one labelled file."""
-    label_map = texts.parse_label_map(flags.get("label_map", ""), labels)
-    table = texts.read_texts(path, None, flags.get("text_column") or None, None, flags.get("label_column", "label"),
-                             label_map, labels=labels, flag="--data")
+    label_map = texts.parse_label_map(cfg.label_map, labels)
+    table = texts.read_texts(path, None, cfg.text_column or None, None, cfg.label_column, label_map, labels=labels,
+                             flag="--data")
     return list(zip(table.texts, table.labels)), table.lines
 
 
@@ -129,13 +157,12 @@ def draw(rows, lines, seed: int, path: str, labels: tuple) -> dict:
             for part, chosen in (("train", train), ("validation", validation), ("test", test))}
 
 
-def own_splits(flags: dict, split_path: str = None, record: bool = True) -> dict:
+def own_splits(cfg, source: DataSource, split_path: str = None, record: bool = True) -> dict:
     """{part: [(text, label id)]} of own data, each part in its file's order. split_path: the
     run folder's SPLIT_FILE, read if it holds a draw of this very file and --split-seed (the
     run's own), else drawn and (record) written there."""
-    labels = labels_of(flags)
-    paths = files(flags["data"])
-    read_parts = {part: read(path, flags, labels) for part, path in paths.items()}
+    labels, paths = source.labels, source.files
+    read_parts = {part: read(path, cfg, labels) for part, path in paths.items()}
     for part, (rows, lines) in read_parts.items():
         one_label_per_text(paths[part], rows, lines)
         present = {y for _, y in rows}
@@ -144,8 +171,8 @@ def own_splits(flags: dict, split_path: str = None, record: bool = True) -> dict
                             f"more classes")
     if "validation" not in paths:
         rows, lines = read_parts["train"]
-        seed = int(flags.get("split_seed", 42))
-        this = {"file": storage.absolute(paths["train"]), "sha256": digests(flags["data"])[storage.absolute(paths["train"])],
+        seed = int(cfg.split_seed)
+        this = {"file": storage.absolute(paths["train"]), "sha256": source.digests[storage.absolute(paths["train"])],
                 "split_seed": seed}
         kept = None
         if split_path and os.path.exists(split_path):
@@ -181,8 +208,8 @@ def given_parts(paths: dict, read_parts: dict, labels: tuple) -> None:
                                 f"{other[0]} and {part}; a text belongs to one part (remove one)")
 
 
-def splits(flags: dict, split_path: str = None, record: bool = True) -> dict:
-    """{train|validation|test: [(sentence, label id)]} of a run's data (its flags)."""
-    if is_own(flags["data"]):
-        return own_splits(flags, split_path, record)
-    return phrasebank.load_splits(flags["data"], flags["agreement"], flags["split"])
+def splits(cfg, source: DataSource, split_path: str = None, record: bool = True) -> dict:
+    """{train|validation|test: [(sentence, label id)]} of a run's data (its flags, its source)."""
+    if source.own:
+        return own_splits(cfg, source, split_path, record)
+    return phrasebank.load_splits(cfg.data, cfg.agreement, cfg.split)

@@ -31,7 +31,7 @@ def load(run_dir: str) -> dict:
     """A finished run's config.json and metrics.json, checked (runs.load_run, read_metrics);
     its model/ is not needed."""
     cfg = runs.load_run(run_dir, need_model=False)
-    return {"dir": run_dir, "script": os.path.basename(cfg["script"]).removesuffix(".py"), "flags": runs.run_flags(cfg),
+    return {"dir": run_dir, "script": os.path.basename(cfg["script"]).removesuffix(".py"), "flags": runs.run_flags(cfg).to_dict(),
             "metrics": read_metrics(run_dir)}
 
 

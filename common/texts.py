@@ -26,7 +26,6 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
-from common.phrasebank import LABELS
 from common.errors import DataError, FlagError
 
 FORMATS = ("csv", "tsv", "jsonl", "text")
@@ -55,7 +54,7 @@ def format_of(path: str, fmt: str = None) -> str:
     return EXTENSIONS.get(os.path.splitext(path)[1].lower(), "text")
 
 
-def parse_label_map(text: str, labels=LABELS) -> dict:
+def parse_label_map(text: str, labels) -> dict:
     """'bearish=negative,bullish=positive,neutral=neutral' -> {'bearish': 0, ...}: the ids of
     `labels` (the class names in id order)."""
     out = {}
@@ -100,7 +99,7 @@ def _pick(columns, wanted, flag, name, defaults=(), line=None):
 
 def read_texts(path: str, fmt: str = None, text_column: str = None, id_column: str = None,
                label_column: str = None, label_map: dict = None, skip_empty: bool = False,
-               stdin=None, labels=LABELS, flag: str = "--input", allow_none: bool = False) -> Texts:
+               stdin=None, labels=None, flag: str = "--input", allow_none: bool = False) -> Texts:
     """Read texts (and ids, and label ids if label_column is given: the index in `labels`, the
     class names, after label_map) from `path` ('-': stdin). allow_none: an input without
     records gives no texts (predict: zero rows) instead of an error."""
@@ -273,7 +272,7 @@ def _texts_of(records, name, fmt, text_column, id_column, label_column, label_ma
     return out
 
 
-def _label(value, label_map, name, line, column, labels=LABELS) -> int:
+def _label(value, label_map, name, line, column, labels) -> int:
     key = "" if value is None else str(value).strip()
     if not key:
         raise DataError(f"{name} line {line}: empty {column}; give every row a label, or remove the row")

@@ -7,12 +7,24 @@ import os
 from common import phrasebank
 
 
+ENCODE_CHUNK = 4096  # sentences per tokenizer call: bounded memory for any input size
+
+
 def encode(tokenizer, sentences, max_length: int):
-    """Token ids per sentence, unpadded (tokenised once, by the fast tokenizer)."""
-    return tokenizer(list(sentences), truncation=True, max_length=max_length)["input_ids"]
+    """Token ids per sentence, unpadded: [CLS] + the first max_length - 2 pieces + [SEP], as
+    the Hugging Face tokenizer's truncation=True gives (KerasHub's WordPiece tokenizer,
+    tensorflow-text, tokenises each chunk in one call)."""
+    import tensorflow as tf
+    sentences = list(sentences)
+    cls, sep, keep = tokenizer.cls_token_id, tokenizer.sep_token_id, max(0, max_length - 2)
+    out = []
+    for i in range(0, len(sentences), ENCODE_CHUNK):
+        pieces = tokenizer.tokenize(tf.constant(sentences[i:i + ENCODE_CHUNK], tf.string))  # eager: lists
+        out.extend([cls, *row[:keep], sep] for row in (pieces.to_list() if hasattr(pieces, "to_list") else pieces))
+    return out
 
 
-CACHE_VERSION = 1
+CACHE_VERSION = 3  # 3: KerasHub's tokenizer, normalised as Hugging Face's (models.WordPieceTokenizer)
 
 
 def cache_dir_for(run_dir: str) -> str:
@@ -22,13 +34,10 @@ def cache_dir_for(run_dir: str) -> str:
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
-    """What decides the ids: the fast tokenizer's whole definition (vocab, normaliser...)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:  # without the truncation/padding state that each call sets
-        spec = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
-    else:
-        spec = tokenizer.get_vocab()
-    text = json.dumps(spec, sort_keys=True)
+    """What decides the ids: the tokenizer's settings (lower case, accents, splitting...)
+    and its vocabulary."""
+    settings = {k: v for k, v in tokenizer.get_config().items() if k not in ("name", "trainable", "dtype")}
+    text = json.dumps([settings, tokenizer.get_vocabulary()], sort_keys=True, default=str)
     return hashlib.sha256(f"{type(tokenizer).__name__}\n{text}".encode("utf-8")).hexdigest()
 
 

@@ -23,10 +23,11 @@ from common.errors import FinsentError, FlagError, ModelError, NothingToDo, Trai
 
 # ----------------------------------------------------------------------------- compile
 
-def make_loss(cfg):
-    """Per-example loss on integer labels and logits, in float32 under mixed precision.
-    A plain function: compile() wraps it with the reduction that is right under any strategy."""
-    n, smoothing = len(sources.labels_of(cfg.to_dict())), cfg.label_smoothing
+def make_loss(cfg, n: int):
+    """Per-example loss on integer labels and the logits of `n` classes, in float32 under
+    mixed precision. A plain function: compile() wraps it with the reduction that is right
+    under any strategy."""
+    smoothing = cfg.label_smoothing
     if cfg.loss == "focal":
         def focal_loss(y, logits):
             y = tf.one_hot(tf.reshape(tf.cast(y, tf.int32), [-1]), n)
@@ -48,22 +49,27 @@ def make_loss(cfg):
 def compile_classifier(model, cfg, optimizer, xla: str = "off", replicas: int = 1) -> None:
     """compile(), plus two start-up savings (first step and first validation several seconds
     sooner; docs/performance.md#the-default-recipe-choice-by-choice):
-    - no AutoGraph for the train/test/predict steps: transformers' TF models and our heads
-      are graph-safe (no Python control flow on tensors; they are written for XLA), and
+    - no AutoGraph for the train/test/predict steps: KerasHub's models and our heads are
+      graph-safe (no Python control flow on tensors; they are written for XLA and JAX), and
       AutoGraph spends seconds converting their functions in every process;
     - optimizer slots built now: a tf.function that creates variables on its first call is
       traced twice (Keras builds them lazily in the first train step).
     xla='on': the train step computes loss and gradients in an XLA-compiled function per
     replica, with aggregation and the update outside it (common/xla.py), on any strategy."""
-    model.compile(optimizer=optimizer, loss=make_loss(cfg),
-                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-                           metrics.SparseMacroF1(len(sources.labels_of(cfg.to_dict())))])
+    n = len(model.labels)
+    if keras.mixed_precision.global_policy().name == "mixed_float16" and not isinstance(
+            optimizer, keras.optimizers.LossScaleOptimizer):  # ours, not the one compile() would wrap it in
+        optimizer = optim.LossScaleOptimizer(optimizer)
+    model.compile(optimizer=optimizer, loss=make_loss(cfg, n),
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"), metrics.SparseMacroF1(n)],
+                  jit_compile=False)  # Keras 3 would compile the whole step with XLA where it can: a loss on CPUs
     if xla == "on":
         from common import xla as xla_step
-        model.train_step = xla_step.compiled_gradients_train_step(model, make_loss(cfg), cfg.batch_size // replicas)
+        model.train_step = xla_step.compiled_gradients_train_step(model, make_loss(cfg, n), cfg.batch_size // replicas)
     for step in ("train_step", "test_step", "predict_step"):
         setattr(model, step, tf.autograph.experimental.do_not_convert(getattr(model, step)))
-    optimizer.build(model.trainable_variables)
+    if not model.optimizer.built:  # (under mixed_float16 a LossScaleOptimizer around ours: it builds ours)
+        model.optimizer.build(model.trainable_variables)
 
 
 # ----------------------------------------------------------------------------- fit
@@ -73,10 +79,10 @@ RESTARTS_VAR = "FINSENT_WORKER_RESTARTS"
 
 
 def restart_after_peer_failure(error) -> None:
-    """A peer worker died. TF 2.15 aborts this process's collectives for good ("Restart your
+    """A peer worker died. TensorFlow aborts this process's collectives for good ("Restart your
     program to reset"), so restart this program, the same command: MultiWorkerMirroredStrategy
-    then waits for the restarted peer to rejoin, and BackupAndRestore puts every worker back
-    at the chief's last backup. Bounded by MAX_WORKER_RESTARTS."""
+    then waits for the restarted peer to rejoin, and every worker restores the chief's last
+    backup (callbacks.Backup, callbacks.restore). Bounded by MAX_WORKER_RESTARTS."""
     n = int(os.environ.get(RESTARTS_VAR, "0")) + 1
     if n > MAX_WORKER_RESTARTS:
         raise TrainingFailed(f"a peer worker failed {n - 1} times; giving up (restart every worker with the same "
@@ -105,19 +111,52 @@ def fit_model(model, cfg, splits, callbacks=(), epochs: int = None, initial_epoc
     st = splits.train_stats
     throughput = cb.Throughput(st["steps"], st["examples"], st["real_tokens"])
     nan_guard = cb.StopOnNaN()
-    validation = cb.Validation(splits.val, splits.val_labels, os.path.join(tb_dir, "validation") if tb_dir else None,
-                               splits.labels)
+    validation = cb.Validation(splits.val, splits.val_labels, splits.labels,
+                               os.path.join(tb_dir, "validation") if tb_dir else None)
     ours = [nan_guard, throughput, validation, cb.LearningRate()]  # before the caller's: they add keys others read
     if optim.uses_layer_schedule(cfg):
         ours.insert(0, optim.UnfreezeSchedule(**optim.layer_schedule(cfg)))
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     epochs = cfg.epochs if epochs is None else epochs
-    start_step = initial_epoch * st["steps"] if start_step is None else start_step
-    # One iterator over all the epochs left (steps_per_epoch given): each epoch's order is fixed by the seed
-    history = model.fit(splits.train_from(start_step, epochs), steps_per_epoch=st["steps"], epochs=epochs,
-                        initial_epoch=initial_epoch, callbacks=[*ours, *callbacks],
-                        class_weight=splits.fit_class_weight, verbose=verbose)
+    steps = st["steps"]
+    start_step = initial_epoch * steps if start_step is None else start_step
+    first, done = divmod(start_step, steps)
+    callbacks = [*ours, *callbacks]
+    backups = [c for c in callbacks if isinstance(c, cb.Backup)]
+    history = None
+    if done and first < epochs:
+        # The rest of the epoch a backup cut, as a fit() of its own: Keras 3's fit() starts at an
+        # epoch's first step. Its callbacks see that epoch end as the uninterrupted run's did.
+        for backup in backups:
+            backup.batch_offset = done
+        # fit() ends by putting --ema's averages in place of the weights: only the last fit() may
+        model.optimizer.finalize_variable_values = lambda variables: None
+        try:
+            history = model.fit(splits.train_from(start_step, first + 1), steps_per_epoch=steps - done,
+                                epochs=first + 1, initial_epoch=first, callbacks=callbacks,
+                                class_weight=splits.fit_class_weight, verbose=verbose,
+                                shuffle=False)  # (each epoch's order is data.epochs_of's)
+        finally:
+            del model.optimizer.finalize_variable_values
+            for backup in backups:
+                backup.batch_offset = 0
+        first += 1
+    if first < epochs and not model.stop_training:
+        # One iterator over all the epochs left (steps_per_epoch given): each epoch's order is fixed by the seed
+        rest = model.fit(splits.train_from(first * steps, epochs), steps_per_epoch=steps, epochs=epochs,
+                         initial_epoch=first, callbacks=callbacks, class_weight=splits.fit_class_weight,
+                         verbose=verbose, shuffle=False)
+        if history is None:
+            history = rest
+        else:
+            for key, values in rest.history.items():
+                history.history.setdefault(key, []).extend(values)
+    elif model.stop_training or first >= epochs:
+        model.optimizer.finalize_variable_values(model.trainable_weights)  # (the partial fit's, held back)
+    if history is None:  # nothing left to train (a backup taken after the last epoch)
+        history = keras.callbacks.History()
+        history.history = {}
     return history, throughput, nan_guard
 
 
@@ -129,27 +168,31 @@ class Fitted(NamedTuple):
     best_epoch: int       # the epoch best/ holds (None with --ema)
 
 
+BEST_WEIGHTS = "model.weights.h5"
+
+
 def fit(model, cfg, run_dir: str, splits, hparams: dict, is_chief: bool = True, extra_callbacks=()):
     """A train script's fit: fit_model with the run folder's callbacks (backup, best
     checkpoint, TensorBoard, HParams), then the best epoch's weights, with the training data's
     class prior put back if the loss was class-weighted (--restore-prior).
     Returns a Fitted: the history, throughput, optimizer steps taken in all, the whole run's
     epochs (epochs.json's, on the chief) and the best epoch (None with --ema)."""
-    from tensorboard.plugins.hparams import api as hp
     tb_dir = tb_folder(cfg, run_dir)
-    best_path = os.path.join(run_dir, runs.BEST, "weights")
-    # Keras' own callbacks are multi-worker aware (non-chief workers write to temporary
-    # places and restore from the chief's backup); ours write only on the chief, and are
-    # not even built elsewhere (building a summary writer creates its file).
+    best_path = os.path.join(run_dir, runs.BEST, BEST_WEIGHTS)
+    # Only the chief writes the run folder: Keras 3's callbacks are not multi-worker aware
+    # (every worker would write the same files), so the writers are not even built elsewhere
+    # (building a summary writer creates its file).
     tensorboard = keras.callbacks.TensorBoard(tb_dir, update_freq=cfg.log_every_steps or "epoch", write_graph=False,
-                                              profile_batch=0)
+                                              profile_batch=0) if is_chief else None
     hparams_writer = tf.summary.create_file_writer(os.path.join(tb_dir, "hparams")) if is_chief else None
     backup_dir = os.path.join(run_dir, runs.BACKUP)
     start_step = cb.resume_step(backup_dir, splits.train_stats["steps"])
+    if start_step:
+        cb.restore(model, backup_dir)
     if start_step >= cfg.epochs * splits.train_stats["steps"]:
         print(f"resuming from {backup_dir}: training had finished; the stages after it run again")
     elif start_step:
-        print(f"resuming from {backup_dir} at step {start_step} (model, optimizer, epoch and step)")
+        print(f"resuming from {backup_dir} at step {start_step} (model, optimizer, dropout seeds, epoch and step)")
     best = None if cfg.ema else cb.BestCheckpoint(best_path, "val_macro_f1", is_chief)
     epoch_log = cb.EpochLog(os.path.join(run_dir, runs.EPOCHS), start_step // splits.train_stats["steps"]) \
         if is_chief else None
@@ -157,20 +200,20 @@ def fit(model, cfg, run_dir: str, splits, hparams: dict, is_chief: bool = True, 
         # --ema: the run ends with the weights' moving average (Keras puts it in place at the end of
         # fit), not the best epoch's weights
         *([best] if best else []),
-        tensorboard,
-        *([hp.KerasCallback(hparams_writer, hparams, trial_id=os.path.basename(run_dir))] if is_chief else []),
+        *([tensorboard] if tensorboard else []),
+        *([cb.HParams(hparams_writer, hparams, os.path.basename(run_dir))] if is_chief else []),
         *([epoch_log] if epoch_log else []),
         *extra_callbacks,
     ]
     copy_tb = None
     if cfg.tb_staging and is_chief:  # after TensorBoard, which writes the epoch's scalars first
-        # Keras 2.15 (pinned) keeps its TensorBoard callback's writers in _writers, and offers no flush
+        # Keras 3.15 (pinned) keeps its TensorBoard callback's writers in _writers, and offers no flush
         copy_tb = cb.CopyTensorBoard(tb_dir, os.path.join(run_dir, runs.TB), cfg.tb_copy_every,
                                      lambda: [*tensorboard._writers.values(), hparams_writer])
         callbacks.append(copy_tb)
     # last: an epoch's backup is taken once everything above has recorded that epoch; the
     # TensorBoard copies keep up with every backup (the state a restart resumes from)
-    callbacks.append(cb.Backup(backup_dir, cfg.backup_every_steps, splits.train_stats["steps"],
+    callbacks.append(cb.Backup(backup_dir, cfg.backup_every_steps, splits.train_stats["steps"], is_chief,
                                after=copy_tb.copy if copy_tb else None))
     if restores_prior(model, cfg, splits):
         print("note: the epoch lines' and TensorBoard's val_* figures are the model as trained; the final figures "
@@ -194,7 +237,7 @@ def fit(model, cfg, run_dir: str, splits, hparams: dict, is_chief: bool = True, 
     if nan_guard.fired:
         raise TrainingFailed(f"loss became NaN; stopped. The best weights so far are in {best_path}* "
                              f"(try a lower --lr or --precision fp32)")
-    if os.path.exists(best_path + ".index") and not cfg.ema:
+    if os.path.exists(best_path) and not cfg.ema:
         model.load_weights(best_path)
     if restores_prior(model, cfg, splits):
         from common import models
@@ -246,6 +289,7 @@ class Run:
     run_dir: str
     source: str           # where the weights come from: --model, or --init-from's model/
     tokenizer: object
+    data_source: sources.DataSource  # where the sentences come from, resolved once
     splits: data.Splits
     script: str
     wall_start: float
@@ -272,14 +316,14 @@ def check_flags(cfg) -> None:
     if cfg.decay_steps < 0 or cfg.adam_epsilon <= 0:
         raise FlagError(f"--decay-steps {cfg.decay_steps} --adam-epsilon {cfg.adam_epsilon}: need decay-steps >= 0 "
                         f"and epsilon > 0")
-    sources.check_flags(cfg.to_dict())
+    sources.check_flags(cfg)
 
 
 def check_max_length(cfg, source: str, tokenizer) -> None:
     """--max-length within what the encoder can read: its position embeddings, and room for
     at least one token beside the special ones."""
     from common import models
-    limit, special = models.position_limit(source), tokenizer.num_special_tokens_to_add()
+    limit, special = models.position_limit(source), models.SPECIAL_TOKENS
     if cfg.max_length > limit:
         raise FlagError(f"--max-length {cfg.max_length}: {source} reads at most {limit} tokens (its position "
                         f"embeddings); pass --max-length {limit} or less (texts longer than it are truncated)")
@@ -315,18 +359,19 @@ def start(cfg, script: str, run_folder="train") -> Run:
         if lock.note:
             print("note:", lock.note)
     with refused_leaves_no_folder(lock):
+        data_source = sources.resolve(cfg)  # the one look at --data (own files read and hashed once)
         if harness.is_chief and run_folder:
-            check_run_dir(cfg, run_dir, run_folder, script)
+            check_run_dir(cfg, data_source, run_dir, run_folder, script)
         if run_folder == "train":  # every worker: the folder is shared, and a lone worker would wait for peers
             check_finished(run_dir)
         source, tokenizer = open_model_source(cfg)
         # run_folder None ("nothing is written", a benchmark): no token cache, no drawn split kept
         # (other workers draw the same split in memory: the draw depends only on the file and --split-seed)
-        splits = data.load_data(cfg, tokenizer, harness.replicas,
+        splits = data.load_data(cfg, data_source, tokenizer, harness.replicas,
                                 token_cache.cache_dir_for(run_dir) if run_folder else None,
                                 os.path.join(run_dir, sources.SPLIT_FILE) if run_folder and harness.is_chief else None)
-    print_data(cfg, splits)
-    return Run(cfg, harness, run_dir, source, tokenizer, splits, script, wall_start, lock)
+    print_data(cfg, data_source, splits)
+    return Run(cfg, harness, run_dir, source, tokenizer, data_source, splits, script, wall_start, lock)
 
 
 @contextlib.contextmanager
@@ -350,11 +395,11 @@ def check_finished(run_dir: str) -> None:
                           f"do. Next: python eval/evaluate.py {run_dir}; to train again, pass a new --run-dir")
 
 
-def check_run_dir(cfg, run_dir: str, run_folder: str, script: str) -> None:
+def check_run_dir(cfg, data_source, run_dir: str, run_folder: str, script: str) -> None:
     """The folder holds no other run (flags, data files)."""
     runs.prepare_run_dir(run_dir, cfg.to_dict() if run_folder == "train" else None, f"{script}.py")
-    if sources.is_own(cfg.data):  # a resume refuses a data file that changed since the run began
-        runs.check_data_files(run_dir, sources.digests(cfg.data))
+    if data_source.own:  # a resume refuses a data file that changed since the run began
+        runs.check_data_files(run_dir, data_source.digests)
 
 
 def open_model_source(cfg):
@@ -362,6 +407,8 @@ def open_model_source(cfg):
     from common import models
     if cfg.init_from:
         init = runs.load_run(cfg.init_from, "--init-from")  # a clear error if it is not a finished run
+        from common import finished_run
+        finished_run.check_model_format(cfg.init_from, init)  # a run of the Keras 2 stack: one line
         had = init.get("flags", {}).get("head", "library")
         if had != cfg.head:
             raise ModelError(f"--init-from {cfg.init_from}: that run has a {had} head, and --head is {cfg.head}; "
@@ -372,9 +419,9 @@ def open_model_source(cfg):
     return source, tokenizer
 
 
-def print_data(cfg, splits) -> None:
+def print_data(cfg, data_source, splits) -> None:
     st = splits.train_stats
-    what = (f"{cfg.data} ({','.join(splits.labels)})" if sources.is_own(cfg.data) else
+    what = (f"{cfg.data} ({','.join(splits.labels)})" if data_source.own else
             f"{phrasebank.level_name(cfg.agreement)}, split={cfg.split}")
     print(f"data: {what}: " + ", ".join(f"{k} {len(v)}" for k, v in splits.rows.items())
           + (f" (train includes {st['extra_examples']} sentences {phrasebank.level_name(cfg.extra_agreement)} "
@@ -394,11 +441,11 @@ def _build_model(run: Run):
     cfg = run.cfg
     try:
         if cfg.head == "custom" and not cfg.init_from:
-            model = models.CustomHeadClassifier.create(run.source, cfg.pooling, models.parse_hidden(cfg.head_hidden),
-                                                      cfg.head_dropout, cfg.head_activation, run.splits.labels)
+            model = models.build_classifier(run.source, run.splits.labels, cfg.head_dropout, "custom", cfg.pooling,
+                                            models.parse_hidden(cfg.head_hidden), cfg.head_activation)
         else:
-            model = models.build_classifier(run.source, cfg.dropout, run.splits.labels)
-    except (ValueError, OSError, KeyError, tf.errors.OpError) as e:  # weights of another shape or architecture
+            model = models.build_classifier(run.source, run.splits.labels, cfg.dropout)
+    except (ValueError, OSError, KeyError, tf.errors.OpError) as e:  # weights of another shape
         what = f"--init-from {cfg.init_from}" if cfg.init_from else f"--model {cfg.model}"
         raise ModelError(f"{what}: its weights do not load as a sequence classifier ({type(e).__name__}: "
                          f"{str(e).splitlines()[0][:160]}); pass a run folder or model of a supported "
@@ -416,8 +463,8 @@ def resolved_settings(run: Run) -> dict:
            "replicas": harness.replicas, "strategy": harness.strategy_name, "notes": harness.notes,
            "train_size": len(run.splits.rows["train"]), "extra_examples": run.splits.train_stats["extra_examples"],
            "labels": list(run.splits.labels)}
-    if sources.is_own(run.cfg.data):
-        out["data_files"] = sources.digests(run.cfg.data)
+    if run.data_source.own:
+        out["data_files"] = run.data_source.digests
     if run.cfg.class_weight != "none":
         out["class_weight"] = run.splits.class_weights
     from common import recipes

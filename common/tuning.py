@@ -12,7 +12,7 @@ from common import REPO_ROOT, config, data, errors, runs, sources, token_cache, 
 from common import callbacks as cb
 from common.env import keras
 
-import keras_tuner as kt  # noqa: E402  (common.env first: the same Keras 2.15)
+import keras_tuner as kt  # noqa: E402  (common.env first: Keras 3 on TensorFlow)
 
 
 def add_search_flags(parser):
@@ -36,7 +36,12 @@ class ConfigHyperModel(kt.HyperModel):
         super().__init__()
         self.run, self.space = run, space
         self._splits = {(run.cfg.batch_size, run.cfg.seed): run.splits}  # data per batch size and seed
-        self._builds = {}  # builds so far per trial: its executions; the last build is the one being fitted
+        # builds so far per HyperParameters object, i.e. per trial: its executions; the last build is
+        # the one being fitted. Keyed by id(hp), holding hp: an id is unique only while its object
+        # lives, and keras-tuner frees the hp it builds once to learn the search space, and (on a
+        # distributed-tuning worker) each trial's after it ends; a new trial's hp taking a freed id
+        # would otherwise count on from that build, and train with --seed + 1.
+        self._builds = {}  # id(hp) -> (hp, builds)
 
     def trial(self, hp, execution: int = 0):
         """The run as trial `hp`'s flags make it; execution k trains with --seed + k."""
@@ -44,10 +49,15 @@ class ConfigHyperModel(kt.HyperModel):
         cfg = dataclasses.replace(cfg, seed=cfg.seed + execution)
         key = (cfg.batch_size, cfg.seed)
         if key not in self._splits:
-            self._splits[key] = data.load_data(cfg, self.run.tokenizer, self.run.harness.replicas,
-                                               token_cache.cache_dir_for(self.run.run_dir),
+            self._splits[key] = data.load_data(cfg, self.run.data_source, self.run.tokenizer,
+                                               self.run.harness.replicas, token_cache.cache_dir_for(self.run.run_dir),
                                                os.path.join(self.run.run_dir, sources.SPLIT_FILE))
         return dataclasses.replace(self.run, cfg=cfg, splits=self._splits[key])
+
+    def _executions(self, hp) -> int:
+        """How many times `hp` (this very object) was built."""
+        held, builds = self._builds.get(id(hp), (None, 0))
+        return builds if held is hp else 0
 
     def build(self, hp):
         # Each trial starts from the seed, as its train script would: a new head's initial
@@ -55,8 +65,8 @@ class ConfigHyperModel(kt.HyperModel):
         # A trial's further executions (--executions-per-trial) take the next seeds for all
         # three, as `--seed 43`, `--seed 44` would: the trial's score is a mean over seeds.
         from common.env import set_seed
-        execution = self._builds.get(id(hp), 0)
-        self._builds[id(hp)] = execution + 1
+        execution = self._executions(hp)
+        self._builds[id(hp)] = (hp, execution + 1)
         trial = self.trial(hp, execution)
         set_seed(trial.cfg.seed, trial.cfg.deterministic)
         return training.build_model(trial)
@@ -64,7 +74,7 @@ class ConfigHyperModel(kt.HyperModel):
     def fit(self, hp, model, *args, callbacks=None, **kwargs):
         """The train scripts' fit path (class weights, unfreezing schedule, validation);
         Hyperband's initial_epoch continues a promoted trial's schedules where they were."""
-        trial = self.trial(hp, self._builds.get(id(hp), 1) - 1)
+        trial = self.trial(hp, max(0, self._executions(hp) - 1))
         history, _, _ = training.fit_model(
             model, trial.cfg, trial.splits, callbacks or [], epochs=kwargs.get("epochs", trial.cfg.epochs),
             initial_epoch=kwargs.get("initial_epoch", 0), verbose=kwargs.get("verbose", 2))
@@ -133,7 +143,7 @@ def ranked_trials(oracle) -> list:
     rows = []
     for t in oracle.get_best_trials(num_trials=10_000):
         hp = t.hyperparameters.values
-        rows.append({"trial": t.trial_id, "val_macro_f1": t.score,
+        rows.append({"trial": t.trial_id, "val_macro_f1": None if t.score is None else float(t.score),
                      **{k: hp[k] for k in sorted(hp) if not k.startswith("tuner/")}})
     rows.sort(key=lambda r: (-(r["val_macro_f1"] if r["val_macro_f1"] is not None else -1), int(r["trial"])))
     return rows

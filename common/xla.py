@@ -1,18 +1,28 @@
 """--xla on: the forward pass, the loss and the gradients of each replica in one
 XLA-compiled function; gradient aggregation and the optimizer update outside it.
 
-Why not compile(jit_compile=True): under MirroredStrategy / MultiWorkerMirroredStrategy
-TF 2.15 cannot compile Keras' whole train step (tensorflow issues 53140, 56423): the step
-holds cross-replica all-reduces, metric updates on sync-on-read variables and sparse
-embedding gradients. Compiling only the per-replica maths, as the Model Garden does for
-multi-worker (its pull request 10845), leaves all of those outside, so one code path runs
-on one device, N GPUs and N workers. Keras has no such mode, hence this file.
+Why not compile(jit_compile=True): Keras 3 then compiles its whole train step, which
+runs strategy.run inside one XLA function; under MirroredStrategy that fails on TF 2.21
+("Trying to access resource .../replica_1 located in device CPU:1 from device CPU:0",
+XLA's known issue with variables on other devices; checked on the tiny DistilBERT over
+two CPU replicas), as it did on TF 2.15 (tensorflow issues 53140, 56423: cross-replica
+all-reduces, metric updates on mirrored variables and sparse embedding gradients inside
+the step), and Keras 3's jit_compile="auto" leaves XLA off under any tf.distribute
+strategy. Compiling only the per-replica maths, as the Model Garden does for multi-worker
+(its pull request 10845), leaves all of those outside, so one code path runs on one
+device, N GPUs and N workers. Keras has no such mode, hence this file.
 
-The loss inside is Keras' own reduction, written out: the per-example loss times the
-sample (class) weight, summed, over the number of examples in the global batch; under
-mixed_float16 the loss is scaled inside and the gradients unscaled outside by the
-LossScaleOptimizer, which also checks them for inf/NaN across replicas. The loss and
-metrics Keras reports are computed from the same logits outside (cheap), as before.
+The step mirrors Keras 3's own TensorFlow train_step
+(keras/src/backend/tensorflow/trainer.py), with the maths moved into the compiled
+function: the loss inside is Keras' reduction written out (the per-example loss times
+the sample (class) weight, summed, over the examples of the GLOBAL batch, plus
+model.losses as Keras adds them), scaled by `optimizer.scale_loss` (a
+LossScaleOptimizer's dynamic scale under mixed_float16, the loss itself otherwise); the
+gradients go to `optimizer.apply_gradients` outside, which all-reduces them across
+replicas and, under mixed_float16, unscales them and skips the step if they are not
+finite on any replica (optim.LossScaleOptimizer). The loss and metrics Keras reports are computed from the same logits
+outside (cheap), through Keras' own compute_loss, loss tracker and compute_metrics, so
+`fit()` logs what it logs without --xla.
 
 Compilations: XLA compiles once per input shape (Keras traces the step with open shapes,
 so the compiled function's cache is keyed on the concrete shapes it is fed at run time).
@@ -29,9 +39,12 @@ from common.env import keras, tf
 def compiled_gradients_train_step(model, loss_fn, local_batch: int):
     """A train_step for `model` (compiled already) with the per-replica maths under XLA.
     Each replica's batch is padded to `local_batch` rows (weight 0), so part-filled batches
-    reuse their width's compilation. Attaches model.xla_compilations()."""
-    optimizer = model.optimizer
-    scaled = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
+    reuse their width's compilation. Attaches model.xla_compilations().
+
+    Assign the result to model.train_step: Keras 3's make_train_function reads
+    self.train_step, so an instance attribute replaces the class's step."""
+    from keras.src.losses import loss as keras_loss  # Keras' own per-replica loss unscaling, for the report
+
     seen = set()
     lock = threading.Lock()
     with_gradient = []  # indices of the variables the loss reaches (known once traced)
@@ -45,16 +58,16 @@ def compiled_gradients_train_step(model, loss_fn, local_batch: int):
     def loss_and_gradients(x, y, sample_weight, global_examples):
         variables = model.trainable_variables
         with tf.GradientTape() as tape:
-            out = model(x, training=True)
-            logits = tf.cast(getattr(out, "logits", out), tf.float32)
+            logits = tf.cast(model(x, training=True), tf.float32)
             per_example = tf.reshape(loss_fn(y, logits), [-1]) * sample_weight
             # Keras' reduction (sum of weighted losses over the batch's examples), over the
             # GLOBAL batch: the all-reduce that sums the replicas' gradients then gives the
-            # gradient of the global mean, also when a part-filled batch splits unevenly.
+            # gradient of the global mean, also when a part-filled batch splits unevenly
+            # (Keras' own step divides by the local batch and the replica count).
             loss = tf.reduce_sum(per_example) / global_examples
-            if model.losses:
-                loss += tf.add_n(model.losses) / tf.distribute.get_strategy().num_replicas_in_sync
-            objective = optimizer.get_scaled_loss(loss) if scaled else loss
+            for extra in model.losses:  # as Keras 3's compute_loss adds them: summed, unscaled
+                loss += tf.reduce_sum(tf.cast(extra, tf.float32))
+            objective = model.optimizer.scale_loss(loss)  # LossScaleOptimizer: times its dynamic scale
         grads = tape.gradient(objective, variables)
         # Variables the loss does not reach get no update at all, as in Keras' own step (no
         # zero gradient, which AdamW's weight decay would still act on); dense gradients out
@@ -77,12 +90,13 @@ def compiled_gradients_train_step(model, loss_fn, local_batch: int):
         with tf.control_dependencies([shape]):
             logits, grads = loss_and_gradients(padded_x, padded_y, padded_w, global_examples)
         logits = logits[:n]
-        if scaled:
-            grads = optimizer.get_unscaled_gradients(grads)
         variables = model.trainable_variables
-        optimizer.apply_gradients(zip(grads, [variables[i] for i in with_gradient]))
-        model.compiled_loss(y, logits, sample_weight, regularization_losses=model.losses)  # the reported "loss"
-        return model.compute_metrics(x, y, logits, sample_weight)
+        # all-reduce, then (LossScaleOptimizer) unscale, finiteness check and update: Keras'
+        model.optimizer.apply_gradients(zip(grads, [variables[i] for i in with_gradient]))
+        # the reported "loss", exactly as Keras 3's train_step reports it
+        reported = model._compute_loss(x=x, y=y, y_pred=logits, sample_weight=sample_weight, training=True)
+        model._loss_tracker.update_state(keras_loss.unscale_loss_for_distribution(reported), sample_weight=n)
+        return model.compute_metrics(x, y, logits, sample_weight=sample_weight)
 
     model.xla_compilations = lambda: len(seen)
     return train_step

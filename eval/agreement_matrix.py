@@ -54,16 +54,16 @@ def main(argv=None):
         run = FinishedRun.open(run_dir)
         flags = run.flags
         if run.own_data:
-            raise errors.RunDirError(f"{run_dir}: trained on your own data ({flags['data']}); the agreement matrix "
+            raise errors.RunDirError(f"{run_dir}: trained on your own data ({flags.data}); the agreement matrix "
                                      f"compares the PhraseBank's agreement levels: evaluate it with eval/evaluate.py")
-        if flags["split"] != "hash":
-            raise errors.RunDirError(f"{run_dir}: trained with --split {flags['split']}, whose splits are not nested "
+        if flags.split != "hash":
+            raise errors.RunDirError(f"{run_dir}: trained with --split {flags.split}, whose splits are not nested "
                                      f"across levels; the matrix would test it on sentences it trained on. "
                                      f"Use runs made with --split hash")
         keras.backend.clear_session()
         for level in args.levels.split(","):
             m, *_ = evaluate_run(run, level)  # refuses a cell that repeats training sentences
-            rows.append((phrasebank.level_name(flags["agreement"]), run_dir, phrasebank.level_name(level), m["n"],
+            rows.append((phrasebank.level_name(flags.agreement), run_dir, phrasebank.level_name(level), m["n"],
                          m["accuracy"], m["macro_f1"], m["train_overlap"]))
 
     # tables: rows = trained on, columns = evaluated on; several runs per level -> mean +- std

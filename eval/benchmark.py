@@ -23,10 +23,12 @@ test split's accuracy and macro-F1. Runs go to runs/benchmark-<time>/<recipe>/.
 
 --predict RUN: inference on a finished run, each way in its own process, on the same
 --sentences texts (PhraseBank's 50Agree sentences, repeated): eval/predict.py's path
-(sorted by length, batched, --precision auto), the serving SavedModel (tokenizer in the
-graph), and transformers' TF pipeline("text-classification") (which runs TF models one
-text at a time: its batch_size is PyTorch-only). Sentences/s over all texts, p50 / p99
-latency of --requests 1-sentence requests, load time, peak RSS.
+(sorted by length, batched, --precision auto) and the serving SavedModel (tokenizer in the
+graph). Sentences/s over all texts, p50 / p99 latency of --requests 1-sentence requests,
+load time, peak RSS. (Earlier versions also timed transformers' TF
+pipeline("text-classification"): transformers removed its TensorFlow classes after 4.57,
+and this project left transformers for KerasHub, so that comparison is gone;
+docs/performance.md keeps its last figures.)
 
 Every mode prints a Markdown table and one JSON line.
 """
@@ -44,7 +46,7 @@ from common import REPO_ROOT, config, errors, phrasebank  # noqa: E402  (no Tens
 # The recipes: common/recipes.py (the train scripts' --recipe), so the benchmark measures
 # exactly what `train/full_finetune.py --recipe NAME` runs.
 from common.recipes import RECIPES, describe  # noqa: E402
-PREDICT_WAYS = ("predict.py", "serving", "pipeline")
+PREDICT_WAYS = ("predict.py", "serving")
 TRAIN_SCRIPT = os.path.join(REPO_ROOT, "train", "full_finetune.py")
 
 
@@ -67,7 +69,7 @@ def parse(argv=None):
     p.add_argument("--predict", metavar="RUN", help="benchmark inference on this finished run instead")
     p.add_argument("--sentences", type=int, default=5000, help="--predict: texts to label")
     p.add_argument("--requests", type=int, default=200, help="--predict: 1-sentence requests timed for latency")
-    p.add_argument("--batch-size", type=int, default=64, help="--predict: batch size (predict.py, serving, pipeline)")
+    p.add_argument("--batch-size", type=int, default=64, help="--predict: batch size (predict.py, serving)")
     p.add_argument("--ways", default=",".join(PREDICT_WAYS), help="--predict: comma-separated, of "
                    + ", ".join(PREDICT_WAYS))
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one recipe in this process
@@ -106,8 +108,7 @@ def measure(args) -> dict:
     timed = list(zip(batches, times))[args.warmup_steps:]
     ex_rate = [int(x["attention_mask"].shape[0]) / t for (x, _), t in timed]
     tok_rate = [int(tf.reduce_sum(x["attention_mask"])) / t for (x, _), t in timed]
-    enc = models.encoder_of(model)
-    emb = sum(int(np.prod(w.shape)) for w in enc.weights if "embeddings" in w.name)
+    emb = sum(layer.count_params() for layer in models.embedding_layers(models.encoder_of(model)))
     non_embedding = model.count_params() - emb
     real_tok_s = float(np.median(tok_rate))
     return {"recipe": args.one, "padding": cfg.max_length if cfg.padding == "fixed" else cfg.padding,
@@ -212,8 +213,8 @@ def predict_texts(args):
 
 def measure_prediction(args) -> dict:
     """One way of labelling texts with the run, in this process: load, all texts, then
-    1-sentence requests one after another. (61 lines: the three ways' set-up sits beside the
-    one timing loop they share, so each is timed by the same code.)"""
+    1-sentence requests one after another. (The ways' set-up sits beside the one timing loop
+    they share, so each is timed by the same code.)"""
     import numpy as np
     way, run_dir = args.predict_one, args.predict
     texts = predict_texts(args)
@@ -227,13 +228,13 @@ def measure_prediction(args) -> dict:
 
         def label(batch, batch_size):
             return run.probabilities(batch, batch_size)[0].argmax(1)
-    elif way == "serving":
+    else:
         import tensorflow as tf  # only TensorFlow and tensorflow-text, as a serving process would
         import tensorflow_text  # noqa: F401
         fn = tf.saved_model.load(os.path.join(run_dir, "serving")).signatures["serving_default"]
         precision = "fp32"
 
-        from common.data import length_order  # NumPy only: no model, no transformers
+        from common.data import length_order  # NumPy only: no model, no KerasHub
 
         def label(batch, batch_size):  # sorted by length, as predict.py batches
             order = length_order([len(t) for t in batch])
@@ -242,20 +243,6 @@ def measure_prediction(args) -> dict:
                 idx = order[i:i + batch_size]
                 out[idx] = fn(text=tf.constant([batch[j] for j in idx]))["label_id"].numpy()
             return out
-    else:
-        from common import env  # noqa: F401  (first)
-        from transformers import AutoTokenizer, TFAutoModelForSequenceClassification, pipeline
-        model_dir = os.path.join(run_dir, "model")
-        tok = AutoTokenizer.from_pretrained(model_dir)
-        tok.model_input_names = ["input_ids", "attention_mask"]  # what our models take (DistilBERT: no segments)
-        pipe = pipeline("text-classification", model=TFAutoModelForSequenceClassification.from_pretrained(model_dir),
-                        tokenizer=tok, framework="tf",
-                        dtype=None)  # its default "auto" looks up torch, absent here (transformers 4.57)
-        precision = "fp32"
-        names = {n: i for i, n in enumerate(("negative", "neutral", "positive"))}
-
-        def label(batch, batch_size):
-            return np.array([names[r["label"]] for r in pipe(list(batch), truncation=True)])
     load_seconds = time.perf_counter() - t0
     label(texts[:args.batch_size], args.batch_size)  # warm-up: traces, caches
     t0 = time.perf_counter()
@@ -280,14 +267,16 @@ def predict_benchmark(args) -> list:
     ways = args.ways.split(",")
     unknown = set(ways) - set(PREDICT_WAYS)
     if unknown:
-        raise errors.FlagError(f"--ways: unknown {sorted(unknown)}; choose from {','.join(PREDICT_WAYS)}")
+        gone = " (transformers' pipeline left with transformers, whose TensorFlow classes ended with 4.57)" \
+            if "pipeline" in unknown else ""
+        raise errors.FlagError(f"--ways: unknown {sorted(unknown)}{gone}; choose from {','.join(PREDICT_WAYS)}")
     results = []
     for way in ways:
         print(f"benchmarking {way} ...", flush=True)
         results.append(measure_in_own_process(way, [
             "--predict", args.predict, "--predict-one", way, "--data", args.data, "--sentences", str(args.sentences),
             "--requests", str(args.requests), "--batch-size", str(args.batch_size)]))
-    base = next((r for r in results if r["way"] == "pipeline"), results[-1])
+    base = results[0]
     print(f"\nInference: {args.predict}, {args.sentences} sentences, batch {args.batch_size}\n")
     print(f"| way | precision | sentences/s | x {base['way']} | 1-sentence p50 ms | p99 ms | load s | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|")

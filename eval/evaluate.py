@@ -47,13 +47,13 @@ def leak_check(run, rows, agreement, source, part):
     the run's own split: then they are reported beside the figures (--split seed keeps
     duplicates)."""
     flags = run.flags
-    seen = phrasebank.seen_sentences(dict(flags, data=source), part)
+    seen = phrasebank.seen_sentences(source, flags.agreement, flags.split, part)
     repeated = [i for i, (s, _) in enumerate(rows) if phrasebank.normalise(s) in seen]
-    own = agreement == flags["agreement"] and source == flags["data"]
+    own = agreement == flags.agreement and source == flags.data
     if repeated and not own:
         raise errors.RunDirError(
             f"{run.run_dir}: {len(repeated)} sentences of {phrasebank.level_name(agreement)}'s {part} split were in "
-            f"this run's training data (--split {flags['split']} splits each level on its own); evaluate on its own "
+            f"this run's training data (--split {flags.split} splits each level on its own); evaluate on its own "
             f"level, or train with --split hash, whose splits are nested across levels")
     return repeated
 
@@ -62,8 +62,8 @@ def evaluate_run(run, agreement=None, source=None, part="test", batch_size=64):
     """Evaluate a FinishedRun on one level's split; writes <run>/eval/<level>-<part>/. Returns
     write_report's (metrics, report text, folder, mistakes)."""
     flags = run.flags
-    agreement = agreement or flags["agreement"]
-    source = source or flags["data"]
+    agreement = agreement or flags.agreement
+    source = source or flags.data
     # data: the same split rule as training; never a sentence the model trained on
     rows = run.split_rows(agreement, source)[part]
     repeated = leak_check(run, rows, agreement, source, part)
@@ -73,16 +73,16 @@ def evaluate_run(run, agreement=None, source=None, part="test", batch_size=64):
     y = [l for _, l in rows]
     # report
     out = os.path.join(run.run_dir, "eval", f"{phrasebank.level_name(agreement)}-{part}")
-    title = f"{phrasebank.level_name(agreement)} {part} (trained on {phrasebank.level_name(flags['agreement'])})"
+    title = f"{phrasebank.level_name(agreement)} {part} (trained on {phrasebank.level_name(flags.agreement)})"
     strictest = phrasebank.strictest_levels(source)
-    extra = dict(agreement=agreement, part=part, trained_on=flags["agreement"], data=source,
+    extra = dict(agreement=agreement, part=part, trained_on=flags.agreement, data=source,
                  train_overlap=len(repeated))
     if repeated:  # the run's own split repeats training sentences (--split seed keeps duplicates): report both
         clean = sorted(set(range(len(rows))) - set(repeated))
-        lf = metrics.classification_metrics([y[i] for i in clean], logits[clean])
+        lf = metrics.classification_metrics([y[i] for i in clean], logits[clean], run.labels)
         extra["leak_free"] = {k: lf[k] for k in ("n", "accuracy", "macro_f1")}
         print(f"note: {len(repeated)} of these {len(rows)} sentences also occur in the run's training data "
-              f"(--split {flags['split']} keeps duplicates); without them: n={lf['n']} accuracy "
+              f"(--split {flags.split} keeps duplicates); without them: n={lf['n']} accuracy "
               f"{lf['accuracy']:.4f} macro-F1 {lf['macro_f1']:.4f} (metrics.json 'leak_free')")
     return write_report(run, out, title, [s for s, _ in rows], y, logits, [len(x) for x in ids],
                         [strictest[phrasebank.normalise(s)] for s, _ in rows], extra)
@@ -96,9 +96,9 @@ def evaluate_own(run, part="test", batch_size=64):
     ids, _ = run.encode([s for s, _ in rows])
     logits = run.logits(ids, batch_size)
     out = os.path.join(run.run_dir, "eval", f"own-{part}")
-    return write_report(run, out, f"{os.path.basename(run.flags['data'].rstrip('/'))} {part}", [s for s, _ in rows],
+    return write_report(run, out, f"{os.path.basename(run.flags.data.rstrip('/'))} {part}", [s for s, _ in rows],
                         [l for _, l in rows], logits, [len(x) for x in ids], None,
-                        {"part": part, "data": run.flags["data"]})
+                        {"part": part, "data": run.flags.data})
 
 
 def write_report(run, out, title, sentences, y, logits, lengths, strictest=None, extra=None):
@@ -171,7 +171,7 @@ def main(argv=None):
         elif run.own_data:
             if args.agreement or args.data:
                 raise errors.FlagError(f"--agreement/--data: {args.run_dir} trained on your own data "
-                                       f"({run.flags['data']}); it is evaluated on its own split (--part), or on a "
+                                       f"({run.flags.data}); it is evaluated on its own split (--part), or on a "
                                        f"file with --csv")
             m, report, out, mistakes = evaluate_own(run, args.part, args.batch_size)
         else:

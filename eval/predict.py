@@ -155,7 +155,7 @@ def drop_tokenless(table, ids, tokenizer, name: str, skip: bool):
     """Refuse (or with skip, drop) texts the tokenizer makes nothing of: blank ones are refused
     while reading, this catches the rest (only control or zero-width characters). The rule
     serving/ follows too: a text without tokens has no label to give."""
-    specials = tokenizer.num_special_tokens_to_add()
+    from common.models import SPECIAL_TOKENS as specials  # [CLS], [SEP]
     empty = [i for i, x in enumerate(ids) if len(x) <= specials]
     if not empty:
         return ids

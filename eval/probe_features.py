@@ -5,8 +5,9 @@ read, measured before any training (the notebook's Basic 1, explained).
     python eval/probe_features.py --model PATH --data ../shared/data/FinancialPhraseBank-v1.0
 
 For three features of the frozen pretrained encoder:
-  pooler  - what the library head (TF*ForSequenceClassification) reads: BERT's pooler,
-            tanh(W h_[CLS] + b), for models that have one; else h_[CLS]
+  pooler  - what the library head (models.ClassificationHead, kind library) reads: BERT's
+            pooler, tanh(W h_[CLS] + b) (KerasHub's pooled_output); DistilBERT, which has
+            none: h_[CLS]
   cls     - the last hidden state of the first token
   mean    - the mean of the last hidden states over real tokens (what sentence-transformers
             models such as all-MiniLM-L6-v2 were trained to make useful; --pooling mean)
@@ -32,15 +33,17 @@ def features(model, tokenizer, sentences, max_length=128, batch_size=64):
     import numpy as np
     from common import models
     from common.env import tf
-    encoder = models.encoder_of(model)
+    backbone = models.encoder_of(model)  # KerasHub: DistilBERT returns the sequence, BERT a dict
     ids = data.encode(tokenizer, sentences, max_length)
     out = {}
     for idx, x in data.length_batches(ids, batch_size, max_length, tokenizer.pad_token_id):
-        o = encoder(**{k: tf.constant(v) for k, v in x.items()}, training=False)
-        h = o.last_hidden_state.numpy().astype(np.float32)
+        mask = tf.constant(x["attention_mask"], tf.int32)
+        feed = models.backbone_inputs(model.architecture, tf.constant(x["input_ids"], tf.int32), mask)
+        f = models.head_features(backbone(feed, training=False), mask)
+        pooled = f.get("pooled")
+        h = np.asarray(f["sequence"], np.float32)
         mask = x["attention_mask"][..., None]
-        pooled = getattr(o, "pooler_output", None)
-        batch = {"pooler": h[:, 0] if pooled is None else pooled.numpy().astype(np.float32), "cls": h[:, 0],
+        batch = {"pooler": h[:, 0] if pooled is None else np.asarray(pooled, np.float32), "cls": h[:, 0],
                  "mean": (h * mask).sum(1) / mask.sum(1)}
         for name, value in batch.items():  # back into sentence order
             out.setdefault(name, np.zeros([len(ids), value.shape[1]], np.float32))[idx] = value
@@ -78,7 +81,7 @@ def main(argv=None):
     from common import models
     splits = phrasebank.load_splits(args.data, args.agreement, args.split)
     tokenizer = models.load_tokenizer(args.model)
-    model = models.build_classifier(args.model)
+    model = models.build_classifier(args.model, phrasebank.LABELS)  # (the head is not used: the encoder is)
     feats = {part: features(model, tokenizer, [s for s, _ in splits[part]]) for part in ("train", "test")}
     y = {part: np.array([l for _, l in splits[part]]) for part in ("train", "test")}
     majority = max(np.bincount(y["test"])) / len(y["test"])

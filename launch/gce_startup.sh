@@ -156,7 +156,7 @@ STEP="checking out $REF"
 cd "$WORK/repo" || exit 1
 LOCAL="runs/$RUN"
 
-# 2. its environment: the one install path (a Python 3.10/3.11 venv, the CUDA packages, and
+# 2. its environment: the one install path (a Python 3.11-3.13 venv, the CUDA packages, and
 # the check that TensorFlow sees the GPUs: a GPU VM training on its CPU would bill for days).
 # Every boot runs it; on a disk that has the venv it only confirms it.
 STEP="installing requirements (launch/install.sh)"

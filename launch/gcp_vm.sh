@@ -19,8 +19,9 @@
 # duration: it is STOP (a preempted spot VM keeps its disk and resumes). --service-account
 # runs the VM as that account (roles it needs: README.md#cloud). launch/preflight.sh
 # checks the image, bucket, GPU type and quota before the VM is created.
-# The image: Deep Learning VM "Base GPU" on Ubuntu 22.04 (CUDA 12.9, driver 580); its
-# python3 is 3.12, and launch/install.sh uses its /usr/bin/python3.10.
+# The image: Deep Learning VM "Base GPU" on Ubuntu 22.04 (CUDA 12.9, driver 580), documented
+# with Python 3.12; launch/install.sh uses a 3.11-3.13 on the PATH, else gets 3.12 with uv
+# (Ubuntu 22.04's own /usr/bin/python3 is 3.10: docs/cloud.md).
 # Project, zone and bucket come from flags or GOOGLE_CLOUD_PROJECT, CLOUDSDK_COMPUTE_ZONE,
 # FINSENT_BUCKET; credentials are gcloud's own, never in files.
 set -euo pipefail

@@ -17,7 +17,7 @@ import sys
 import pytest
 
 USER_ENV = dict(os.environ)  # before common.env sets its defaults for this process
-from common import env  # noqa: E402,F401  (first: Keras 2)
+from common import env  # noqa: E402,F401  (first: Keras 3 on TensorFlow)
 from common import REPO_ROOT, SHARED_DIR
 from common.env import tf
 
@@ -59,19 +59,6 @@ def runs_root(tmp_path_factory):
     return tmp_path_factory.mktemp("runs")
 
 
-def saved_tiny_model(folder, model_class, config_class, **config) -> str:
-    """A tiny random classifier (seed 0) with the real uncased BERT tokenizer, saved as a
-    TF checkpoint folder like a Hub model's; returns the folder."""
-    from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(minilm_dir())
-    tf.keras.utils.set_random_seed(0)
-    model = model_class(config_class(vocab_size=tok.vocab_size, num_labels=3, **config))
-    model(model.dummy_inputs)
-    model.save_pretrained(str(folder))
-    tok.save_pretrained(str(folder))
-    return str(folder)
-
-
 def head_commit() -> str:
     """This checkout's HEAD (the commit a launcher launches by default)."""
     return subprocess.run(["git", "-C", REPO_ROOT, "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -100,10 +87,10 @@ def stack_venv(tmp_path_factory) -> str:
 
 
 def tiny_distilbert_at(folder) -> str:
-    """A tiny random DistilBERT (2 layers, 32 wide), like the Hub's distilbert-base-uncased."""
-    from transformers import DistilBertConfig, TFDistilBertForSequenceClassification
-    return saved_tiny_model(folder, TFDistilBertForSequenceClassification, DistilBertConfig, dim=32, n_layers=2,
-                            n_heads=2, hidden_dim=64)
+    """A tiny random DistilBERT (2 layers, 32 wide) in the Hugging Face format, like the Hub's
+    distilbert-base-uncased (tests/tiny_models.py)."""
+    from tests import tiny_models
+    return tiny_models.tiny_distilbert_at(str(folder))
 
 
 @pytest.fixture(scope="session")
@@ -115,9 +102,19 @@ def tiny_distilbert(tmp_path_factory):
 def tiny_bert(tmp_path_factory):
     """A tiny random BERT (2 layers, 32 wide): MiniLM's architecture, beside the tiny
     DistilBERT where what is checked could differ by architecture (tests/test_precision.py)."""
-    from transformers import BertConfig, TFBertForSequenceClassification
-    return saved_tiny_model(tmp_path_factory.mktemp("tiny-bert"), TFBertForSequenceClassification, BertConfig,
-                            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    from tests import tiny_models
+    return tiny_models.tiny_bert_at(str(tmp_path_factory.mktemp("tiny-bert")))
+
+
+def reference_ids(sentences, max_length: int):
+    """Token ids as the Hugging Face tokenizer gives them (the `tokenizers` library, which
+    KerasHub depends on, reading the MiniLM folder's tokenizer.json): an oracle apart from
+    the project's tokenizer (KerasHub's WordPiece in tensorflow-text)."""
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(os.path.join(minilm_dir(), "tokenizer.json"))
+    tok.enable_truncation(max_length)
+    tok.no_padding()
+    return [e.ids for e in tok.encode_batch(list(sentences))]
 
 
 def planned_steps(data_dir, epochs=3, batch=32, max_length=128) -> int:
@@ -125,11 +122,9 @@ def planned_steps(data_dir, epochs=3, batch=32, max_length=128) -> int:
     from token lengths (not through common.data's pipeline)."""
     import math
     from collections import Counter
-    from transformers import AutoTokenizer
     from common import data, phrasebank
-    tok = AutoTokenizer.from_pretrained(minilm_dir())
     rows = phrasebank.load_splits(data_dir, "all")["train"]
-    lengths = [len(x) for x in tok([s for s, _ in rows], truncation=True, max_length=max_length)["input_ids"]]
+    lengths = [len(x) for x in reference_ids([s for s, _ in rows], max_length)]
     per_width = Counter(min(w for w in data.widths_for(max_length) if w >= n) for n in lengths)
     return epochs * sum(math.ceil(c / batch) for c in per_width.values())
 

@@ -5,7 +5,8 @@ instead of downloading it again, so pip finds requirements.txt already satisfied
 The stack is reached through a .pth file naming a folder of links to every entry of this
 interpreter's site-packages except the test model (installed with --no-deps: its declared
 dependencies are missing, and `pip check` would rightly fail on them). The install-path
-tests' stand-in `uv` and `python3.11` create their venvs with this."""
+tests' stand-in `uv` (asked for Python 3.12) and `python3.X` (this interpreter's version)
+create their venvs with this, so the venv's Python is this interpreter's."""
 import os
 import sys
 import sysconfig

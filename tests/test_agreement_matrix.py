@@ -64,7 +64,7 @@ def test_agreement_matrix_refuses_a_seed_split_run(level_runs, tmp_path):
         am.main([str(level_runs[("all", "seed")]), "--out", str(tmp_path / "m")])
     # and the leak it guards against is real: the seed split of AllAgree tests sentences 50Agree trains on
     flags = json.loads((level_runs[("all", "seed")] / "config.json").read_text())["flags"]
-    seen = phrasebank.seen_sentences({**flags, "agreement": "50"})
+    seen = phrasebank.seen_sentences(flags["data"], "50", flags["split"])
     assert sum(phrasebank.normalise(s) in seen for s, _ in phrasebank.load_splits(flags["data"], "all", "seed")["test"]) > 0
 
 

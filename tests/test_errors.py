@@ -32,14 +32,16 @@ def _fake_run(tmp_path, **flags):
 
 
 def _run_of_another_shape(tmp_path, tiny):
-    """A finished-looking run whose model/ config says 64 wide while its weights are 32 wide."""
-    import shutil
+    """A finished-looking run whose model/ (a KerasHub preset, as a run writes it) says 64
+    wide in its config.json while its weights are 32 wide."""
+    from common import models, phrasebank
     run = _fake_run(tmp_path)
-    shutil.rmtree(os.path.join(run, "model"))
-    shutil.copytree(tiny, os.path.join(run, "model"))
-    cfg_path = os.path.join(run, "model", "config.json")
+    model_dir = os.path.join(run, "model")
+    models.build_classifier(tiny, phrasebank.LABELS).save_to_folder(model_dir, models.load_tokenizer(tiny))
+    cfg_path = os.path.join(model_dir, "config.json")
     cfg = json.load(open(cfg_path))
-    cfg.update(dim=64, hidden_dim=128)
+    assert cfg["config"]["hidden_dim"] == 32
+    cfg["config"].update(hidden_dim=64, intermediate_dim=128)
     json.dump(cfg, open(cfg_path, "w"))
     return run
 
@@ -79,8 +81,8 @@ CASES = [
     ("missing-data", "train/full_finetune.py", lambda t, m, d: ["--data", str(t / "nowhere")], errors.DataError,
      "no such file or folder; pass the release folder, its zip, or 'hub'"),
     ("missing-model", "train/full_finetune.py", lambda t, m, d: ["--model", str(t / "no-model")], errors.ModelError,
-     "--model {tmp}/no-model: not found offline (HF_HUB_OFFLINE=1) (HFValidationError); pass --model PATH to a "
-     "local model folder"),
+     "--model {tmp}/no-model: no such folder; pass a model folder (config.json, model.safetensors, vocab.txt, "
+     "tokenizer_config.json), a run's model/ folder, or a Hub id"),
     ("init-from-not-a-run", "train/full_finetune.py", lambda t, m, d: ["--init-from", str(t)], errors.RunDirError,
      "--init-from {tmp}: not a run folder (no config.json)"),
     ("init-from-other-architecture", "train/full_finetune.py",
@@ -88,7 +90,7 @@ CASES = [
      "that run has a custom head, and --head is library; pass --head custom"),
     ("init-from-weights-do-not-load", "train/full_finetune.py",
      lambda t, m, d: ["--init-from", _run_of_another_shape(t, m), "--train-examples", "64"], errors.ModelError,
-     "its weights do not load as a sequence classifier (ValueError: cannot reshape array"),
+     "its weights do not load as a sequence classifier (ValueError: A total of"),
     ("tb-staging-in-the-run-folder", "tune/lr_search.py", lambda t, m, d: ["--tb-staging", str(t / "run" / "tb")],
      errors.FlagError, "--tb-staging {tmp}/run/tb: give a local folder outside the run folder"),
     ("batch-not-divisible", "train/full_finetune.py", lambda t, m, d: ["--cpu-replicas", "2", "--batch-size", "33"],

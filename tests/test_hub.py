@@ -1,7 +1,8 @@
-"""The Hub code paths (data zip, TF model, PyTorch-only safetensors model) against a
-local stand-in that speaks the Hub's file protocol; the offline errors; and an unreachable
-Hub failing at once (common/hub.py). In fresh processes: huggingface_hub reads HF_ENDPOINT,
-HF_HOME and HF_HUB_OFFLINE when it is imported."""
+"""The Hub code paths (the data zip; a model by Hub id: its safetensors folder fetched with
+snapshot_download, then converted by KerasHub) against a local stand-in that speaks the
+Hub's protocol (repository info, file listing, files, LFS redirects: tests/hub_standin.py);
+the offline errors; and an unreachable Hub failing at once (common/hub.py). In fresh
+processes: huggingface_hub reads HF_ENDPOINT, HF_HOME and HF_HUB_OFFLINE when it is imported."""
 import os
 import subprocess
 import sys
@@ -46,30 +47,59 @@ def test_data_offline_without_cache_is_one_clear_error(hub):
     assert "pass --data PATH to a local FinancialPhraseBank-v1.0 folder or zip" in p.stderr
 
 
+DECOYS = {"tf_model.h5", "pytorch_model.bin", "README.md"}  # in a Hub repository; KerasHub reads none of them
+
+
+def _with_decoys(tmp_path, folder) -> str:
+    """`folder` plus what a Hub repository also holds that KerasHub does not read (the other
+    frameworks' weights, a model card): a copy under tmp_path."""
+    import shutil
+    repo = tmp_path / "repo"
+    shutil.copytree(folder, repo)
+    for name in DECOYS:
+        (repo / name).write_bytes(b"not for KerasHub: " + name.encode())
+    return str(repo)
+
+
 @pytest.mark.slow
-def test_train_with_tf_model_and_data_from_hub(hub, tiny_distilbert, tmp_path):
+def test_train_with_model_and_data_from_hub(hub, tiny_distilbert, tmp_path):
+    """--model <Hub id>: the repository's files listed at its commit, and only what KerasHub
+    reads downloaded (the weights through the Hub's LFS redirect); the data zip too."""
     h, env = hub
     h.add("takala/financial_phrasebank", "data/FinancialPhraseBank-v1.0.zip", DATA_ZIP, "dataset")
-    h.add_folder("standin/tiny-distilbert", tiny_distilbert)
+    h.add_folder("standin/tiny-distilbert", _with_decoys(tmp_path, tiny_distilbert))
     run = tmp_path / "run"
     run_script("train/full_finetune.py", "--model", "standin/tiny-distilbert", "--epochs", 1,
                "--run-dir", run, env_extra=env)
     assert (run / "metrics.json").exists()
-    assert any(p.endswith("standin/tiny-distilbert/resolve/main/tf_model.h5") for _, p in h.requests)
+    assert ("GET", "/api/models/standin/tiny-distilbert/revision/main") in h.requests
+    assert any(p.startswith("/api/models/standin/tiny-distilbert/tree/") for _, p in h.requests)
+    assert h.fetched("standin/tiny-distilbert") == set(os.listdir(tiny_distilbert))  # config, weights, tokenizer
+    assert not h.requested("standin/tiny-distilbert") & DECOYS
+    assert "model.safetensors" in h.fetched("standin/tiny-distilbert") and h.cdn_requests
+    assert h.fetched("takala/financial_phrasebank", "dataset") == {"data/FinancialPhraseBank-v1.0.zip"}
 
 
 @pytest.mark.slow
-def test_pytorch_only_hub_model_loads_without_torch(hub, minilm):
+def test_hub_model_loads_its_safetensors_weights_without_torch(hub, minilm, tmp_path):
+    """A Hub id's PyTorch safetensors weights, as the classifier holds them (MiniLM, a BERT:
+    the word embeddings are KerasHub's token_embedding), with no torch imported; its
+    tokenizer loads from the same download, and the second load is from the cache offline."""
     h, env = hub
-    h.add_folder("standin/minilm", minilm)  # config, tokenizer, model.safetensors; no tf_model.h5
-    code = ("from common import env, models; import sys; m = models.build_classifier('standin/minilm'); "
+    h.add_folder("standin/minilm", _with_decoys(tmp_path, minilm))  # config, tokenizer, model.safetensors
+    code = ("from common import env, models, phrasebank; import sys; "
+            "m = models.build_classifier('standin/minilm', phrasebank.LABELS); "
+            "t = models.load_tokenizer('standin/minilm'); "
             "import numpy as np; from safetensors.numpy import load_file; from huggingface_hub import hf_hub_download; "
             "w = load_file(hf_hub_download('standin/minilm', 'model.safetensors'))['embeddings.word_embeddings.weight']; "
-            "v = [x for x in m.weights if 'word_embeddings' in x.name][0].numpy(); "
-            "print(np.array_equal(w, v), 'torch' in sys.modules)")
+            "v, = [x.numpy() for x in m.weights if x.path == 'token_embedding/embeddings']; "
+            "print(np.array_equal(w, v), len(t.get_vocabulary()), 'torch' in sys.modules)")
     p = _py(code, env)
     assert p.returncode == 0, p.stderr[-3000:]
-    assert p.stdout.strip().splitlines()[-1] == "True False"
+    assert p.stdout.strip().splitlines()[-1] == "True 30522 False"
+    assert "model.safetensors" in h.fetched("standin/minilm") and not h.requested("standin/minilm") & DECOYS
+    again = _py(code, {**env, "HF_HUB_OFFLINE": "1"})  # from the cache
+    assert again.returncode == 0 and again.stdout.strip().splitlines()[-1] == "True 30522 False", again.stderr[-3000:]
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
-"""requirements.txt installs on every Python the README names (the launchers' images run
-3.10): pip's own resolver, asked for binary wheels of each Python version on the Linux
-platform tags the wheels use. Metadata only (PyPI serves it beside each wheel), so no
-wheel is downloaded; it needs the package index, as the install itself does."""
+"""requirements.txt installs on every Python the README names (3.11-3.13; the Vertex image
+runs 3.12, and install.sh brings 3.12 where there is none): pip's own resolver, asked for
+binary wheels of each Python version on the Linux platform tags the wheels use. Metadata
+only (PyPI serves it beside each wheel), so no wheel is downloaded; it needs the package
+index, as the install itself does."""
 import os
 import re
 import subprocess
@@ -11,18 +12,30 @@ import pytest
 
 from common import REPO_ROOT
 
-PLATFORMS = ["manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_28_x86_64"]
+# Every manylinux tag a glibc 2.17-2.35 machine installs (Ubuntu 22.04 has 2.35, Debian 12
+# 2.36): pip takes --platform tags literally, and TensorFlow 2.21's wheels are manylinux_2_27.
+PLATFORMS = ["manylinux2014_x86_64", *[f"manylinux_2_{m}_x86_64" for m in range(17, 36)]]
+
+
+def pinned(name: str) -> str:
+    """The version requirements.txt pins `name` to, e.g. pinned("tensorflow") -> "2.21.0"."""
+    text = open(os.path.join(REPO_ROOT, "requirements.txt"), encoding="utf-8").read()
+    return re.search(rf"^{re.escape(name)}==(\S+)", text, re.M).group(1)
+
+
+TF = pinned("tensorflow")
+SUITE = "%d.%d" % sys.version_info[:2]  # the stand-ins' Python: this interpreter (3.12 in the README's setup)
 
 
 def supported_pythons():
-    """The range README.md states, e.g. 'Python 3.10-3.11' -> ['3.10', '3.11']."""
+    """The range README.md states, e.g. 'Python 3.11-3.13' -> ['3.11', '3.12', '3.13']."""
     text = open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8").read()
     lo, hi = re.search(r"Supported: Python 3\.(\d+)-3\.(\d+)", text).groups()
     return [f"3.{m}" for m in range(int(lo), int(hi) + 1)]
 
 
 def test_readme_names_a_python_range():
-    assert supported_pythons() == ["3.10", "3.11"]
+    assert supported_pythons() == ["3.11", "3.12", "3.13"]
 
 
 @pytest.mark.slow
@@ -36,20 +49,19 @@ def test_requirements_resolve_for_every_supported_python(tmp_path):
                "--only-binary=:all:", "--python-version", version, "--implementation", "cp",
                "--abi", "cp" + version.replace(".", ""), "--target", str(tmp_path / version / "t"),
                *[x for p in PLATFORMS for x in ("--platform", p)],
-               "-r", os.path.join(REPO_ROOT, "requirements.txt"), "tensorflow[and-cuda]==2.15.1",
+               "-r", os.path.join(REPO_ROOT, "requirements.txt"), f"tensorflow[and-cuda]=={TF}",
                "--report", str(tmp_path / f"report-{version}.json")]
         procs[version] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for version, p in procs.items():
         _, stderr = p.communicate(timeout=600)
         errors = [l for l in stderr.splitlines() if l.startswith("ERROR")]
         assert p.returncode == 0 and not errors, f"Python {version}:\n" + "\n".join(errors)[-3000:]
-        # The Keras trap (common/env.py): with tf_keras installed, transformers builds its models in
-        # tf_keras and compile() rejects our Keras 2.15 optimizer. No requirement may pull it in
-        # (tensorflow-hub >= 0.16, a tensorflow-text dependency, does).
-        resolved = {i["metadata"]["name"].lower().replace("_", "-")
+        # One Keras, 3.x: nothing may bring back Keras 2 (tf-keras) or transformers' TF classes.
+        resolved = {i["metadata"]["name"].lower().replace("_", "-"): i["metadata"]["version"]
                     for i in json.loads((tmp_path / f"report-{version}.json").read_text())["install"]}
-        assert "tf-keras" not in resolved, f"Python {version}"
-        assert {"tensorflow-text", "datasets"} <= resolved and "tensorflow-addons" not in resolved
+        assert resolved["keras"] == pinned("keras") and resolved["keras-hub"] == pinned("keras-hub"), f"Python {version}"
+        assert not {"tf-keras", "transformers", "tensorflow-addons"} & resolved.keys(), f"Python {version}"
+        assert {"tensorflow-text", "tensorboard", "safetensors", "datasets"} <= resolved.keys(), f"Python {version}"
 
 
 # ----------------------------------------------------------------------------- launch/install.sh
@@ -59,10 +71,10 @@ def test_requirements_resolve_for_every_supported_python(tmp_path):
 INSTALL = os.path.join(REPO_ROOT, "launch", "install.sh")
 STANDIN_VENV = os.path.join(REPO_ROOT, "tests", "standin_venv.py")
 NOT_ON_THE_MACHINE = re.compile(r"^(python|pip|pydoc|2to3|idle|uv|uvx|pipx|apt|sudo|nvidia-smi)")
-PYTHON_312 = """#!/bin/sh
-# python3.12 without venv or pip, as Ubuntu 24.04 before `apt install python3-venv`
-case "$*" in *version_info*) echo 3.12; exit 0;; esac
-echo "/usr/bin/python3.12: No module named ensurepip" >&2; exit 1
+PYTHON_310 = """#!/bin/sh
+# python3.10 without venv or pip, as Ubuntu 22.04 before `apt install python3.10-venv`
+case "$*" in *version_info*) echo 3.10; exit 0;; esac
+echo "/usr/bin/python3.10: No module named ensurepip" >&2; exit 1
 """
 
 
@@ -101,26 +113,28 @@ def _uv(calls):
 echo "uv $*" >> {calls}
 case "$1 $2" in
     "python install") exit 0;;
-    "venv --python") [ "$3" = 3.11 ] || exit 2; for last; do :; done; exec {sys.executable} {STANDIN_VENV} "$last";;
+    "venv --python") [ "$3" = 3.12 ] || exit 2; for last; do :; done; exec {sys.executable} {STANDIN_VENV} "$last";;
 esac
 exit 2
 """
 
 
 @pytest.mark.slow  # makes a venv and imports the stack in it: ~20 s
-def test_install_gets_python_311_with_uv_where_python3_is_312(tmp_path):
+def test_install_gets_python_312_with_uv_where_python3_is_310(tmp_path):
+    """Ubuntu 22.04 (its python3 is 3.10, below Keras 3's Requires-Python): uv brings 3.12. The
+    stand-in uv's "3.12" venv is this suite's interpreter (tests/standin_venv.py)."""
     calls = tmp_path / "uv-calls"
-    path = _machine(tmp_path, python3=PYTHON_312, **{"python3.12": PYTHON_312, "uv": _uv(calls)})
+    path = _machine(tmp_path, python3=PYTHON_310, **{"python3.10": PYTHON_310, "uv": _uv(calls)})
     p = _install(tmp_path, path)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert calls.read_text().splitlines() == ["uv python install 3.11", f"uv venv --python 3.11 --seed {tmp_path / 'venv'}"]
-    assert "no Python 3.10/3.11 here (python3 is 3.12, python3.12 is 3.12)" in p.stdout
-    assert _python_version_and_tensorflow(tmp_path / "venv") == ["3.11", "2.15.1"]
+    assert calls.read_text().splitlines() == ["uv python install 3.12", f"uv venv --python 3.12 --seed {tmp_path / 'venv'}"]
+    assert "no usable Python 3.11-3.13 here (python3 is 3.10, python3.10 is 3.10)" in p.stdout
+    assert _python_version_and_tensorflow(tmp_path / "venv") == [SUITE, TF]
 
 
 @pytest.mark.slow  # two venvs and the stack imported: ~25 s
 def test_install_without_uv_pip_installs_it_into_a_throw_away_venv(tmp_path):
-    """A 3.12 that can make venvs (with pip) but no uv: uv is pip-installed into a throw-away
+    """A 3.10 that can make venvs (with pip) but no uv: uv is pip-installed into a throw-away
     venv, never into that Python. The package index is a folder holding a uv wheel whose
     `uv` is the stand-in."""
     import zipfile
@@ -136,16 +150,16 @@ def test_install_without_uv_pip_installs_it_into_a_throw_away_venv(tmp_path):
             info.external_attr = 0o100755 << 16  # a regular file, executable: pip keeps the mode
             wheel.writestr(info, text)
         wheel.writestr(f"{name}.dist-info/RECORD", "".join(f"{m},,\n" for m in [*files, f"{name}.dist-info/RECORD"]))
-    python312 = f"""#!/bin/sh
-# a 3.12 with venv and pip (its answers but the version are this interpreter's)
-case "$*" in *version_info*) echo 3.12; exit 0;; esac
+    python310 = f"""#!/bin/sh
+# a 3.10 with venv and pip (its answers but the version are this interpreter's)
+case "$*" in *version_info*) echo 3.10; exit 0;; esac
 exec {sys.executable} "$@"
 """
-    p = _install(tmp_path, _machine(tmp_path, python3=python312), PIP_NO_INDEX="1", PIP_FIND_LINKS=str(index))
+    p = _install(tmp_path, _machine(tmp_path, python3=python310), PIP_NO_INDEX="1", PIP_FIND_LINKS=str(index))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "getting uv 0.13.9 (into a throw-away venv)" in p.stdout
-    assert calls.read_text().splitlines()[0] == "uv python install 3.11"
-    assert _python_version_and_tensorflow(tmp_path / "venv") == ["3.11", "2.15.1"]
+    assert calls.read_text().splitlines()[0] == "uv python install 3.12"
+    assert _python_version_and_tensorflow(tmp_path / "venv") == [SUITE, TF]
     import importlib.metadata
     assert not [d for d in importlib.metadata.distributions() if d.metadata["Name"] == "uv"]  # not in the Python
     assert not list(tmp_path.glob("finsent-install-*"))  # the throw-away venv is gone
@@ -163,26 +177,27 @@ def test_install_adds_the_cuda_packages_for_a_gpu_or_when_asked(gpu, tmp_path):
     p = _install(tmp_path, path, *([gpu] if gpu == "--gpu" else []), PIP_NO_INDEX="1")
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 1 and len(lines) == 1, p.stdout[-2000:] + p.stderr[-2000:]
-    assert lines[0].startswith("install.sh: pip could not install requirements.txt and tensorflow[and-cuda]==2.15.1: "
+    assert lines[0].startswith(f"install.sh: pip could not install requirements.txt and tensorflow[and-cuda]=={TF}: "
                                "ERROR: "), lines
 
 
 def test_install_without_a_python_it_can_use_nor_uv_nor_pip_is_one_line(tmp_path):
-    path = _machine(tmp_path, python3=PYTHON_312)
+    path = _machine(tmp_path, python3=PYTHON_310)
     p = _install(tmp_path, path)
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 1 and len(lines) == 1, p.stderr
-    assert lines[0].startswith("install.sh: no Python 3.10 or 3.11 here (python3 is 3.12), and no uv or pip"), lines
+    assert lines[0].startswith("install.sh: no usable Python 3.11-3.13 here (python3 is 3.10), and no uv or pip"), lines
     assert "install uv (https://docs.astral.sh/uv/" in lines[0] and not (tmp_path / "venv").exists()
 
 
 @pytest.mark.slow  # makes a venv and imports the stack in it: ~20 s
 def test_install_puts_the_missing_venv_module_in_with_apt(tmp_path):
-    """Ubuntu 22.04 (the GCE image): /usr/bin/python3.10 is there, its venv module is the
-    separate python3.10-venv package."""
-    marker, calls = tmp_path / "venv-module-installed", tmp_path / "apt-calls"
-    python311 = f"""#!/bin/sh
-# the real interpreter, without ensurepip/venv until apt-get has installed python3.11-venv
+    """Ubuntu 24.04: /usr/bin/python3 is python3.12, whose venv module is the separate
+    python3.12-venv package. The stand-in is this suite's interpreter (3.12 in the README's
+    setup), under its own version's name."""
+    marker, calls, name = tmp_path / "venv-module-installed", tmp_path / "apt-calls", f"python{SUITE}"
+    python = f"""#!/bin/sh
+# the real interpreter, without ensurepip/venv until apt-get has installed {name}-venv
 if [ ! -e {marker} ]; then
     case "$*" in *ensurepip*|"-m venv"*) echo "No module named ensurepip" >&2; exit 1;; esac
 fi
@@ -191,15 +206,14 @@ exec {sys.executable} "$@"
 """
     apt_get = f"""#!/bin/sh
 echo "apt-get $*" >> {calls}
-case "$*" in *" install -y -qq python3.11-venv") touch {marker};; esac
+case "$*" in *" install -y -qq {name}-venv") touch {marker};; esac
 """
-    path = _machine(tmp_path, python3=PYTHON_312, **{"python3.11": python311, "apt-get": apt_get,
-                                                      "sudo": '#!/bin/sh\nexec "$@"\n'})
+    path = _machine(tmp_path, python3=python, **{name: python, "apt-get": apt_get, "sudo": '#!/bin/sh\nexec "$@"\n'})
     p = _install(tmp_path, path)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert calls.read_text().splitlines() == ["apt-get -o DPkg::Lock::Timeout=600 update -qq",
-                                              "apt-get -o DPkg::Lock::Timeout=600 install -y -qq python3.11-venv"]
-    assert "has no venv module: installing python3.11-venv with apt-get" in p.stdout
-    assert _python_version_and_tensorflow(tmp_path / "venv") == ["3.11", "2.15.1"]
+                                              f"apt-get -o DPkg::Lock::Timeout=600 install -y -qq {name}-venv"]
+    assert f"has no venv module: installing {name}-venv with apt-get" in p.stdout
+    assert _python_version_and_tensorflow(tmp_path / "venv") == [SUITE, TF]
     again = _install(tmp_path, path)  # a second boot of the VM: the venv is reused, nothing recreated
     assert again.returncode == 0 and "reusing" in again.stdout and len(calls.read_text().splitlines()) == 2

@@ -302,7 +302,7 @@ def test_gce_startup_script_installs_runs_syncs_and_resumes_after_reboot(tiny_di
     done = bucket / "runs" / "job1"
     m = json.loads((done / "metrics.json").read_text())
     assert m["optimizer_steps"] == m["planned_steps"] == planned_steps(data_dir, epochs=10)
-    assert (done / "DONE").exists() and (done / "model" / "tf_model.h5").exists()
+    assert (done / "DONE").exists() and (done / "model" / "head.weights.h5").exists()
     assert (tmp_path / "vm-deleted").exists() and "status: ok" in (done / "EXIT").read_text()
     assert not [f for f in (done / "backup").rglob("*") if f.is_file()]  # old checkpoints pruned once finished
     # a further boot of a DONE run only deletes the VM

@@ -72,8 +72,8 @@ def test_lever_flags_refuse_what_cannot_work(_run, flags, message):
 
 @pytest.mark.slow
 def test_extra_agreement_run_trains_and_reports_the_added_sentences(tiny_distilbert, data_dir, tmp_path):
-    """As a user runs it: the class weights ride on the examples' weights (Keras 2.15's
-    class_weight fails on datasets with sample weights)."""
+    """As a user runs it: the class weights ride on the examples' weights (Keras refuses
+    class_weight on a dataset that has sample weights)."""
     run_dir = tmp_path / "run"
     subprocess.run([sys.executable, "train/full_finetune.py", "--model", tiny_distilbert, "--data", data_dir,
                     "--precision", "fp32", "--epochs", "1", "--train-examples", "64", "--extra-agreement", "75",
@@ -106,8 +106,8 @@ def test_label_smoothing_moves_the_loss_minimum_off_one_hot():
     probs = {"smoothed": [0.1 / 3, 1 - 0.2 / 3, 0.1 / 3], "confident": [0.001, 0.998, 0.001]}
     logits = {k: tf.math.log(tf.constant([p, p])) for k, p in probs.items()}
     for loss_name in ("ce", "focal"):
-        plain = training.make_loss(config.Config(loss=loss_name))
-        smooth = training.make_loss(config.Config(loss=loss_name, label_smoothing=0.1))
+        plain = training.make_loss(config.Config(loss=loss_name), 3)
+        smooth = training.make_loss(config.Config(loss=loss_name, label_smoothing=0.1), 3)
         assert tf.reduce_mean(plain(y, logits["confident"])) < tf.reduce_mean(plain(y, logits["smoothed"]))
         assert tf.reduce_mean(smooth(y, logits["smoothed"])) < tf.reduce_mean(smooth(y, logits["confident"]))
 
@@ -125,7 +125,7 @@ def test_ema_run_ends_with_the_moving_average_not_the_last_step(_run, tmp_path):
 
     training.fit(model, cfg, str(tmp_path / "run"), run.splits, {}, extra_callbacks=[LastStep()])
     opt = model.optimizer
-    averages = [opt._model_variables_moving_average[opt._index_dict[opt._var_key(v)]].numpy()
+    averages = [opt._model_variables_moving_average[opt._get_variable_index(v)].numpy()
                 for v in model.trainable_variables]
     final = [v.numpy() for v in model.trainable_variables]
     assert all(np.allclose(f, a) for f, a in zip(final, averages))

@@ -20,7 +20,7 @@ def _labels_and_logits(n=301, seed=0):
 
 def test_macro_f1_matches_sklearn():
     y, logits = _labels_and_logits()
-    m = metrics.SparseMacroF1()
+    m = metrics.SparseMacroF1(3)
     for i in range(0, len(y), 64):  # streaming over batches
         m.update_state(y[i:i + 64], logits[i:i + 64])
     assert float(m.result()) == np.float32(f1_score(y, logits.argmax(1), average="macro"))
@@ -30,7 +30,7 @@ def test_macro_f1_under_mirrored_strategy():
     y, logits = _labels_and_logits(seed=1)
     strategy = distribute._mirrored(["/cpu:0", "/cpu:1"])  # the one the train scripts use
     with strategy.scope():
-        m = metrics.SparseMacroF1()
+        m = metrics.SparseMacroF1(3)
     ds = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensor_slices((y, logits)).batch(50))
     for yb, lb in ds:
         strategy.run(m.update_state, (yb, lb))
@@ -41,7 +41,7 @@ def test_classification_metrics_figures():
     """Against scikit-learn's own figures, from probabilities softmaxed by SciPy (not by the
     code under test)."""
     y, logits = _labels_and_logits(seed=2)
-    r = metrics.classification_metrics(y, logits)
+    r = metrics.classification_metrics(y, logits, ("negative", "neutral", "positive"))
     predicted = logits.argmax(1)
     assert r["n"] == len(y)
     assert r["accuracy"] == accuracy_score(y, predicted)

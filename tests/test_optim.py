@@ -1,8 +1,10 @@
 """Layer-wise learning rates and gradual unfreezing, measured on real training steps."""
+import re
+
 import numpy as np
 import pytest
 
-from common import config, optim, training
+from common import config, models, optim, training
 from common.env import keras
 
 
@@ -19,9 +21,24 @@ def _setup(runs_root, tiny, data_dir, **flags):
     return run, model
 
 
+# KerasHub DistilBERT's embedding layers (BERT's: token_embedding, position_embedding, segment_embedding)
+EMBEDDINGS = ("token_and_position_embedding", "embeddings_layer_norm")
+
+
 def _by_group(model):
-    groups, n = optim.variable_groups(model, model.distilbert)
-    return {v.name: g for v, g in groups}, n
+    """{variable path: group}, the number of blocks; every trainable variable in one group,
+    the one its Keras 3 path names: the embedding layers 0, transformer_layer_<i> 1 + i,
+    the rest (the head) n + 1."""
+    groups, n = optim.variable_groups(model, models.encoder_of(model))
+    group = {v.path: g for v, g in groups}
+    assert len(group) == len(groups) == len(model.trainable_weights)  # paths tell variables apart
+
+    def named(path):
+        block = re.match(r"transformer_layer_(\d+)/", path)
+        return 0 if path.split("/")[0] in EMBEDDINGS else 1 + int(block.group(1)) if block else n + 1
+    assert group == {p: named(p) for p in group}
+    assert {p for p, g in group.items() if g == n + 1} == {v.path for v in model.head.trainable_weights}
+    return group, n
 
 
 @pytest.mark.parametrize("replicas", [0, pytest.param(2, marks=pytest.mark.slow)])
@@ -33,13 +50,13 @@ def test_each_block_steps_at_its_layer_wise_rate(tiny_distilbert, data_dir, runs
     group, n = _by_group(model)
     assert n == 2
     model.optimizer.lr_multipliers.assign(optim.multipliers(n, 0, decay=decay))
-    before = {v.name: v.numpy() for v in model.trainable_weights}
+    before = {v.path: v.numpy() for v in model.trainable_weights}
     model.fit(run.splits.train.take(1), epochs=1, verbose=0)
     # Adam's first step moves each weight by lr_eff * g / (|g| + eps): its largest move is lr_eff
     step = {}
     for v in model.trainable_weights:
-        d = np.abs(v.numpy() - before[v.name]).max()
-        step[group[v.name]] = max(step.get(group[v.name], 0.0), d)
+        d = np.abs(v.numpy() - before[v.path]).max()
+        step[group[v.path]] = max(step.get(group[v.path], 0.0), d)
     expected = {g: lr * decay ** (n + 1 - g) for g in range(n + 2)}  # embeddings d^3, blocks d^2, d^1, head 1
     for g in range(n + 2):
         assert step[g] == pytest.approx(expected[g], rel=0.02), (g, step, expected)
@@ -49,11 +66,11 @@ def test_each_block_steps_at_its_layer_wise_rate(tiny_distilbert, data_dir, runs
 def test_gradual_unfreezing_changes_weights_in_the_scheduled_order(tiny_distilbert, data_dir, runs_root, tmp_path):
     run, model = _setup(runs_root, tiny_distilbert, data_dir, lr=1e-3, head_warmup_epochs=1, unfreeze_every=1, epochs=4)
     group, n = _by_group(model)
-    snaps = [{v.name: v.numpy() for v in model.trainable_weights}]
+    snaps = [{v.path: v.numpy() for v in model.trainable_weights}]
 
     class Snapshot(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            snaps.append({v.name: v.numpy() for v in model.trainable_weights})
+            snaps.append({v.path: v.numpy() for v in model.trainable_weights})
 
     training.fit(model, run.cfg, str(tmp_path / "run"), run.splits, {}, extra_callbacks=[Snapshot()])
 
@@ -70,9 +87,9 @@ def test_gradual_unfreezing_changes_weights_in_the_scheduled_order(tiny_distilbe
 def test_train_top_blocks_keeps_lower_blocks_fixed(tiny_distilbert, data_dir, runs_root, tmp_path):
     run, model = _setup(runs_root, tiny_distilbert, data_dir, lr=1e-3, train_top_blocks=1, epochs=1)
     group, n = _by_group(model)
-    before = {v.name: v.numpy() for v in model.trainable_weights}
+    before = {v.path: v.numpy() for v in model.trainable_weights}
     training.fit(model, run.cfg, str(tmp_path / "run"), run.splits, {})
-    moved = {group[v.name] for v in model.trainable_weights if not np.array_equal(v.numpy(), before[v.name])}
+    moved = {group[v.path] for v in model.trainable_weights if not np.array_equal(v.numpy(), before[v.path])}
     assert moved == {n + 1, n}  # head and top block only
 
 
@@ -93,7 +110,10 @@ def test_notebook_recipe_builds_the_notebooks_optimizer_and_flags_override_it(ti
     notebook = keras.optimizers.schedules.PolynomialDecay(5e-5, decay_steps=10000, end_learning_rate=0.0, power=1.0)
     for step in (0, 1, 681, 9999, 12000):
         assert float(opt._learning_rate(step)) == pytest.approx(float(notebook(step)), abs=1e-12)
-    embeddings = models.encoder_of(model).embeddings
-    assert embeddings.trainable and all(any(w is v for v in model.trainable_weights) for w in embeddings.weights)
+    backbone = models.encoder_of(model)
+    embeddings = [backbone.embeddings, backbone.embeddings_layer_norm]  # KerasHub DistilBERT's: token + position
+    assert [l.name for l in embeddings] == list(EMBEDDINGS)
+    assert all(l.trainable for l in embeddings) and all(any(w is v for v in model.trainable_weights)
+                                                        for l in embeddings for w in l.weights)
     x, _ = next(iter(run.splits.train))
     assert tuple(x["input_ids"].shape) == (8, 32)  # every batch padded to --max-length, batch 8

@@ -58,8 +58,8 @@ def test_a_csv_with_its_own_label_names_trains_evaluates_predicts_and_serves_wit
     drawn = json.loads((run / sources.SPLIT_FILE).read_text())["lines"]
     assert [len(drawn[k]) for k in sources.PARTS] == [m["sizes"]["train"], m["sizes"]["validation"], m["sizes"]["test"]]
     assert not set(drawn["train"]) & set(drawn["test"])  # line numbers of one file, each in one part
-    model_cfg = json.loads((run / "model" / "config.json").read_text())
-    assert model_cfg["id2label"] == {"0": "bearish", "1": "neutral", "2": "bullish"}
+    head_cfg = json.loads((run / "model" / models.HEAD_CONFIG).read_text())  # model/ keeps the class names
+    assert head_cfg["labels"] == ["bearish", "neutral", "bullish"]
     # evaluate on its own (recorded) test split: the same figures as the run's own
     ev = run_script("eval/evaluate.py", run)
     em = json.loads((run / "eval" / "own-test" / "metrics.json").read_text())
@@ -124,8 +124,7 @@ def test_two_and_five_classes_train_end_to_end(classes, allagree, tiny_distilber
         (classes, classes)
     cfg = json.loads((run / "config.json").read_text())
     assert len(cfg["resolved"]["class_weight"]) == classes
-    assert json.loads((run / "model" / "config.json").read_text())["id2label"] == {str(i): n for i, n in
-                                                                                    enumerate(names)}
+    assert json.loads((run / "model" / models.HEAD_CONFIG).read_text())["labels"] == names
     src = write_csv(tmp_path / "in.csv", [("Profit rose .",)], header=("text",))
     run_script("eval/predict.py", run, "--input", src, "--output", tmp_path / "out.csv", "--precision", "fp32")
     header = open(tmp_path / "out.csv").readline().strip().split(",")
@@ -300,10 +299,11 @@ def test_own_data_is_read_from_a_bucket_url_through_tf_io_gfile():
     import tensorflow as tf
     with tf.io.gfile.GFile("ram://bucket/own/train.csv", "w") as f:
         f.write("text,label\n" + "".join(f"good {i} .,up\nbad {i} .,down\n" for i in range(20)))
-    flags = {"data": "ram://bucket/own", "labels": "down,up"}
+    from common.config import Config
+    flags = Config(data="ram://bucket/own", labels="down,up")
     assert sources.is_own("ram://bucket/own") and sources.files("ram://bucket/own") == {
         "train": "ram://bucket/own/train.csv"}
-    rows = sources.own_splits(flags)
+    rows = sources.own_splits(flags, sources.resolve(flags))
     assert [len(rows[k]) for k in sources.PARTS] == [32, 4, 4]
     assert {y for _, y in rows["test"]} == {0, 1}
     assert list(sources.digests("ram://bucket/own")) == ["ram://bucket/own/train.csv"]
@@ -315,14 +315,16 @@ def test_a_kept_split_is_reused_only_for_the_same_file_and_seed(tmp_path):
     data = tmp_path / "d.csv"
     data.write_text("text,label\n" + "".join(f"good {i} .,up\nbad {i} .,down\n" for i in range(20)))
     keep = str(tmp_path / "run" / sources.SPLIT_FILE)
-    flags = {"data": str(data), "labels": "down,up", "split_seed": 42}
-    first = sources.own_splits(flags, keep)
-    assert sources.own_splits(flags, keep) == first
+    from common.config import Config
+    flags = Config(data=str(data), labels="down,up", split_seed=42)
+    first = sources.own_splits(flags, sources.resolve(flags), keep)
+    assert sources.own_splits(flags, sources.resolve(flags), keep) == first
     data.write_text(data.read_text() + "".join(f"fine {i} .,up\n" for i in range(10)))
-    edited = sources.own_splits(flags, keep)
+    edited = sources.own_splits(flags, sources.resolve(flags), keep)  # (a new run resolves its source anew)
     assert sum(len(v) for v in edited.values()) == 50  # the added rows are in the new draw
     assert json.loads(open(keep).read())["sha256"] == sources.digests(str(data))[str(data)]
-    other_seed = sources.own_splits({**flags, "split_seed": 7}, keep)
+    seven = Config(data=str(data), labels="down,up", split_seed=7)
+    other_seed = sources.own_splits(seven, sources.resolve(seven), keep)
     assert other_seed["test"] != edited["test"]
 
 

@@ -1,8 +1,11 @@
 """Using a finished run: eval/predict.py on CSV / JSONL / stdin, the serving SavedModel in a
-process without transformers, calibration, evaluate.py on a user's labelled file, and the
-inference benchmark. A tiny random DistilBERT run (the trained MiniLM run is in
-test_minilm.py). The reference for every probability is the model called on one sentence
-at a time, tokenised by transformers: no batching, sorting or padding of ours in it."""
+process with TensorFlow and tensorflow-text only, calibration, evaluate.py on a user's
+labelled file, and the inference benchmark. A tiny random DistilBERT run (the trained
+MiniLM run is in test_minilm.py). The reference for every probability is the run's model/
+read with plain KerasHub (the backbone preset, the head from head.json and
+head.weights.h5) and called on one sentence at a time, with ids from the Hugging Face
+`tokenizers` library (conftest.reference_ids): no tokenizer, batching, sorting or padding
+of ours in it."""
 import csv
 import json
 import os
@@ -14,21 +17,24 @@ import pytest
 
 from common import REPO_ROOT, phrasebank
 from common.finished_run import FinishedRun
-from tests.conftest import run_script
+from tests.conftest import reference_ids, run_script
 
 SERVE_ONLY = r"""
 import json, sys
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (the tokenizer's ops)
 texts = json.load(open(sys.argv[2]))
-fn = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
-out = {"probabilities": [], "label": [], "label_id": []}
+loaded = tf.saved_model.load(sys.argv[1])
+fn = loaded.signatures["serving_default"]
+out = {"probabilities": [], "label": [], "label_id": [], "ids": []}
 for i in range(0, len(texts), 50):
     r = fn(text=tf.constant(texts[i:i + 50]))
     out["probabilities"] += r["probabilities"].numpy().tolist()
     out["label"] += [x.decode() for x in r["label"].numpy()]
     out["label_id"] += r["label_id"].numpy().tolist()
-out["imported"] = sorted(m for m in ("transformers", "tokenizers", "torch") if m in sys.modules)
+    x = loaded.token_ids(text=tf.constant(texts[i:i + 50]))  # the ids the model was given, unpadded
+    out["ids"] += [row[m == 1].tolist() for row, m in zip(x["input_ids"].numpy(), x["attention_mask"].numpy())]
+out["imported"] = sorted(m for m in ("transformers", "tokenizers", "torch", "keras_hub") if m in sys.modules)
 json.dump(out, open(sys.argv[3], "w"))
 """
 
@@ -44,8 +50,8 @@ def serve_in_fresh_process(serving_dir, texts, tmp_path) -> dict:
 
 
 def one_at_a_time(run_dir, texts, temperature=None, logits=None):
-    """Calibrated probabilities from the run's model/ called per sentence (transformers'
-    tokenizer, no padding, float32); or from `logits` such a call returned (one_logits)."""
+    """Calibrated probabilities from the run's model/ called per sentence (the Hugging Face
+    tokenizer's ids, no padding, float32); or from `logits` such a call returned (one_logits)."""
     from common import calibration
     z = one_logits(run_dir, texts) if logits is None else logits
     z = z / (calibration.temperature_of(run_dir) if temperature is None else temperature)
@@ -54,20 +60,35 @@ def one_at_a_time(run_dir, texts, temperature=None, logits=None):
 
 
 def one_logits(run_dir, texts):
-    from transformers import AutoTokenizer
+    """Logits of the run's model/ as plain KerasHub reads it: the backbone preset
+    (Backbone.from_preset), the head built from head.json with head.weights.h5 loaded; each
+    sentence alone, its ids from the Hugging Face `tokenizers` library (every test run uses
+    the MiniLM test model's uncased vocabulary)."""
+    import keras_hub
     from common import models, runs
-    from common.env import keras
+    from common.env import keras, tf
     keras.mixed_precision.set_global_policy("float32")
     model_dir = os.path.join(run_dir, "model")
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = models.build_classifier(model_dir)
+    head_config = runs.read_json(os.path.join(model_dir, models.HEAD_CONFIG))
+    backbone = keras_hub.models.Backbone.from_preset(model_dir)
+    head = models.ClassificationHead(head_config["architecture"], len(head_config["labels"]), head_config["kind"],
+                                     head_config["pooling"], head_config["hidden"], head_config["dropout"],
+                                     head_config["activation"], hidden_dim=backbone.hidden_dim, name="head")
+    bert = head_config["architecture"] == "bert"
+
+    def call(ids):
+        ids = tf.constant([ids], tf.int32)
+        feed = {"token_ids": ids, "padding_mask": tf.ones_like(ids)}
+        if bert:
+            feed["segment_ids"] = tf.zeros_like(ids)
+        out = backbone(feed, training=False)
+        features = ({"sequence": out["sequence_output"], "pooled": out["pooled_output"]} if bert else
+                    {"sequence": out})
+        return head({**features, "mask": feed["padding_mask"]}, training=False)
+    call([101, 102])  # builds the head's layers, then its weights
+    head.load_weights(os.path.join(model_dir, models.HEAD_WEIGHTS))
     max_length = runs.read_json(os.path.join(run_dir, "config.json"))["flags"]["max_length"]
-    out = []
-    for text in texts:
-        enc = tok([text], truncation=True, max_length=max_length, return_tensors="tf")
-        y = model({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}, training=False)
-        out.append(np.asarray(getattr(y, "logits", y), np.float64)[0])
-    return np.array(out)
+    return np.array([np.asarray(call(ids), np.float64)[0] for ids in reference_ids(texts, max_length)])
 
 
 @pytest.fixture(scope="module")
@@ -188,10 +209,14 @@ def test_skip_empty_drops_empty_rows_and_keeps_ids(tiny_run, tmp_path):
 
 def test_serving_savedmodel_without_transformers_matches_python_path(tiny_run, test_sentences, tmp_path):
     served = serve_in_fresh_process(os.path.join(tiny_run, "serving"), test_sentences, tmp_path)
-    assert served["imported"] == []  # neither transformers nor tokenizers were needed
-    probs, _, _ = FinishedRun.open(tiny_run).probabilities(test_sentences)
+    assert served["imported"] == []  # neither KerasHub, transformers nor tokenizers were needed
+    run = FinishedRun.open(tiny_run)
+    probs, _, _ = run.probabilities(test_sentences)
     got = np.array(served["probabilities"])
     assert len(got) == len(test_sentences) == 226
+    # the same ids as predict's (a tiny random model's probabilities hardly move with them), and
+    # as the Hugging Face tokenizer's
+    assert served["ids"] == run.encode(test_sentences)[0] == reference_ids(test_sentences, run.max_length)
     np.testing.assert_array_equal(served["label_id"], probs.argmax(1))
     assert served["label"] == [phrasebank.LABELS[i] for i in probs.argmax(1)]
     np.testing.assert_allclose(got, probs, atol=1e-3)
@@ -219,7 +244,7 @@ def test_finished_run_figures_are_float32_whatever_the_global_policy(tiny_run):
     try:
         run = FinishedRun.open(tiny_run)
         model = run.model
-        layers = [l for l in model.submodules if isinstance(l, keras.layers.Layer)]
+        layers = list(model._flatten_layers(include_self=False))  # every layer, nested ones too
         assert len(layers) > 10 and {l.compute_dtype for l in layers} == {"float32"} == {model.compute_dtype}
         assert run.precision == "fp32"
         assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
@@ -246,17 +271,16 @@ def test_calibrate_and_export_rebuild_an_older_run(tiny_run, tmp_path, test_sent
 
 
 def test_serving_export_refuses_a_tokenizer_it_cannot_reproduce():
-    """A byte-level BPE tokenizer (RoBERTa/GPT-style) in the graph as WordPiece would give
-    other ids than training: refused, with what to use instead."""
-    from tokenizers import Tokenizer, models as tmodels, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    """A byte-level BPE tokenizer (RoBERTa/GPT-style) has no [CLS]/[SEP] to frame its ids as
+    the graph does (as eval/predict.py does for WordPiece): refused, with what to use instead."""
+    import keras_hub
     from common import serving
     from common.errors import ModelError
-    bpe = Tokenizer(tmodels.BPE(vocab={"a": 0, "b": 1, "ab": 2, "<unk>": 3}, merges=[("a", "b")], unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel()
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>")
-    with pytest.raises(ModelError, match="WordPiece .* only; this model's is BPE. Serve it with eval/predict.py"):
-        serving.wordpiece_settings(tok)
+    bpe = keras_hub.tokenizers.BytePairTokenizer(vocabulary={"a": 0, "b": 1, "ab": 2, "<unk>": 3}, merges=["a b"],
+                                                 unsplittable_tokens=["<unk>"])
+    with pytest.raises(ModelError, match="WordPiece .* only; this model's is BytePairTokenizer. Serve it with "
+                                         "eval/predict.py"):
+        serving.check_tokenizer(bpe)
 
 
 def test_evaluate_on_a_users_labelled_csv_with_a_label_map(tiny_run, data_dir, tmp_path):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from common import REPO_ROOT, phrasebank, runs
-from tests.conftest import USER_ENV, assert_one_line_error
+from tests.conftest import USER_ENV, assert_one_line_error, reference_ids
 from tests.test_predict import one_at_a_time, read_csv, test_sentences, tiny_run  # noqa: F401  (the fixtures)
 
 PREDICT = "eval/predict.py"
@@ -77,6 +77,10 @@ def test_one_output_row_per_input_record_in_order(tiny_run, tmp_path, fmt):  # n
     rows = jsonl_rows(out.read_text(encoding="utf-8"))
     assert [r["text"] for r in rows] == TRICKY
     np.testing.assert_allclose(probs_of(rows), one_at_a_time(tiny_run, TRICKY), atol=2e-5)
+    # the ids too: a tiny random model's probabilities move by less than that tolerance when
+    # a few ids change, so the tokens are checked against the Hugging Face tokenizer's directly
+    from common.finished_run import FinishedRun
+    assert FinishedRun.open(tiny_run).encode(TRICKY)[0] == reference_ids(TRICKY, 128)
 
 
 def test_text_on_stdin_splits_on_newlines_only(tiny_run):  # noqa: F811
@@ -99,7 +103,8 @@ def test_jsonl_with_raw_line_separators_in_strings_for_training_and_evaluate_too
     src = tmp_path / "desk.jsonl"
     src.write_text("".join(json.dumps({"text": t, "label": phrasebank.LABELS[i % 3]}, ensure_ascii=False) + "\n"
                            for i, t in enumerate(texts)), encoding="utf-8")
-    rows, lines = sources.read(str(src), {"label_column": "label"}, phrasebank.LABELS)
+    from common.config import Config
+    rows, lines = sources.read(str(src), Config(label_column="label"), phrasebank.LABELS)
     assert [t for t, _ in rows] == texts and lines == list(range(1, len(texts) + 1))
     m, *_ = evaluate.evaluate_file(FinishedRun.open(tiny_run), str(src))
     assert m["n"] == len(texts)
@@ -240,25 +245,31 @@ SERVE_EACH = r"""
 import json, sys
 import tensorflow as tf
 import tensorflow_text  # noqa: F401
-fn = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
+loaded = tf.saved_model.load(sys.argv[1])
+fn = loaded.signatures["serving_default"]
 out = []
 for batch in json.load(open(sys.argv[2])):
     try:
         r = fn(text=tf.constant(batch, tf.string))
         out.append({"probabilities": r["probabilities"].numpy().tolist(),
                     "label": [x.decode() for x in r["label"].numpy()]})
+        if batch and sys.argv[4:] == ["ids"]:  # the ids the model was given, unpadded
+            x = loaded.token_ids(text=tf.constant(batch, tf.string))
+            out[-1]["ids"] = [row[m == 1].tolist() for row, m in zip(x["input_ids"].numpy(),
+                                                                     x["attention_mask"].numpy())]
     except tf.errors.InvalidArgumentError as e:
         out.append({"error": e.message})
 json.dump(out, open(sys.argv[3], "w"))
 """
 
 
-def serve_batches(serving_dir, batches, tmp_path):
-    """Each batch through the serving SavedModel in a fresh process: its rows, or its error."""
+def serve_batches(serving_dir, batches, tmp_path, ids=False):
+    """Each batch through the serving SavedModel in a fresh process: its rows (ids: with the
+    token ids the model was given), or its error."""
     src, dst = tmp_path / "batches.json", tmp_path / "served.json"
     src.write_text(json.dumps(batches))
-    subprocess.run([sys.executable, "-c", SERVE_EACH, str(serving_dir), str(src), str(dst)], check=True,
-                   capture_output=True, timeout=300, cwd=str(tmp_path),
+    subprocess.run([sys.executable, "-c", SERVE_EACH, str(serving_dir), str(src), str(dst), *(["ids"] if ids else [])],
+                   check=True, capture_output=True, timeout=300, cwd=str(tmp_path),
                    env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     return json.loads(dst.read_text())
 
@@ -287,7 +298,7 @@ def test_long_texts_are_truncated_at_the_encoders_positions_by_predict_evaluate_
     from eval import evaluate
     run, ref_run = old_long_run[100000], old_long_run[512]
     long = " ".join(test_sentences[:40])  # ~1,200 tokens
-    assert len(FinishedRun.open(run).tokenizer(long)["input_ids"]) > 1000
+    assert len(reference_ids([long], 10 ** 6)[0]) > 1000
     texts = [test_sentences[0], long]
     ref = one_at_a_time(ref_run, texts)
     src, out = tmp_path / "in.txt", tmp_path / "out.csv"
@@ -300,9 +311,12 @@ def test_long_texts_are_truncated_at_the_encoders_positions_by_predict_evaluate_
         csv.writer(f).writerows([("text", "label"), (test_sentences[0], "neutral"), (long, "positive")])
     m, *_ = evaluate.evaluate_file(FinishedRun.open(run), str(desk))
     assert m["n"] == 2 and m["truncated"] == 1
-    served = serve_batches(os.path.join(run, "serving"), [texts], tmp_path)[0]
+    served = serve_batches(os.path.join(run, "serving"), [texts], tmp_path, ids=True)[0]
     assert "error" not in served, served
     np.testing.assert_allclose(served["probabilities"], ref, atol=1e-4)
+    # the first 510 pieces between [CLS] and [SEP], as predict and the Hugging Face tokenizer cut it
+    assert served["ids"] == FinishedRun.open(run).encode(texts)[0] == reference_ids(texts, 512)
+    assert len(served["ids"][1]) == 512
 
 
 EMPTY = ["", "   ", "\t\u3000", "\u2028", "\u200b", "\x00\x00"]  # blank, or only characters the tokenizer drops

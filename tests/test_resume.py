@@ -2,6 +2,7 @@
 does nothing; one writer per run folder (a real second process, kill -9, a stale lock)."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -257,3 +258,24 @@ def test_a_full_disk_is_one_line_and_the_same_command_finishes_once_there_is_roo
     p = run_script(*args)
     assert "training had finished" in p.stdout and "Epoch 1/1" not in p.stdout, p.stdout[-2000:]
     assert (run / "metrics.json").exists() and (run / "serving").is_dir()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "another-model"])
+def test_a_backup_that_does_not_fit_is_one_line_naming_the_fix(tiny_distilbert, tiny_bert, data_dir, tmp_path, damage):
+    """A backup/ edited by hand, cut by a failing disk, or left by another model in the folder."""
+    run = tmp_path / "run"
+    chief = run / "backup" / "chief"
+    if damage == "garbage":
+        chief.mkdir(parents=True)
+        (chief / "checkpoint").write_text('model_checkpoint_path: "ckpt-5"\nall_model_checkpoint_paths: "ckpt-5"\n')
+        (chief / "ckpt-5.index").write_bytes(b"not a checkpoint")
+        (chief / "ckpt-5.data-00000-of-00001").write_bytes(b"\0" * 64)
+    else:  # a tiny BERT's backup, resumed with a DistilBERT
+        other = tmp_path / "other"
+        kill_when(["train/full_finetune.py", "--model", tiny_bert, "--data", data_dir, "--run-dir", str(other),
+                   "--epochs", "2", "--precision", "fp32"], "Epoch 2/2", delay=0.5)
+        shutil.copytree(other / "backup", run / "backup")
+    p = run_script("train/full_finetune.py", "--model", tiny_distilbert, "--data", data_dir, "--run-dir", run,
+                   "--epochs", "2", "--precision", "fp32", check=False)
+    assert_one_line_error(p, "train/full_finetune.py", f"{run}/backup: ")
+    assert f"delete {run}/backup to train this run again from its start, or pass a new --run-dir" in p.stderr

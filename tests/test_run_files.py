@@ -71,7 +71,7 @@ def texts_file(tmp_path):
 # ----------------------------------------------------------------------------- config.json's labels against model/'s
 
 def labels_message(run, labels):
-    return (f"{run}/config.json: flags.labels is \"{labels}\", but {run}/model/config.json is a classifier for 3 "
+    return (f"{run}/config.json: flags.labels is \"{labels}\", but {run}/model/head.json is a classifier for 3 "
             f"classes (negative,neutral,positive); set flags.labels to \"negative,neutral,positive\" (the model's "
             f"classes in id order), or restore the run's own model/ folder")
 
@@ -89,6 +89,90 @@ def test_evaluate_refuses_more_labels_than_the_model_has(finished, tmp_path):
     run = copy_of(finished, tmp_path)
     edit(run / "config.json", with_flags(labels="a,b,c,d"))
     assert refused("eval/evaluate.py", run) == labels_message(run, "a,b,c,d")
+
+
+# ----------------------------------------------------------------------------- model/ of the Keras 2 version
+
+# config.json's "versions" as the TensorFlow 2.15 / Keras 2 / transformers version recorded them
+# (runs.versions at commit dd16d3e), and a commit of that version.
+KERAS2_VERSIONS = {"python": "3.10.12", "tensorflow": "2.15.1", "keras": "2.15.0", "transformers": "4.57.6",
+                   "huggingface-hub": "0.36.2", "datasets": "5.0.1", "tokenizers": "0.22.2", "keras-tuner": "1.4.8",
+                   "tensorflow-text": "2.15.0", "scikit-learn": "1.7.2", "numpy": "1.26.4"}
+KERAS2_COMMIT = "cf308c01293835a18023f9ef12f2b8ff0bfdbe1b"
+
+
+def keras2_run(tmp_path, data_dir, head):
+    """A finished run folder as the Keras 2 version wrote it, made by hand: its config.json,
+    metrics.json and calibration.json, and model/ as transformers' save_pretrained (TF) left
+    it: config.json (a Hugging Face one), tf_model.h5 (HDF5, the layers by name) and the
+    tokenizer files; head "custom" adds that version's head.json (no "architecture") and
+    head.weights.h5."""
+    import h5py
+    import numpy as np
+    from common import phrasebank
+    from tests import tiny_models
+    run = tmp_path / f"keras2-{head}"
+    model = run / "model"
+    tiny_models.write_hf_folder(str(model), "distilbert", labels=phrasebank.LABELS)
+    (model / "model.safetensors").unlink()  # the TF version saved tf_model.h5 instead
+    config = json.loads((model / "config.json").read_text())
+    config["architectures"] = ["TFDistilBertForSequenceClassification" if head == "library" else "TFDistilBertModel"]
+    (model / "config.json").write_text(json.dumps(config, indent=2))
+    with h5py.File(model / "tf_model.h5", "w") as f:
+        layer = f.create_group("distilbert").create_group("tf_distil_bert_for_sequence_classification")
+        layer.create_dataset("embeddings/word_embeddings/weight:0", data=np.zeros((4, 2), np.float32))
+        f.attrs["layer_names"] = [b"distilbert"]
+    if head == "custom":
+        (model / "head.json").write_text(json.dumps({"kind": "custom", "pooling": "mean", "hidden": [256],
+                                                     "dropout": 0.1, "activation": "gelu",
+                                                     "labels": list(phrasebank.LABELS)}, indent=2))
+        with h5py.File(model / "head.weights.h5", "w") as f:
+            f.create_dataset("logits/kernel:0", data=np.zeros((256, 3), np.float32))
+    flags = {"model": "distilbert-base-uncased", "data": data_dir, "agreement": "all", "split": "hash",
+             "max_length": 128, "epochs": 3, "head": head}
+    (run / "config.json").write_text(json.dumps({
+        "script": "full_finetune", "argv": ["--data", data_dir], "flags": flags, "resolved": {"precision": "fp32"},
+        "devices": ["/physical_device:CPU:0"], "versions": KERAS2_VERSIONS, "git_commit": KERAS2_COMMIT}, indent=2))
+    accuracy = {"accuracy": 0.9, "macro_f1": 0.88, "n": 226}
+    (run / "metrics.json").write_text(json.dumps({"validation": accuracy, "test": accuracy}, indent=2))
+    (run / "calibration.json").write_text(json.dumps({"temperature": 1.2}))
+    return run
+
+
+def keras2_message(run):
+    return (f"{run}/model: written by the TensorFlow 2.15 / Keras 2 / transformers version of this project "
+            f"(tensorflow 2.15.1, keras 2.15.0, transformers 4.57.6, commit cf308c012938), which this version "
+            f"(Keras 3, KerasHub) cannot load; train it again with this version, or use the release/commit before the "
+            f"Keras 3 move (git checkout dd16d3e)")
+
+
+def test_predict_refuses_a_model_the_keras2_version_wrote_in_one_line(data_dir, tmp_path):
+    """As a user meets it: exit 2, one line naming the versions that wrote it and what to do."""
+    run = keras2_run(tmp_path, data_dir, "library")
+    p = run_script("eval/predict.py", run, "--input", texts_file(tmp_path), check=False)
+    assert_one_line_error(p, "eval/predict.py", keras2_message(run))
+    assert p.stdout == ""
+
+
+@pytest.mark.parametrize("head, script", [("library", "eval/evaluate.py"), ("library", "eval/export.py"),
+                                          ("custom", "eval/calibrate.py"), ("custom", "eval/agreement_matrix.py"),
+                                          ("custom", "eval/predict.py")])
+def test_every_reader_refuses_a_model_the_keras2_version_wrote(data_dir, tmp_path, head, script):
+    """The library head's model/ (tf_model.h5 beside transformers' config.json) and the custom
+    head's (its head.json has no "architecture"): one check, in FinishedRun.open, for all."""
+    run = keras2_run(tmp_path, data_dir, head)
+    args = {"eval/predict.py": ["--input", texts_file(tmp_path)],
+            "eval/agreement_matrix.py": ["--out", tmp_path / "matrix"]}.get(script, [])
+    assert refused(script, run, *args) == keras2_message(run)
+    assert not (run / "serving").exists() and not (run / "eval").exists()
+
+
+def test_init_from_a_run_the_keras2_version_wrote_is_refused_in_one_line(data_dir, tmp_path):
+    run = keras2_run(tmp_path, data_dir, "library")
+    p = run_script("train/body_finetune.py", "--init-from", run, "--data", data_dir, "--run-dir", tmp_path / "next",
+                   check=False)
+    assert_one_line_error(p, "train/body_finetune.py", keras2_message(run))
+    assert not (tmp_path / "next").exists()
 
 
 # ----------------------------------------------------------------------------- calibration.json

@@ -4,6 +4,7 @@ them (reproduce_study, learning_curve, seeds) and the frozen-feature probe. The 
 levels' experiment is tests/test_agreement_matrix.py."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -14,12 +15,16 @@ from common.env import keras
 from tests.conftest import call_main, run_script
 
 
+def _key(variable) -> str:
+    """A variable's Keras 3 path without the model instance's name (classifier, classifier_1...)."""
+    return re.sub(r"^classifier(_\d+)?/", "", variable.path)
+
+
 def _weights(folder):
-    m = models.build_classifier(str(folder))
-    key = lambda w: w.name.split("/", 1)[1]  # noqa: E731  (drop the model instance's name)
-    enc = {key(w): w.numpy() for w in models.encoder_of(m).weights}
-    head = {key(w): w.numpy() for l in models.head_layers(m) for w in l.weights}
-    assert enc and head
+    m = models.build_classifier(str(folder), phrasebank.LABELS)
+    enc = {_key(w): w.numpy() for w in models.encoder_of(m).weights}
+    head = {_key(w): w.numpy() for w in m.head.weights}
+    assert enc and head and not enc.keys() & head.keys()
     return enc, head
 
 
@@ -60,18 +65,43 @@ def test_body_only_keeps_the_trained_head_and_changes_the_encoder(head_run, data
     assert len(changed) >= len(enc0) - 2  # every encoder weight that gets a gradient moved
 
 
+def _saved_head(path, head) -> dict:
+    """head.weights.h5 read with h5py, not through Keras' loading: {variable path: array}.
+    Keras saves each Dense as a group <list>/<layer>/vars holding 0 (kernel) and 1 (bias):
+    the hidden layers under hidden_layers/ in order, the output layer as the one other."""
+    import h5py
+    groups = []
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: groups.append((name, {k: obj[k][()] for k in obj}))
+                     if isinstance(obj, h5py.Group) and name.endswith("/vars") and len(obj) else None)
+    order = lambda g: int(re.search(r"(?:_(\d+))?/vars$", g[0]).group(1) or 0)  # noqa: E731  (dense, dense_1, ...)
+    hidden = sorted((g for g in groups if g[0].startswith("hidden_layers/")), key=order)
+    rest = [g for g in groups if not g[0].startswith("hidden_layers/")]
+    assert len(hidden) == len(head.hidden_layers) and len(rest) == 1, groups
+    out = {}
+    for dense, (_, arrays) in zip([*head.hidden_layers, head.logits], hidden + rest):
+        assert sorted(arrays) == ["0", "1"]
+        out[_key(dense.kernel)], out[_key(dense.bias)] = arrays["0"], arrays["1"]
+    return out
+
+
 def test_init_from_restores_the_earlier_run_exactly(head_run, data_dir, tmp_path):
-    from transformers import TFAutoModelForSequenceClassification
+    """Every weight of the model --init-from builds equals the earlier run's model/, read apart
+    from the project's loading: the encoder by KerasHub's own Backbone.from_preset, the head's
+    file by h5py; compared by variable path."""
+    import keras_hub
     from common import config, training
     head_dir, _ = head_run
     cfg = config.Config(init_from=str(head_dir), data=data_dir, precision="fp32", run_dir=str(tmp_path / "run"))
     run = training.start(cfg, "test")
     with run.harness.strategy.scope():
         model = training.build_model(run)
-    ref = TFAutoModelForSequenceClassification.from_pretrained(str(head_dir / "model"))
-    mine = {w.name.split("/", 1)[1]: w.numpy() for w in model.weights}  # by name: frozen weights list last
-    theirs = {w.name.split("/", 1)[1]: w.numpy() for w in ref.weights}
-    assert mine.keys() == theirs.keys() and all(np.array_equal(mine[k], theirs[k]) for k in mine)
+    backbone = keras_hub.models.Backbone.from_preset(str(head_dir / "model"))
+    theirs = {_key(w): w.numpy() for w in backbone.weights}
+    theirs.update(_saved_head(str(head_dir / "model" / models.HEAD_WEIGHTS), model.head))
+    mine = {_key(w): w.numpy() for w in model.weights}  # by path: frozen weights list last
+    assert len(mine) == len(model.weights) and mine.keys() == theirs.keys()
+    assert all(mine[k].shape == theirs[k].shape and np.array_equal(mine[k], theirs[k]) for k in mine)
 
 
 def test_body_finetune_requires_init_from(data_dir, tmp_path, capsys):
@@ -90,10 +120,10 @@ def test_custom_head_trains_under_two_replicas_and_bf16_and_reloads(pooling, tin
                   "--precision", "bf16")
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["resolved"]["replicas"] == 2 and cfg["resolved"]["precision"] == "bf16"
-    model = models.build_classifier(str(run / "model"))
-    assert isinstance(model, models.CustomHeadClassifier) and model.head_config["pooling"] == pooling
-    assert [l.units for l in model.hidden_layers] == [16, 8]
-    logits = model(model.dummy_inputs)
+    model = models.build_classifier(str(run / "model"), phrasebank.LABELS)
+    assert model.head.kind == "custom" and model.head_config["pooling"] == pooling
+    assert [l.units for l in model.head.hidden_layers] == [16, 8]
+    logits = model(models.dummy_inputs())
     assert logits.dtype.name == "float32" and logits.shape == (1, 3)
     keras.mixed_precision.set_global_policy("float32")
     call_main("eval/evaluate.py", run)  # the eval script loads custom heads too
@@ -104,9 +134,10 @@ def test_custom_head_trains_under_two_replicas_and_bf16_and_reloads(pooling, tin
 def test_custom_head_logits_are_float32_under_mixed_precision(tiny_distilbert):
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-        m = models.CustomHeadClassifier.create(tiny_distilbert, "mean", (8,), 0.1, "relu")
-        assert m.hidden_layers[0].compute_dtype == "bfloat16"
-        assert m(m.dummy_inputs).dtype.name == "float32"
+        m = models.build_classifier(tiny_distilbert, phrasebank.LABELS, 0.1, "custom", "mean", (8,), "relu")
+        assert m.head.kind == "custom" and [l.units for l in m.head.hidden_layers] == [8]
+        assert m.head.hidden_layers[0].compute_dtype == "bfloat16"
+        assert m(models.dummy_inputs()).dtype.name == "float32"
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
@@ -190,13 +221,15 @@ def test_probe_features_batches_like_one_sentence_at_a_time_and_reads_labels(tin
     from common import models
     from common.env import tf
     from eval import probe_features
-    model = models.build_classifier(tiny_distilbert)
+    from tests.conftest import reference_ids
+    model = models.build_classifier(tiny_distilbert, phrasebank.LABELS)
     tok = models.load_tokenizer(tiny_distilbert)
     sentences = [s for s, _ in phrasebank.load_splits(data_dir, "all")["test"][:40]]
     batched = probe_features.features(model, tok, sentences, batch_size=16)
-    for i in (0, 7, 39):
-        ids = tf.constant([tok(sentences[i])["input_ids"]])
-        h = models.encoder_of(model)(input_ids=ids, training=False).last_hidden_state.numpy()[0]
+    for i in (0, 7, 39):  # the sentence alone, unpadded, its ids from the Hugging Face tokenizer
+        ids = tf.constant(reference_ids([sentences[i]], 128), tf.int32)
+        h = models.encoder_of(model)({"token_ids": ids, "padding_mask": tf.ones_like(ids)}, training=False)
+        h = h.numpy()[0]  # DistilBERT's backbone returns the last hidden states
         np.testing.assert_allclose(batched["mean"][i], h.mean(0), atol=1e-5)
         np.testing.assert_allclose(batched["cls"][i], h[0], atol=1e-5)
     results = probe_features.main(["--model", tiny_distilbert, "--data", data_dir])

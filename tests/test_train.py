@@ -54,7 +54,8 @@ def tiny_run(tiny_run_elsewhere):
 
 def test_run_folder_is_complete_and_self_describing(tiny_run, data_dir):
     run, m = tiny_run
-    for name in ("config.json", "metrics.json", "model/tf_model.h5", "model/config.json", "model/tokenizer.json"):
+    for name in ("config.json", "metrics.json", "model/model.weights.h5", "model/config.json", "model/tokenizer.json",
+                 "model/head.json", "model/head.weights.h5"):
         assert (run / name).exists(), name
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["flags"]["data"] == data_dir and cfg["flags"]["epochs"] == 2
@@ -91,13 +92,17 @@ def test_default_run_keeps_the_embeddings_and_trains_every_other_weight(tiny_run
     from common import models
     run, _ = tiny_run
 
+    embedding_paths = set()
+
     def weights(folder):
-        m = models.build_classifier(str(folder))
-        return {w.name.split("/", 1)[1]: w.numpy() for w in m.weights}
+        m = models.build_classifier(str(folder), ("negative", "neutral", "positive"))
+        embedding_paths.update(w.path for layer in models.embedding_layers(m.backbone) for w in layer.weights)
+        return {w.path: w.numpy() for w in m.weights}
     before, after = weights(tiny_distilbert), weights(run / "model")
     assert before.keys() == after.keys()
     same = {k for k in before if (before[k] == after[k]).all()}
-    assert same == {k for k in before if "/embeddings/" in k} and same  # --no-train-embeddings is the default
+    # --no-train-embeddings is the default: token and position embeddings and their LayerNorm stay
+    assert same == embedding_paths and len(same) == 4
 
 
 def test_tensorboard_has_scalars_hparams_and_confusion_image(tiny_run):
@@ -141,7 +146,7 @@ def test_cpu_replicas_2_trains_with_mirrored_strategy(tiny_distilbert, data_dir,
     cfg = json.loads((tmp_path / "r2" / "config.json").read_text())
     assert cfg["resolved"]["replicas"] == 2 and cfg["resolved"]["strategy"] == "MirroredStrategy"
     assert len(cfg["devices"]) == 2
-    assert m["test"]["n"] == 226 and (tmp_path / "r2" / "model" / "tf_model.h5").exists()
+    assert m["test"]["n"] == 226 and (tmp_path / "r2" / "model" / "head.weights.h5").exists()
 
 
 def test_gpus_more_than_present_is_a_clear_error():
@@ -206,7 +211,7 @@ def test_kill_mid_epoch_leaves_no_metrics_and_rerun_resumes_without_losing_or_re
     assert m["optimizer_steps"] == m["planned_steps"] == planned_steps(data_dir)
     # throughput counts only what this process ran (not the epochs' full lengths)
     assert 0 < restored < m["planned_steps"] and m["steps_this_process"] == m["planned_steps"] - restored
-    assert m["test"]["n"] == 226 and (run / "model" / "tf_model.h5").exists()
+    assert m["test"]["n"] == 226 and (run / "model" / "head.weights.h5").exists()
     assert not (run / "backup").exists()  # removed once training completed
 
 

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from common import config, data, optim, phrasebank
+from common import config, data, models, optim, phrasebank, sources
 from tests.conftest import run_script, tb_scalars
 
 
@@ -45,7 +45,7 @@ def test_lr_search_runs_three_trials_writes_results_and_resumes_without_redoing(
     assert "_hparams_/session_start_info" in acc.Tags()["tensors"]
     assert first.stdout.count("Trial 3 Complete") == 1
     # every trial trained with the class weights the train script would use, and says so
-    expected = data.class_weights([y for _, y in phrasebank.load_splits(data_dir, "all")["train"]])
+    expected = data.class_weights([y for _, y in phrasebank.load_splits(data_dir, "all")["train"]], "balanced", 3)
     for trial, cfg in _trials(run).values():
         assert cfg["flags"]["class_weight"] == "balanced" and cfg["script"] == "lr_search.py trial"
         assert {int(k): v for k, v in cfg["resolved"]["class_weight"].items()} == pytest.approx(expected)
@@ -79,12 +79,17 @@ def test_distributed_search_chief_and_two_workers_on_loopback(tiny_distilbert, d
 
 @pytest.fixture(scope="module")
 def tiny_encoder(tmp_path_factory, tiny_distilbert):
-    """The tiny DistilBERT without its classification head, as a pretrained encoder comes:
-    the head is drawn at random when a classifier is built, so the seed decides it."""
-    from transformers import AutoTokenizer, TFDistilBertModel
+    """The tiny DistilBERT without its classification head, as a pretrained encoder comes
+    (distilbert-base-uncased: the encoder's weights only): the head is drawn at random when
+    a classifier is built, so the seed decides it."""
+    import shutil
+    from safetensors.numpy import load_file, save_file
     path = str(tmp_path_factory.mktemp("tiny-encoder"))
-    TFDistilBertModel.from_pretrained(tiny_distilbert).save_pretrained(path)
-    AutoTokenizer.from_pretrained(tiny_distilbert).save_pretrained(path)
+    shutil.copytree(tiny_distilbert, path, dirs_exist_ok=True)
+    weights = os.path.join(path, "model.safetensors")
+    encoder = {k: v for k, v in load_file(weights).items() if k.startswith("distilbert.")}
+    assert len(encoder) < len(load_file(weights))  # pre_classifier and classifier left out
+    save_file(encoder, weights, metadata={"format": "pt"})
     return path
 
 
@@ -123,9 +128,9 @@ def test_hyperband_promoted_trials_continue_the_schedules(tiny_distilbert, data_
     trials = _trials(run)
     promoted = {i: (t, c) for i, (t, c) in trials.items() if t["hyperparameters"]["values"]["tuner/initial_epoch"] > 0}
     assert promoted, "Hyperband promoted no trial"
-    from transformers import AutoTokenizer
     any_flags = next(iter(promoted.values()))[1]["flags"]
-    steps = data.load_data(config.Config(**any_flags), AutoTokenizer.from_pretrained(tiny_distilbert), 1).train_stats["steps"]
+    cfg = config.Config(**any_flags)
+    steps = data.load_data(cfg, sources.resolve(cfg), models.load_tokenizer(tiny_distilbert), 1).train_stats["steps"]
     for i, (t, cfg) in promoted.items():
         hp = t["hyperparameters"]["values"]
         first = hp["tuner/initial_epoch"]
@@ -186,5 +191,40 @@ def test_a_trials_executions_train_with_successive_seeds(tiny_distilbert, data_d
     assert not all(a.shape == b.shape and np.allclose(a, b) for a, b in zip(*heads))  # another initial head
     # the second fit trained on seed 43's data, as `--seed 43` would
     fresh = config.Config(**{**cfg.to_dict(), "seed": 43})
-    ref = data.load_data(fresh, run.tokenizer, 1)
+    ref = data.load_data(fresh, run.data_source, run.tokenizer, 1)
     assert hypermodel.trial(hp, 1).splits.rows["train"] == ref.rows["train"]
+
+
+def test_a_trial_whose_hp_takes_a_freed_ones_id_still_trains_with_the_seed(tiny_distilbert, data_dir, runs_root):
+    """keras-tuner builds the hypermodel once on a scratch HyperParameters object to learn the
+    search space and then frees it; a distributed-tuning worker frees each trial's after the
+    trial. A new trial's object can take a freed one's id (CPython reuses the memory): its
+    first build is still the trial's first execution (--seed), not a second execution of the
+    freed object's (--seed + 1, other data: seen on a keras-tuner worker)."""
+    import gc
+    import keras_tuner as kt
+    from common import tuning, training
+    from common.env import keras
+    keras.backend.clear_session()
+    cfg = config.Config(model=tiny_distilbert, data=data_dir, precision="fp32", epochs=1, train_examples=64,
+                        run_dir=str(runs_root / "freed"))
+    run = training.start(cfg, "test", run_folder=None)
+    seeds = []
+
+    class Recorded(tuning.ConfigHyperModel):
+        def trial(self, hp, execution=0):
+            t = super().trial(hp, execution)
+            seeds.append(t.cfg.seed)
+            return t
+    hypermodel = Recorded(run, lambda hp, c: c)
+    scratch = kt.HyperParameters()
+    hypermodel.build(scratch)  # what keras-tuner's _populate_initial_space does
+    freed = id(scratch)
+    del scratch
+    gc.collect()
+    fresh = []  # the next trials' objects, until one takes the freed id (a few thousand on)
+    while len(fresh) < 50_000 and (not fresh or id(fresh[-1]) != freed):
+        fresh.append(kt.HyperParameters())
+    print(f"a new HyperParameters object took the freed id: {id(fresh[-1]) == freed} (after {len(fresh)})")
+    hypermodel.build(fresh[-1])
+    assert seeds == [42, 42]

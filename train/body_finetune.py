@@ -23,7 +23,7 @@ def main(argv=None):
         parser.error("--freeze: body_finetune.py trains the encoder only; use full_finetune.py for other choices")
     run = training.start(cfg, SCRIPT)
     with run.harness.strategy.scope():
-        model = training.build_model(run)  # head layers .trainable = False
+        model = training.build_model(run)  # model.head.trainable = False
     return training.fit_and_report(run, model)
 
 

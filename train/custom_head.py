@@ -4,8 +4,8 @@
     python train/custom_head.py --pooling mean --head-hidden 256,64 --head-dropout 0.2
     python train/custom_head.py --freeze encoder --lr 1e-3        # head only
 
-Logits stay float32 under mixed precision. The run's model/ folder holds the encoder
-(save_pretrained) plus head.json and head.weights.h5; eval/evaluate.py and
+Logits stay float32 under mixed precision. The run's model/ folder holds the encoder and
+its tokenizer (a KerasHub preset) plus head.json and head.weights.h5; eval/evaluate.py and
 --init-from load it.
 """
 import os
@@ -25,7 +25,7 @@ def main(argv=None):
         parser.error("--head: custom_head.py builds the custom head; use full_finetune.py for the library head")
     run = training.start(cfg, SCRIPT)
     with run.harness.strategy.scope():
-        model = training.build_model(run)  # models.CustomHeadClassifier
+        model = training.build_model(run)  # models.Classifier, head.kind == "custom"
     return training.fit_and_report(run, model)
 
 

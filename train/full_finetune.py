@@ -12,7 +12,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import env  # noqa: E402,F401  (first: resolves Keras 2 before transformers)
+from common import env  # noqa: E402,F401  (first: Keras 3 on TensorFlow, quiet logs)
 from common import config, errors, training  # noqa: E402
 
 SCRIPT = "full_finetune"

@@ -25,7 +25,7 @@ def main(argv=None):
         parser.error("--freeze: head_only.py trains the head only; use full_finetune.py for other choices")
     run = training.start(cfg, SCRIPT)
     with run.harness.strategy.scope():
-        model = training.build_model(run)  # encoder.trainable = False
+        model = training.build_model(run)  # model.backbone.trainable = False
     return training.fit_and_report(run, model)
 
 
