@@ -8,6 +8,7 @@ two heads: 'library', the Hugging Face classifier's own (DistilBERT: first token
 Dense(relu) -> dropout -> logits; BERT: the pooler -> dropout -> logits; where the
 checkpoint is a classifier, its trained head is loaded too), or 'custom' (pooling, hidden
 layers). Logits are float32 under every dtype policy."""
+import functools
 import json
 import os
 
@@ -52,13 +53,20 @@ def local_folder(name: str) -> str:
         raise ModelError(f"--model {name}: no such folder; pass a model folder (config.json, model.safetensors, "
                          f"vocab.txt, tokenizer_config.json), a run's model/ folder, or a Hub id such as "
                          f"distilbert-base-uncased")
-    repo = name[len("hf://"):] if name.startswith("hf://") else name
-    from huggingface_hub import snapshot_download
-    from common import hub
     try:
-        return snapshot_download(repo, allow_patterns=HUB_FILES, **hub.call_kwargs())
+        return _hub_snapshot(name[len("hf://"):] if name.startswith("hf://") else name)
     except Exception as e:  # not found, unreachable, refused: one line
         raise _not_found(name, e) from e
+
+
+@functools.lru_cache(maxsize=None)
+def _hub_snapshot(repo: str) -> str:
+    """The repository's files in the Hugging Face cache, asked of the Hub once per process:
+    a run reads its model's tokenizer, position limit and weights, and each ask costs the
+    Hub's revision and file-list requests."""
+    from huggingface_hub import snapshot_download
+    from common import hub
+    return snapshot_download(repo, allow_patterns=HUB_FILES, **hub.call_kwargs())
 
 
 def _read_config(folder: str, name: str) -> dict:
