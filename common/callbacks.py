@@ -153,10 +153,10 @@ class BestCheckpoint(keras.callbacks.ModelCheckpoint):
     Only the chief writes: Keras 3's ModelCheckpoint has every worker write the same file
     (Keras 2 sent the others to temporary folders), so the others keep the record only."""
 
-    def __init__(self, path: str, monitor: str, is_chief: bool = True):
+    def __init__(self, path: str, monitor: str, is_chief: bool = True, mode: str = "max"):
         self.record_path = os.path.join(os.path.dirname(path), "best.json")
         record = read_best(self.record_path)
-        super().__init__(path, monitor=monitor, mode="max", save_best_only=True, save_weights_only=True,
+        super().__init__(path, monitor=monitor, mode=mode, save_best_only=True, save_weights_only=True,
                          initial_value_threshold=record["value"] if record else None, verbose=0)
         self.best_epoch = record["epoch"] if record else None
         self.is_chief = is_chief
@@ -317,6 +317,54 @@ class HParams(keras.callbacks.Callback):
         self.written = True
 
 
+class EarlyStop(keras.callbacks.EarlyStopping):
+    """--patience: Keras' EarlyStopping (BestCheckpoint, not restore_best_weights, keeps the best
+    epoch), whose count survives a restart. Keras' starts counting again in every fit(), and a
+    resumed run is one or two fit() calls in a new process; this replays the selection metric
+    of every epoch the run has finished (epochs.json, `finished`) before going on, so a resumed
+    run stops where the uninterrupted one did. `stale()`: the finished epochs already call for
+    the stop (a run killed after it stopped, while it evaluated or exported)."""
+
+    def __init__(self, monitor: str, mode: str, patience: int, finished: list):
+        super().__init__(monitor=monitor, mode=mode, patience=patience, verbose=0)
+        self.seen = [e[monitor] for e in finished if monitor in e]  # this run's epochs, in order
+
+    def _replay(self):
+        if self.monitor_op is None:
+            self._set_monitor_op()
+        self.wait, self.best = 0, None
+        for value in self.seen:  # Keras' own rule (EarlyStopping.on_epoch_end), without the side effects
+            self.wait += 1
+            if self._is_improvement(value, self.best):
+                self.best, self.wait = value, 0
+
+    def stale(self) -> bool:
+        self._replay()
+        return len(self.seen) > 1 and self.wait >= self.patience
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._replay()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (logs or {}).get(self.monitor) is not None:
+            self.seen.append(float(logs[self.monitor]))
+        super().on_epoch_end(epoch, logs)
+
+
+def finished_epochs(path: str, first_epoch: int) -> list:
+    """epochs.json's records of the epochs finished before `first_epoch` (0-based: the epoch a
+    resumed run starts in); a file that is not the run's list is one line naming it."""
+    try:
+        old = runs.read_json(path) if os.path.exists(path) else []
+    except ValueError:
+        old = None
+    if not isinstance(old, list) or not all(isinstance(e, dict) and type(e.get("epoch")) is int for e in old):
+        raise RunDirError(f"{path}: not the list of epochs the run wrote (edited, or cut short); delete it to "
+                          f"resume (metrics.json's per-epoch losses then start at the resumed epoch)")
+    return [e for e in old if e["epoch"] <= first_epoch]  # 1-based: those finished before it
+
+
 class EpochLog(keras.callbacks.Callback):
     """epochs.json in the run folder: each finished epoch's logs (loss, validation figures,
     throughput, learning rate), rewritten at each epoch's end before the backup. A resumed
@@ -326,14 +374,7 @@ class EpochLog(keras.callbacks.Callback):
     def __init__(self, path: str, first_epoch: int):
         super().__init__()
         self.path = path
-        try:
-            old = runs.read_json(path) if os.path.exists(path) else []
-        except ValueError:
-            old = None
-        if not isinstance(old, list) or not all(isinstance(e, dict) and type(e.get("epoch")) is int for e in old):
-            raise RunDirError(f"{path}: not the list of epochs the run wrote (edited, or cut short); delete it to "
-                              f"resume (metrics.json's per-epoch losses then start at the resumed epoch)")
-        self.epochs = [e for e in old if e["epoch"] <= first_epoch]  # 1-based: those finished before it
+        self.epochs = finished_epochs(path, first_epoch)
 
     def on_epoch_end(self, epoch, logs=None):
         self.epochs.append({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()

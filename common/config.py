@@ -97,12 +97,24 @@ class Config:
                            "'sqrt' = their square roots (mean weight per example 1). The default: without it, "
                            "some seeds never learned the rare negatives in 3 epochs (docs/performance.md)",
                            choices=["none", "sqrt", "balanced"])
-    restore_prior: bool = _f(True, "after training with class weights, subtract log(class weight) from the "
-                             "logits' bias, so predictions follow the training data's class frequencies again "
-                             "(post-hoc logit adjustment; docs/results.md); --no-restore-prior keeps "
-                             "the weighted model. Not with --freeze head: a frozen head stays as it was")
+    restore_prior: str = _f("auto", "after training with class weights, subtract log(class weight) from the "
+                            "logits' bias, so predictions follow the training data's class frequencies again "
+                            "(post-hoc logit adjustment). 'auto': only where that raises --select-metric on the "
+                            "validation split (the decision and both figures go to the log and metrics.json); "
+                            "'on' (or bare --restore-prior): always; 'off' (--no-restore-prior): keep the weighted "
+                            "model (docs/own-data.md). Not with --freeze head: a frozen head stays as it was",
+                            choices=["auto", "on", "off"], nargs="?", const="on", negative="off")
     loss: str = _f("ce", "'ce' cross-entropy, 'focal' Keras' categorical focal cross-entropy",
                    choices=["ce", "focal"])
+    select_metric: str = _f("macro_f1", "the validation figure every choice is made on: the best epoch kept, "
+                            "--restore-prior auto, --patience, the tuners' objective", choices=["macro_f1", "accuracy",
+                                                                                                "loss"])
+    eval_every: int = _f(0, "validate every N optimizer steps instead of once per epoch: the best checkpoint, "
+                         "--patience, TensorBoard's epoch figures, epochs.json and the backups then follow these "
+                         "points; 0 = once per epoch")
+    patience: int = _f(0, "stop once --select-metric on validation has not improved for this many validations (epochs, "
+                       "or --eval-every points); the best one is kept, --epochs is the ceiling, and the learning-rate "
+                       "schedule is laid out over it; 0 = train to the ceiling")
     # hardware
     precision: str = _f("auto", "auto = fp16 on GPU, bf16 on CPUs with bf16 units, else fp32",
                         choices=["auto", "fp32", "fp16", "bf16"])
@@ -122,6 +134,12 @@ class Config:
                              "a bucket mount, which uploads a file only once it is closed (the launchers set it; "
                              "docs/cloud.md#tensorboard-on-a-bucket-mount)")
     tb_copy_every: int = _f(60, "seconds between --tb-staging copies")
+    license: str = _f("", "own data: the license the model card states (a Hub license id such as cc-by-4.0, or a "
+                      "name); a PhraseBank model's is the PhraseBank's, CC BY-NC-SA 3.0 (docs/using-the-model.md)")
+
+    def __post_init__(self):
+        if isinstance(self.restore_prior, bool):  # config.json of a run made when it was an on/off flag
+            self.restore_prior = "on" if self.restore_prior else "off"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -165,6 +183,9 @@ def build_parser(description: str, **defaults) -> argparse.ArgumentParser:
             typ = {"int": int, "float": float, "str": str}.get(f.type, f.type)
             extra = {k: meta[k] for k in ("nargs", "const") if k in meta}
             p.add_argument(flag, default=default, type=typ, help=meta["help"], choices=meta.get("choices"), **extra)
+            if "negative" in meta:  # --no-FLAG, as BooleanOptionalAction would give an on/off flag
+                p.add_argument("--no-" + flag[2:], dest=f.name, action="store_const", const=meta["negative"],
+                               help=f"same as {flag} {meta['negative']}")
     if defaults:
         raise TypeError(f"unknown config fields: {sorted(defaults)}")
     return p

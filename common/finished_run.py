@@ -197,3 +197,85 @@ def check_labels(run_dir: str, labels: tuple) -> None:
         raise RunDirError(f"{os.path.join(run_dir, runs.CONFIG)}: flags.labels is \"{ours}\", but {path} is a "
                           f"classifier for {len(trained)} classes ({its}); set flags.labels to \"{its}\" (the model's "
                           f"classes in id order), or {fix}")
+
+
+@dataclass
+class PublishedModel(FinishedRun):
+    """A model published by eval/publish.py (common/preset.py): a KerasHub task preset with
+    finsent.json, in a local folder or fetched from the Hub. Predicts as the run it came
+    from did: the same labels, tokenizer and probabilities (the calibration is in its
+    logits, so its temperature here is 1)."""
+    info: dict = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, folder: str, flag: str = "model", calibrated: bool = True) -> "PublishedModel":
+        from common import preset
+        info = preset.read_info(folder)
+        return cls(folder, {}, runs.run_flags({"flags": {"max_length": info["max_length"]}}), tuple(info["labels"]),
+                   1.0, info=info)
+
+    @property
+    def own_data(self) -> bool:
+        return False  # not known here: a published model carries no data
+
+    @property
+    def model_dir(self) -> str:
+        return self.run_dir
+
+    @functools.cached_property
+    def max_length(self) -> int:
+        return int(self.info["max_length"])
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from common import preset
+            self._tokenizer = preset.load_tokenizer(self.run_dir, self.info)
+        return self._tokenizer
+
+    def load_model(self, precision: str = FIGURES_PRECISION):
+        from common import distribute, preset
+        from common.env import keras
+        policy = keras.mixed_precision.global_policy()
+        try:
+            self.precision = distribute.set_precision(precision)
+            self._model = preset.load_classifier(self.run_dir, self.info)
+        finally:
+            keras.mixed_precision.set_global_policy(policy)
+        return self._model
+
+    def split_rows(self, *args, **kwargs):
+        raise RunDirError(f"{self.run_dir}: a published model, not a run folder: it holds no data splits; evaluate "
+                          f"the run it was published from")
+
+
+HUB_PREFIX = "hf://"
+
+
+def open_trained(path: str, flag: str = "run folder"):
+    """What predict.py takes: a finished run folder, a folder eval/publish.py wrote, or
+    hf://OWNER/NAME (that folder on the Hugging Face Hub, fetched into its cache)."""
+    from common import preset
+    if path.startswith(HUB_PREFIX):
+        path = fetch_published(path[len(HUB_PREFIX):], flag)
+    if os.path.isdir(path) and preset.is_preset(path):
+        return PublishedModel.open(path, flag)
+    return FinishedRun.open(path, flag)
+
+
+def fetch_published(repo: str, flag: str) -> str:
+    """The Hub repository's files in the Hugging Face cache (common/hub.py: reached at once
+    or not at all); one line if it is not there, not readable, or not a published model."""
+    from huggingface_hub import snapshot_download
+    from common import errors, hub, preset
+    try:
+        folder = snapshot_download(repo, **hub.call_kwargs())
+    except Exception as e:  # not found, no rights, unreachable, a bad name: one line
+        where = hub.unreachable_note() or f"on the Hub at {hub.endpoint()}"
+        raise RunDirError(f"{flag} hf://{repo}: could not fetch it {where} ({type(e).__name__}: "
+                          f"{errors.first_line(e)[:160]}); check the name, and HF_TOKEN for a private model") from e
+    if not preset.is_preset(folder):
+        raise RunDirError(f"{flag} hf://{repo}: not a model eval/publish.py published (no {preset.PRESET_INFO} and "
+                          f"task.json); pass a run folder, or a model published with eval/publish.py")
+    return folder
+

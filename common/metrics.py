@@ -40,6 +40,20 @@ class SparseMacroF1(keras.metrics.Metric):
         return {**super().get_config(), "num_classes": self.num_classes}
 
 
+# --select-metric: the validation figure every choice is made on, and which way is better
+SELECT_MODE = {"macro_f1": "max", "accuracy": "max", "loss": "min"}
+
+
+def monitor(select_metric: str) -> str:
+    """The logs' key for the selection metric on validation (callbacks.Validation writes it)."""
+    return "val_" + select_metric
+
+
+def improves(select_metric: str, new: float, old: float) -> bool:
+    """new is strictly better than old on the selection metric."""
+    return new > old if SELECT_MODE[select_metric] == "max" else new < old
+
+
 def softmax(logits):
     z = np.asarray(logits, np.float64)
     z = z - z.max(axis=1, keepdims=True)

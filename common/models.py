@@ -361,6 +361,20 @@ def build_classifier(name: str, labels, dropout: float = -1.0, head: str = "libr
     return model
 
 
+def from_task(task, labels, dropout: float):
+    """A KerasHub DistilBertTextClassifier / BertTextClassifier (a published preset:
+    common/preset.py) as a Classifier with the library head, which maps onto it layer for
+    layer (pooled_dense = pre_classifier, output_dense = logits); its weights copied."""
+    labels = tuple(labels)
+    backbone = task.backbone
+    model = _built(Classifier(backbone, labels, _new_head(backbone, BACKBONE_CLASSES[type(backbone).__name__], labels,
+                                                          dropout=dropout)))
+    if model.head.hidden_layers:
+        model.head.hidden_layers[0].set_weights(task.pooled_dense.get_weights())
+    model.head.logits.set_weights(task.output_dense.get_weights())
+    return model
+
+
 def _load_hf_head(model, folder: str) -> None:
     """The Hugging Face checkpoint's classifier head, where it has one: DistilBERT's
     pre_classifier always (the layers below the output stay as trained), the output layer

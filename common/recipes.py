@@ -23,10 +23,10 @@ RECIPES = {
     "notebook": dict(padding="fixed", max_length=512, batch_size=8, precision="fp32", lr=5e-5,
                      lr_schedule="linear", warmup=0.0, decay_steps=10000, weight_decay=0.0, adam_epsilon=1e-7,
                      clipnorm=0.0, layer_lr_decay=1.0, train_embeddings=True, class_weight="none",
-                     restore_prior=False),
+                     restore_prior="off"),
     "hf": dict(padding="fixed", max_length=128, batch_size=8, precision="fp32", lr=5e-5, lr_schedule="linear",
                warmup=0.0, weight_decay=0.0, layer_lr_decay=1.0, train_embeddings=True, class_weight="none",
-               restore_prior=False),
+               restore_prior="off"),
 }
 
 

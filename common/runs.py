@@ -165,11 +165,12 @@ def bad_field(path: str, field: str, value, expected: str, fix: str) -> RunDirEr
 # ----------------------------------------------------------------------------- run metadata
 
 # Flags that change neither what trains nor how: a rerun may change them and still resume.
-RESUMABLE_CHANGES = ("run_dir", "log_every_steps", "tb_staging", "tb_copy_every")  # where logs go, not what trains
+# where logs go, what the model card says, and --restore-prior (decided once training is done): not what trains
+RESUMABLE_CHANGES = ("run_dir", "log_every_steps", "tb_staging", "tb_copy_every", "license", "restore_prior")
 
 
 # Flags added with a default that changed what runs do: runs made before them ran with this value.
-BEFORE_FLAG = {"restore_prior": False}
+BEFORE_FLAG = {"restore_prior": "off"}
 
 
 def run_flags(config: dict):

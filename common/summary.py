@@ -77,27 +77,43 @@ def mean_std(values) -> str:
     return f"{v.mean():.4f} ± {v.std(ddof=1) if len(v) > 1 else 0:.4f}"
 
 
+FIGURE_NAME = {"macro_f1": "macro-F1", "accuracy": "accuracy", "loss": "loss"}
+
+
 def worst(runs_: list, part: str, key: str) -> str:
-    """The lowest seed's figure and its seed: one user runs one seed."""
-    r = min(runs_, key=lambda r: r["metrics"][part][key])
-    return f"{r['metrics'][part][key]:.4f} (seed {r['flags'].get('seed')})"
+    """The worst seed's figure (the lowest; the highest loss) and its seed: one user runs one seed."""
+    pick = max if key == "loss" else min
+    r = pick(runs_, key=lambda r: r["metrics"][part].get(key, float("nan")))
+    return f"{r['metrics'][part].get(key, float('nan')):.4f} (seed {r['flags'].get('seed')})"
+
+
+def figures_first(loaded: list) -> list:
+    """The figures a table shows, the runs' --select-metric first (macro-F1 for runs made
+    before it existed): what chose their checkpoints is what a reader compares first."""
+    chosen = [r["flags"].get("select_metric") or "macro_f1" for r in loaded]
+    first = max(sorted(set(chosen)), key=chosen.count)  # (sorted: a tie goes the same way every time)
+    return [first] + [k for k in ("macro_f1", "accuracy") if k != first]
 
 
 def table(groups: dict, part: str = "test") -> str:
-    """Markdown: one row per configuration; mean ± sample std over its runs, the worst seed,
-    and the median run's wall time (start to metrics.json; the median, as one run slowed by
-    other work on the machine would otherwise decide it)."""
-    names = list(dict.fromkeys(c for rs in groups.values() for r in rs for c in r["metrics"][part]["per_class"]))
-    lines = [f"| configuration | n | {part} accuracy | worst | {part} macro-F1 | worst | "
+    """Markdown: one row per configuration; mean ± sample std over its runs and the worst seed
+    of each figure (the runs' --select-metric first), F1 per class, and the median run's wall
+    time (start to metrics.json; the median, as one run slowed by other work on the machine
+    would otherwise decide it)."""
+    every = [r for rs in groups.values() for r in rs]
+    keys = figures_first(every)
+    names = list(dict.fromkeys(c for r in every for c in r["metrics"][part]["per_class"]))
+    lines = ["| configuration | n | " + " | ".join(f"{part} {FIGURE_NAME[k]} | worst" for k in keys) + " | "
              + " | ".join(f"F1 {l}" for l in names) + " | wall s/run (median) |",
-             "|---|---|---|---|---|---|" + "---|" * len(names) + "---|"]
+             "|---|---|" + "---|---|" * len(keys) + "---|" * len(names) + "---|"]
     for (script, flags), rs in groups.items():
         name = script + "".join(f" {k}={level_name(v) if k in ('agreement', 'extra_agreement') and v != 'none' else v}"
                                 for k, v in flags)
         ms = [r["metrics"][part] for r in rs]
         wall = float(np.median([r["metrics"].get("wall_seconds", float("nan")) for r in rs]))
-        lines.append(f"| {name} | {len(rs)} | {mean_std([m['accuracy'] for m in ms])} | {worst(rs, part, 'accuracy')} | "
-                     f"{mean_std([m['macro_f1'] for m in ms])} | {worst(rs, part, 'macro_f1')} | "
+        lines.append(f"| {name} | {len(rs)} | "
+                     + " | ".join(f"{mean_std([m.get(k, float('nan')) for m in ms])} | {worst(rs, part, k)}"
+                                  for k in keys) + " | "
                      + " | ".join(mean_std([m["per_class"][l]["f1"] for m in ms if l in m["per_class"]]) if
                                   any(l in m["per_class"] for m in ms) else "-" for l in names)
                      + f" | {wall:.0f} |")

@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
+
 from common import callbacks as cb
 from common import data, errors, metrics, optim, phrasebank, report, run_lock, runs, sources, token_cache
 from common.env import keras, tf
@@ -95,6 +97,11 @@ def restart_after_peer_failure(error) -> None:
     os.execv(sys.executable, [sys.executable] + sys.argv)
 
 
+def steps_between_validations(cfg, steps_per_epoch: int) -> int:
+    """--eval-every: validate (and choose, stop, log) every N optimizer steps; else once per epoch."""
+    return min(cfg.eval_every, steps_per_epoch * cfg.epochs) if cfg.eval_every else steps_per_epoch
+
+
 def fit_model(model, cfg, splits, callbacks=(), epochs: int = None, initial_epoch: int = 0, tb_dir: str = None,
               verbose=None, start_step: int = None):
     """THE fit: class weights, the unfreezing schedule, one validation pass per epoch,
@@ -119,41 +126,54 @@ def fit_model(model, cfg, splits, callbacks=(), epochs: int = None, initial_epoc
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     epochs = cfg.epochs if epochs is None else epochs
-    steps = st["steps"]
-    start_step = initial_epoch * steps if start_step is None else start_step
-    first, done = divmod(start_step, steps)
+    every = steps_between_validations(cfg, st["steps"])  # one Keras epoch: a data epoch, or --eval-every steps
+    total = epochs * st["steps"]
+    points = -(-total // every)  # validations in all (the last part may be shorter)
+    start_step = initial_epoch * every if start_step is None else min(start_step, total)
+    first, done = divmod(start_step, every)
     callbacks = [*ours, *callbacks]
     backups = [c for c in callbacks if isinstance(c, cb.Backup)]
     history = None
-    if done and first < epochs:
-        # The rest of the epoch a backup cut, as a fit() of its own: Keras 3's fit() starts at an
-        # epoch's first step. Its callbacks see that epoch end as the uninterrupted run's did.
-        for backup in backups:
-            backup.batch_offset = done
-        # fit() ends by putting --ema's averages in place of the weights: only the last fit() may
-        model.optimizer.finalize_variable_values = lambda variables: None
+    # fit() ends by putting --ema's averages in place of the weights: done once, after the last fit() below
+    finalize = model.optimizer.finalize_variable_values
+    model.optimizer.finalize_variable_values = lambda variables: None
+
+    def part(begin: int, end: int, epoch_steps: int, first_epoch: int, offset: int = 0):
+        """fit() over steps begin..end, in Keras epochs of epoch_steps from first_epoch."""
+        nonlocal history
+        for backup in backups:  # this Keras epoch's length: the end-of-epoch backup is its last step's
+            backup.batch_offset, backup.steps_per_epoch = offset, offset + epoch_steps
         try:
-            history = model.fit(splits.train_from(start_step, first + 1), steps_per_epoch=steps - done,
-                                epochs=first + 1, initial_epoch=first, callbacks=callbacks,
-                                class_weight=splits.fit_class_weight, verbose=verbose,
-                                shuffle=False)  # (each epoch's order is data.epochs_of's)
+            h = model.fit(splits.train_from(begin, -(-end // st["steps"])).take(end - begin),
+                          steps_per_epoch=epoch_steps, epochs=first_epoch + (end - begin) // epoch_steps,
+                          initial_epoch=first_epoch, callbacks=callbacks, class_weight=splits.fit_class_weight,
+                          verbose=verbose, shuffle=False)  # (each epoch's order is data.epochs_of's)
         finally:
-            del model.optimizer.finalize_variable_values
             for backup in backups:
                 backup.batch_offset = 0
-        first += 1
-    if first < epochs and not model.stop_training:
-        # One iterator over all the epochs left (steps_per_epoch given): each epoch's order is fixed by the seed
-        rest = model.fit(splits.train_from(first * steps, epochs), steps_per_epoch=steps, epochs=epochs,
-                         initial_epoch=first, callbacks=callbacks, class_weight=splits.fit_class_weight,
-                         verbose=verbose, shuffle=False)
         if history is None:
-            history = rest
+            history = h
         else:
-            for key, values in rest.history.items():
+            for key, values in h.history.items():
                 history.history.setdefault(key, []).extend(values)
-    elif model.stop_training or first >= epochs:
-        model.optimizer.finalize_variable_values(model.trainable_weights)  # (the partial fit's, held back)
+
+    try:
+        if done and first < points:
+            # The rest of the Keras epoch a backup cut, as a fit() of its own: Keras 3's fit() starts at
+            # an epoch's first step. Its callbacks see that epoch end as the uninterrupted run's did.
+            end = min((first + 1) * every, total)
+            part(start_step, end, end - start_step, first, offset=done)
+            first += 1
+        whole = total // every  # the Keras epochs of `every` steps; a shorter last one after them
+        if first < whole and not model.stop_training:
+            # one iterator over all of them (steps_per_epoch given): each data epoch's order is fixed by the seed
+            part(first * every, whole * every, every, first)
+            first = whole
+        if first < points and not model.stop_training:
+            part(first * every, total, total - first * every, first)
+    finally:
+        del model.optimizer.finalize_variable_values
+    finalize(model.trainable_weights)
     if history is None:  # nothing left to train (a backup taken after the last epoch)
         history = keras.callbacks.History()
         history.history = {}
@@ -166,6 +186,7 @@ class Fitted(NamedTuple):
     steps_done: int
     epochs: list          # every epoch's logs, this process's and the ones before a restart (chief only)
     best_epoch: int       # the epoch best/ holds (None with --ema)
+    stopped_after: int = None  # --patience stopped training after this epoch (1-based); None: it ran every epoch
 
 
 BEST_WEIGHTS = "model.weights.h5"
@@ -186,16 +207,26 @@ def fit(model, cfg, run_dir: str, splits, hparams: dict, is_chief: bool = True, 
                                               profile_batch=0) if is_chief else None
     hparams_writer = tf.summary.create_file_writer(os.path.join(tb_dir, "hparams")) if is_chief else None
     backup_dir = os.path.join(run_dir, runs.BACKUP)
-    start_step = cb.resume_step(backup_dir, splits.train_stats["steps"])
+    every = steps_between_validations(cfg, splits.train_stats["steps"])  # one Keras epoch
+    start_step = cb.resume_step(backup_dir, every)
     if start_step:
         cb.restore(model, backup_dir)
     if start_step >= cfg.epochs * splits.train_stats["steps"]:
         print(f"resuming from {backup_dir}: training had finished; the stages after it run again")
     elif start_step:
         print(f"resuming from {backup_dir} at step {start_step} (model, optimizer, dropout seeds, epoch and step)")
-    best = None if cfg.ema else cb.BestCheckpoint(best_path, "val_macro_f1", is_chief)
-    epoch_log = cb.EpochLog(os.path.join(run_dir, runs.EPOCHS), start_step // splits.train_stats["steps"]) \
-        if is_chief else None
+    monitor, mode = metrics.monitor(cfg.select_metric), metrics.SELECT_MODE[cfg.select_metric]
+    best = None if cfg.ema else cb.BestCheckpoint(best_path, monitor, is_chief, mode)
+    first_epoch = start_step // every
+    epoch_log = cb.EpochLog(os.path.join(run_dir, runs.EPOCHS), first_epoch) if is_chief else None
+    # every worker reads the finished epochs (the folder is shared): all must stop at the same epoch
+    stopper = cb.EarlyStop(monitor, mode, cfg.patience, cb.finished_epochs(os.path.join(run_dir, runs.EPOCHS),
+                                                                           first_epoch)) if cfg.patience else None
+    stale = bool(stopper and stopper.stale())
+    if stale:  # it had stopped early, and was killed after that: no step is left to take
+        start_step = cfg.epochs * splits.train_stats["steps"]
+        print(f"resuming from {backup_dir}: training had stopped early after epoch {first_epoch} (--patience "
+              f"{cfg.patience}); the stages after it run again")
     callbacks = [
         # --ema: the run ends with the weights' moving average (Keras puts it in place at the end of
         # fit), not the best epoch's weights
@@ -213,11 +244,14 @@ def fit(model, cfg, run_dir: str, splits, hparams: dict, is_chief: bool = True, 
         callbacks.append(copy_tb)
     # last: an epoch's backup is taken once everything above has recorded that epoch; the
     # TensorBoard copies keep up with every backup (the state a restart resumes from)
-    callbacks.append(cb.Backup(backup_dir, cfg.backup_every_steps, splits.train_stats["steps"], is_chief,
+    callbacks.append(cb.Backup(backup_dir, cfg.backup_every_steps, every, is_chief,
                                after=copy_tb.copy if copy_tb else None))
+    if stopper:  # after the backup: the epoch it stops at is backed up first (Backup skips a stopped epoch)
+        callbacks.append(stopper)
     if restores_prior(model, cfg, splits):
-        print("note: the epoch lines' and TensorBoard's val_* figures are the model as trained; the final figures "
-              "and metrics.json are after the class prior is restored at the end (--restore-prior)")
+        print(f"note: the epoch lines' and TensorBoard's val_* figures are the model as trained; whether the class "
+              f"prior is put back at the end is --restore-prior {cfg.restore_prior}'s, and the final figures and "
+              f"metrics.json are after that")
     try:
         history, throughput, nan_guard = fit_model(model, cfg, splits, callbacks, tb_dir=tb_dir if is_chief else None,
                                                    start_step=start_step)
@@ -239,13 +273,41 @@ def fit(model, cfg, run_dir: str, splits, hparams: dict, is_chief: bool = True, 
                              f"(try a lower --lr or --precision fp32)")
     if os.path.exists(best_path) and not cfg.ema:
         model.load_weights(best_path)
-    if restores_prior(model, cfg, splits):
-        from common import models
-        models.restore_class_prior(model, splits.class_weights)
-        print("class prior restored (--restore-prior): the figures below and metrics.json are after it; the epoch "
-              "lines' and TensorBoard's val_* before it")
+    stopped_after = None
+    points = -(-cfg.epochs * splits.train_stats["steps"] // every)
+    if stopper and (stopper.stopped_epoch or stale) and len(stopper.seen) < points:
+        stopped_after = len(stopper.seen)
+        print(f"stopped early after validation {stopped_after} of {points}: no better validation {cfg.select_metric} for "
+              f"{cfg.patience} validation(s) (--patience)")
     return Fitted(history, throughput, steps_done, epoch_log.epochs if epoch_log else [],
-                  best.best_epoch if best else None)
+                  best.best_epoch if best else None, stopped_after)
+
+
+def put_back_prior(model, cfg, splits, results: dict, evaluate) -> tuple:
+    """--restore-prior after a class-weighted fit: the selection metric on validation with and
+    without the training data's class prior (the logits shifted by -log(class weight), as
+    models.restore_class_prior shifts the bias), and the prior put back where --restore-prior
+    is 'on', or 'auto' and validation says it helps. Every worker decides alike (the same
+    logits). Returns (results, the model's as it now is; the decision, for metrics.json)."""
+    from common import models
+    metric = cfg.select_metric
+    decision = {"mode": cfg.restore_prior, "metric": metrics.monitor(metric), "restored": False}
+    if not restores_prior(model, cfg, splits):
+        return results, {**decision, "why": "no class weights, --restore-prior off, or a frozen head"}
+    weights = splits.class_weights
+    shift = np.log([weights[c] for c in range(len(splits.labels))])
+    val_labels = [label for _, label in splits.rows["validation"]]
+    after = metrics.classification_metrics(val_labels, results["validation"]["logits"] - shift, splits.labels)
+    before_value, after_value = results["validation"][metric], after[metric]
+    restore = cfg.restore_prior == "on" or metrics.improves(metric, after_value, before_value)
+    decision.update(restored=bool(restore), without_prior=before_value, with_prior=after_value)
+    print(f"class prior {'restored' if restore else 'not restored'} (--restore-prior {cfg.restore_prior}): "
+          f"validation {metric} {before_value:.4f} as trained, {after_value:.4f} with the prior"
+          + ("; the figures below and metrics.json are after it" if restore else ""))
+    if not restore:
+        return results, decision
+    models.restore_class_prior(model, weights)
+    return evaluate(), decision
 
 
 def tb_folder(cfg, run_dir: str) -> str:
@@ -261,16 +323,17 @@ def tb_folder(cfg, run_dir: str) -> str:
 
 
 def restores_prior(model, cfg, splits) -> bool:
-    """--restore-prior applies: the loss was class-weighted and the head trained (a frozen
-    head stays as it was given)."""
+    """--restore-prior is to be decided: the loss was class-weighted, the flag is not 'off', and
+    the head trained (a frozen head stays as it was given)."""
     from common import models
-    return bool(splits.class_weights and cfg.restore_prior and models.logits_layer(model).trainable)
+    return bool(splits.class_weights and cfg.restore_prior != "off" and models.logits_layer(model).trainable)
 
 
 def hparams_of(cfg, harness) -> dict:
     """The flags worth comparing across runs in TensorBoard's HParams dashboard."""
     keys = ("recipe", "model", "agreement", "split", "max_length", "padding", "batch_size", "epochs", "lr", "lr_schedule",
-            "warmup", "weight_decay", "class_weight", "restore_prior", "loss", "freeze", "train_embeddings", "head",
+            "warmup", "weight_decay", "class_weight", "restore_prior", "select_metric", "patience", "eval_every", "loss", "freeze",
+            "train_embeddings", "head",
             "pooling", "layer_lr_decay", "head_warmup_epochs", "unfreeze_every", "train_top_blocks", "train_examples",
             "extra_agreement", "extra_weight", "label_smoothing", "ema", "seed")
     from common.recipes import RECIPES  # and every flag a recipe sets (the notebook's decay_steps, adam_epsilon...)
@@ -311,6 +374,13 @@ def check_flags(cfg) -> None:
     for name, value in (("label_smoothing", cfg.label_smoothing), ("ema", cfg.ema)):
         if not 0 <= value < 1:
             raise FlagError(f"--{name.replace('_', '-')} {value}: must be in [0, 1) (0 = off)")
+    if cfg.eval_every < 0:
+        raise FlagError(f"--eval-every {cfg.eval_every}: a number of optimizer steps, at least 0 (0 = once per epoch)")
+    if cfg.eval_every and (cfg.head_warmup_epochs or cfg.unfreeze_every):
+        raise FlagError("--eval-every with --head-warmup-epochs / --unfreeze-every: the unfreezing schedule counts "
+                        "epochs; use one or the other")
+    if cfg.patience < 0:
+        raise FlagError(f"--patience {cfg.patience}: a number of validations, at least 0 (0 = off)")
     if cfg.extra_weight <= 0:
         raise FlagError(f"--extra-weight {cfg.extra_weight}: must be positive")
     if cfg.decay_steps < 0 or cfg.adam_epsilon <= 0:
@@ -363,7 +433,7 @@ def start(cfg, script: str, run_folder="train") -> Run:
         if harness.is_chief and run_folder:
             check_run_dir(cfg, data_source, run_dir, run_folder, script)
         if run_folder == "train":  # every worker: the folder is shared, and a lone worker would wait for peers
-            check_finished(run_dir)
+            check_finished(run_dir, harness.is_chief)
         source, tokenizer = open_model_source(cfg)
         # run_folder None ("nothing is written", a benchmark): no token cache, no drawn split kept
         # (other workers draw the same split in memory: the draw depends only on the file and --split-seed)
@@ -386,10 +456,13 @@ def refused_leaves_no_folder(lock):
         raise
 
 
-def check_finished(run_dir: str) -> None:
+def check_finished(run_dir: str, is_chief: bool = True) -> None:
     """A finished run's command, run again, does nothing (and says so)."""
     if runs.finished(run_dir):
-        # a kill between metrics.json and the backup's removal left it behind
+        # a kill between metrics.json and the backup's removal left it behind, and maybe no card yet
+        from common import model_card
+        if is_chief and not os.path.exists(os.path.join(run_dir, model_card.CARD)):
+            model_card.write_for_run(run_dir)
         shutil.rmtree(os.path.join(run_dir, runs.BACKUP), ignore_errors=True)
         raise NothingToDo(f"the run in {run_dir} has finished already ({runs.METRICS}, {runs.MODEL}/): nothing to "
                           f"do. Next: python eval/evaluate.py {run_dir}; to train again, pass a new --run-dir")
@@ -498,12 +571,15 @@ def _fit_and_report(run: Run, model) -> dict:
           f"-> {run.run_dir}{'' if harness.is_chief else ' (written by the chief)'}")
     fitted = fit(model, cfg, run.run_dir, run.splits, hparams_of(cfg, harness), harness.is_chief)
     # the figures in float32 whatever the training precision (docs/precision.md, "Evaluation")
-    results = report.evaluate_splits(model if harness.precision == "fp32" else models.float32_copy(model), run.splits)
+    evaluate = lambda: report.evaluate_splits(  # noqa: E731
+        model if harness.precision == "fp32" else models.float32_copy(model), run.splits)
+    results, prior = put_back_prior(model, cfg, run.splits, evaluate(), evaluate)
     print(f"weights digest {report.weights_digest(model)}")
     # per epoch: the whole run's (epochs.json, however often it was restarted), else this process's
-    extra = {"precision": report.precision_audit(model),
+    extra = {"precision": report.precision_audit(model), "restore_prior": prior,
+             "select_metric": cfg.select_metric,
              "train_loss_per_epoch": [e["loss"] for e in fitted.epochs] or fitted.history.history.get("loss", []),
-             "best_epoch": fitted.best_epoch}
+             "best_epoch": fitted.best_epoch, "stopped_after_epoch": fitted.stopped_after}
     if harness.xla == "on":
         extra["xla_compilations"] = model.xla_compilations()
         print(f"xla: {extra['xla_compilations']} compilation(s) of the per-replica step over "
@@ -516,6 +592,8 @@ def _fit_and_report(run: Run, model) -> dict:
     m = report.write_metrics(run.run_dir, results, run.splits, fitted.throughput, run.wall_start,
                              fitted.steps_done, run.splits.train_stats["steps"] * cfg.epochs, extra,
                              per_epoch=[e for e in fitted.epochs if "examples_per_sec" in e])
+    from common import model_card
+    model_card.write_for_run(run.run_dir)
     # the backup outlived fit() so that the stages above resume without training; the run is done now
     shutil.rmtree(os.path.join(run.run_dir, runs.BACKUP), ignore_errors=True)
     if run.lock:

@@ -8,7 +8,7 @@ import os
 import sys
 import tempfile
 
-from common import REPO_ROOT, config, data, errors, runs, sources, token_cache, training
+from common import REPO_ROOT, config, data, errors, metrics, runs, sources, token_cache, training
 from common import callbacks as cb
 from common.env import keras
 
@@ -102,10 +102,15 @@ def search(run, space, args, argv) -> list:
     """Run (or resume) the search; the chief writes best_hparams.json, trials.md/.csv;
     --train-best trains the winner with train/full_finetune.py. Returns the ranked trials."""
     cfg = run.cfg
+    if cfg.eval_every:  # Hyperband's budget is in epochs, and a trial reports once per epoch
+        raise errors.FlagError("--eval-every: the tuners validate once per epoch; leave it out of a search (pass it "
+                               "to the run --train-best starts, or train the best trial's flags with it)")
     # Under TF_CONFIG every worker runs the same trials in lockstep (same seed, same scores);
     # only the chief keeps the tuner's state, the others write theirs to a throwaway folder.
     directory = run.run_dir if run.harness.is_chief else tempfile.mkdtemp(prefix="tuner-worker-")
-    common = dict(objective=kt.Objective("val_macro_f1", direction="max"), directory=directory,
+    score = metrics.monitor(cfg.select_metric)  # --select-metric: what the best checkpoint and the decisions use
+    common = dict(objective=kt.Objective(score, direction=metrics.SELECT_MODE[cfg.select_metric]),
+                  directory=directory,
                   project_name="trials", overwrite=False, seed=cfg.seed,
                   executions_per_trial=args.executions_per_trial,
                   distribution_strategy=run.harness.strategy if run.harness.replicas > 1 else None)
@@ -126,7 +131,7 @@ def search(run, space, args, argv) -> list:
     if os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief" or not run.harness.is_chief:
         return []  # a keras-tuner worker, or a non-chief MultiWorkerMirroredStrategy worker
 
-    rows = ranked_trials(tuner.oracle)
+    rows = ranked_trials(tuner.oracle, score)
     best = rows[0]  # ties go to the earliest trial, so a resumed search reports the same winner
     print(write_trials(run.run_dir, rows))
     print(f"best: {best} -> {run.run_dir}/best_hparams.json")
@@ -138,14 +143,16 @@ def search(run, space, args, argv) -> list:
     return rows
 
 
-def ranked_trials(oracle) -> list:
-    """One row per trial (id, score, hyperparameters), best first."""
+def ranked_trials(oracle, score: str = "val_macro_f1") -> list:
+    """One row per trial (id, its score under the name `score`, hyperparameters), best first
+    (keras-tuner's order: by the objective's direction; no score last)."""
     rows = []
     for t in oracle.get_best_trials(num_trials=10_000):
         hp = t.hyperparameters.values
-        rows.append({"trial": t.trial_id, "val_macro_f1": None if t.score is None else float(t.score),
+        rows.append({"trial": t.trial_id, score: None if t.score is None else float(t.score),
                      **{k: hp[k] for k in sorted(hp) if not k.startswith("tuner/")}})
-    rows.sort(key=lambda r: (-(r["val_macro_f1"] if r["val_macro_f1"] is not None else -1), int(r["trial"])))
+    sign = 1 if oracle.objective.direction == "min" else -1
+    rows.sort(key=lambda r: (r[score] is None, sign * (r[score] or 0), int(r["trial"])))
     return rows
 
 
@@ -167,7 +174,7 @@ def write_trials(search_dir: str, rows: list) -> str:
 
 def train_best_command(best: dict, argv: list, search_dir: str) -> list:
     """train/full_finetune.py with the search's own flags and the best trial's values."""
-    flags = [x for k, v in best.items() if k not in ("trial", "val_macro_f1")
+    flags = [x for k, v in best.items() if k != "trial" and not k.startswith("val_")
              for x in ("--" + k.replace("_", "-"), str(v))]
     drop = {"--run-dir"} | set(flags[::2])
     return [sys.executable, os.path.join(REPO_ROOT, "train", "full_finetune.py"), *config.passthrough_flags(argv, drop),

@@ -1,9 +1,12 @@
 #!/usr/bin/env python
-"""Write a run's serving SavedModel: raw strings in; label ids, label names and calibrated
-probabilities out, the WordPiece tokenizer inside the graph (tensorflow-text).
-Runs write serving/ when they finish; this is for older runs (or after eval/calibrate.py).
+"""Write a run's serving SavedModel (raw strings in; label ids, label names and calibrated
+probabilities out, the WordPiece tokenizer inside the graph: tensorflow-text) and its model
+card (README.md, with confusion_matrix.png; common/model_card.py).
+Runs write both when they finish; this is for older runs, after eval/calibrate.py, or to
+state the license of a model trained on your own data.
 
     python eval/export.py runs/<run>
+    python eval/export.py runs/<run> --license cc-by-4.0
     saved_model_cli show --dir runs/<run>/serving --tag_set serve --signature_def serving_default
 
 Load it with TensorFlow and tensorflow-text only (docs/using-the-model.md):
@@ -23,12 +26,16 @@ from common import config, errors, run_lock, serving  # noqa: E402
 def main(argv=None):
     p = config.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a finished run folder (runs/<name>)")
+    p.add_argument("--license", default="", help="own data: the license the card states (default: the run's "
+                                                 "--license; a PhraseBank model's is the PhraseBank's)")
     args = p.parse_args(argv)
     # refused in one line: a folder that is not a finished run, a file of it not as its run wrote it
     # (FinishedRun.open), a tokenizer the graph cannot reproduce (ModelError)
     with run_lock.held(args.run_dir):  # not while another process writes the run folder
         path = serving.export_serving(args.run_dir)
-    print(f"wrote {path}/ (signature {serving.SIGNATURE}: text -> label_id, label, probabilities)")
+        from common import model_card
+        card = model_card.write(args.run_dir, license=args.license)
+    print(f"wrote {path}/ (signature {serving.SIGNATURE}: text -> label_id, label, probabilities) and {card}")
     return path
 
 

@@ -5,6 +5,7 @@
     python eval/predict.py runs/<run> --input news.jsonl --text-column title --id-column url
     echo "Quarterly profit beat forecasts ." | python eval/predict.py runs/<run> --input -
     python eval/predict.py runs/<run> --input headlines.txt --min-confidence 0.9
+    python eval/predict.py hf://OWNER/NAME --input headlines.csv   # published with eval/publish.py
 
 Input: CSV / TSV (header row), JSONL (one object per line) or plain text (one text per
 line; also stdin, --input -). The format follows the extension, or --format. Output:
@@ -40,7 +41,8 @@ ABSTAIN = "abstain"
 
 def parse(argv=None):
     p = config.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", help="a finished run folder (runs/<name>)")
+    p.add_argument("run_dir", help="a finished run folder (runs/<name>), a folder eval/publish.py wrote, or "
+                                    "hf://OWNER/NAME (a model published to the Hugging Face Hub)")
     p.add_argument("--input", required=True, help="CSV / TSV / JSONL / text file, or - for stdin")
     p.add_argument("--format", choices=texts.FORMATS, help="input format (default: from the extension; stdin: text)")
     p.add_argument("--text-column", help=f"column / field with the text (default: {', '.join(texts.TEXT_COLUMNS)} "
@@ -178,8 +180,8 @@ def main(argv=None):
     out_fmt = args.output_format or ("jsonl" if args.output.endswith((".jsonl", ".json")) else "csv")
     # data: read and check the whole input before loading any model
     from common import calibration
-    from common.finished_run import FinishedRun
-    run = FinishedRun.open(args.run_dir)
+    from common import finished_run
+    run = finished_run.open_trained(args.run_dir)
     table = texts.read_texts(args.input, args.format, args.text_column, args.id_column, skip_empty=args.skip_empty,
                              allow_none=True)
     probs, truncated = np.zeros((0, len(run.labels)), np.float32), 0
@@ -195,7 +197,9 @@ def main(argv=None):
     # report
     rows = list(output_rows(table, probs, args.min_confidence, run.labels))
     write_rows(rows, columns(table, run.labels), args.output, out_fmt)
-    notes = [f"{len(rows)} texts labelled ({run.precision or 'no model loaded'}, T={run.temperature:.3f})"]
+    folded = getattr(run, "info", {}).get("temperature")  # a published model: T is in its logits
+    notes = [f"{len(rows)} texts labelled ({run.precision or 'no model loaded'}, "
+             + (f"T={folded:.3f} in the logits)" if folded else f"T={run.temperature:.3f})")]
     if truncated:
         notes.append(f"{truncated} longer than {run.max_length} tokens were truncated to it")
     if table.skipped_empty:

@@ -75,7 +75,8 @@ def test_summarize_groups_by_configuration_with_mean_and_std(level_runs):
     assert len(rows) == 4  # (all, hash), (50, hash), (all, seed), (all, notebook) differ in flags
     m = json.loads((level_runs[("50", "hash")] / "metrics.json").read_text())["test"]
     row50 = [r for r in rows if "agreement=50Agree" in r and "split=hash" in r][0]
-    assert f"| 1 | {m['accuracy']:.4f} ± 0.0000 |" in row50
+    assert f"| 1 | {m['macro_f1']:.4f} ± 0.0000 |" in row50  # --select-metric's figure first (macro-F1)
+    assert f"| {m['accuracy']:.4f} ± 0.0000 |" in row50
 
 
 def test_evaluate_refuses_a_notebook_split_run_on_another_level(level_runs, data_dir):

@@ -113,7 +113,7 @@ def test_label_smoothing_moves_the_loss_minimum_off_one_hot():
 
 
 def test_ema_run_ends_with_the_moving_average_not_the_last_step(_run, tmp_path):
-    cfg, run = _run(ema=0.9, epochs=2, restore_prior=False, train_examples=64, lr=1e-3,
+    cfg, run = _run(ema=0.9, epochs=2, restore_prior="off", train_examples=64, lr=1e-3,
                     warmup=0.0)
     with run.harness.strategy.scope():
         model = training.build_model(run)

@@ -32,8 +32,8 @@ def test_two_workers_train_in_lockstep_and_only_the_chief_writes(tiny_distilbert
     assert any("(written by the chief)" in l for l in w1)
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["resolved"]["strategy"] == "MultiWorkerMirroredStrategy" and cfg["resolved"]["replicas"] == 2
-    assert sorted(os.listdir(run)) == ["best", "calibration.json", "config.json", "epochs.json", "metrics.json",
-                                      "model", "reliability.png", "serving", "tb"]
+    assert sorted(os.listdir(run)) == ["README.md", "best", "calibration.json", "config.json", "confusion_matrix.png",
+                                      "epochs.json", "metrics.json", "model", "reliability.png", "serving", "tb"]
     assert not [d for d, _, _ in os.walk(run) if "temp" in os.path.basename(d)]  # no worker leftovers
     # the same command again: every worker sees the finished run (a lone worker would wait for its peers)
     again = subprocess.run(p.args, capture_output=True, text=True, cwd=REPO_ROOT, timeout=300,

@@ -83,6 +83,21 @@ def test_a_csv_with_its_own_label_names_trains_evaluates_predicts_and_serves_wit
     assert label in NAMES.values() and width == "3", s.stderr[-2000:]
 
 
+def test_an_own_data_cards_license_is_unknown_until_given(desk_run, desk_csv):
+    """Own data: the card names the file by its sha256 and states no license until --license
+    gives one (here through eval/export.py, which writes the card again)."""
+    import yaml
+    run, _ = desk_run
+    card = run / "README.md"
+    meta = yaml.safe_load(card.read_text().split("---\n")[1])
+    digest = json.loads((run / "config.json").read_text())["resolved"]["data_files"][os.path.abspath(desk_csv)]
+    assert (meta["license"], meta["license_name"]) == ("other", "unknown") and "datasets" not in meta
+    assert f"`{digest}`" in card.read_text() and "state them with `--license`" in card.read_text()
+    run_script("eval/export.py", run, "--license", "cc-by-4.0")
+    meta = yaml.safe_load(card.read_text().split("---\n")[1])
+    assert meta["license"] == "cc-by-4.0" and "license_name" not in meta
+
+
 @pytest.mark.slow
 def test_a_resume_refuses_a_changed_file_and_other_flags(desk_run, desk_csv, tiny_distilbert, tmp_path):
     run, _ = desk_run

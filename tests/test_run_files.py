@@ -253,8 +253,9 @@ def test_summarize_names_each_bad_folder_and_summarizes_the_rest(finished, tmp_p
         f"skipped: {cut}/metrics.json: not valid JSON, cut short or edited ({why}); {restore}",
         f"skipped: {tree}/metrics-no-accuracy/metrics.json: test.accuracy is \"high\", expected a number in [0, 1]; "
         f"{restore}"]
-    accuracy = json.loads((good / "metrics.json").read_text())["test"]["accuracy"]
-    assert f"| full_finetune | 1 | {accuracy:.4f} ± 0.0000 |" in p.stdout
+    test = json.loads((good / "metrics.json").read_text())["test"]
+    assert f"| full_finetune | 1 | {test['macro_f1']:.4f} ± 0.0000 |" in p.stdout  # --select-metric's first
+    assert f"| {test['accuracy']:.4f} ± 0.0000 |" in p.stdout
 
 
 def test_summarize_with_no_readable_run_is_refused(finished, tmp_path, capsys):

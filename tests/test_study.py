@@ -260,3 +260,35 @@ def test_seeds_runs_one_configuration_per_seed_reports_the_worst_and_resumes(tin
     with pytest.raises(SystemExit) as refused:
         seeds.main(["--out", str(out), "--", "train/full_finetune.py", "--seed", "3"])
     assert refused.value.code == 2 and "--seed is set per seed" in capfd.readouterr().err
+
+
+@pytest.mark.slow
+def test_own_data_benchmark_writes_its_files_and_tables_each_recipe(tiny_distilbert, data_dir, tmp_path):
+    """eval/own_data_benchmark.py: the four files written from the release (their shapes),
+    then each recipe trains on a file through the train script, and the table's figures are
+    the runs' own metrics.json's; rerunning resumes."""
+    import csv
+    from collections import Counter
+    out = tmp_path / "bench"
+    args = ["--model", tiny_distilbert, "--release", data_dir, "--files", "two_class", "--phrasebank", "",
+            "--seeds", 1, "--out", out, "--", "--epochs", 1, "--train-examples", 64, "--precision", "fp32"]
+    run_script("eval/own_data_benchmark.py", *args)
+    counts = {}
+    for name in ("50agree", "disputed", "two_class", "imbalanced"):
+        with open(out / "data" / f"{name}.csv", newline="", encoding="utf-8") as f:
+            counts[name] = Counter(row["label"] for row in csv.DictReader(f))
+    levels = phrasebank.deduped_levels(phrasebank.load_levels(data_dir))
+    assert sum(counts["50agree"].values()) == len(levels["50"])
+    assert sum(counts["disputed"].values()) == len(levels["50"]) - len(levels["all"])
+    assert set(counts["two_class"]) == {"negative", "positive"}
+    rare = counts["imbalanced"]
+    assert rare["neutral"] >= 10 * rare["positive"] and rare["neutral"] >= 20 * rare["negative"] > 0
+    table = (out / "own-data.md").read_text()
+    for recipe in ("project", "hf"):
+        m = json.loads((out / "two_class" / recipe / "seed1" / "metrics.json").read_text())["test"]
+        assert f"| two_class | {recipe} | 1 | {m['n']} | {m['accuracy']:.4f} ± 0.0000 | {m['accuracy']:.4f} | " \
+               f"{m['macro_f1']:.4f} ± 0.0000 | {m['macro_f1']:.4f} |" in table
+    config = json.loads((out / "two_class" / "hf" / "seed1" / "config.json").read_text())
+    assert config["flags"]["recipe"] == "hf" and config["flags"]["lr"] == 5e-5
+    assert "## Post-training decisions" in table
+    assert run_script("eval/own_data_benchmark.py", *args).stdout.count("done already") == 2
