@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from common.phrasebank import LEVEL_CHOICES, LEVELS
 from common.recipes import RECIPES
 
+# --select-metric's choices, and which way is better for each
+SELECT_MODE = {"macro_f1": "max", "accuracy": "max", "loss": "min"}
+
 
 def _f(default, help, **kw):
     return field(default=default, metadata=dict(help=help, **kw))
@@ -107,8 +110,7 @@ class Config:
     loss: str = _f("ce", "'ce' cross-entropy, 'focal' Keras' categorical focal cross-entropy",
                    choices=["ce", "focal"])
     select_metric: str = _f("macro_f1", "the validation figure every choice is made on: the best epoch kept, "
-                            "--restore-prior auto, --patience, the tuners' objective", choices=["macro_f1", "accuracy",
-                                                                                                "loss"])
+                            "--restore-prior auto, --patience, the tuners' objective", choices=list(SELECT_MODE))
     eval_every: int = _f(0, "validate every N optimizer steps instead of once per epoch: the best checkpoint, "
                          "--patience, TensorBoard's epoch figures, epochs.json and the backups then follow these "
                          "points; 0 = once per epoch")

@@ -90,10 +90,14 @@ class FinishedRun:
         policy = keras.mixed_precision.global_policy()
         try:
             self.precision = distribute.set_precision(precision)
-            self._model = models.build_classifier(self.model_dir, labels=self.labels)
+            self._model = self._build_model()
         finally:
             keras.mixed_precision.set_global_policy(policy)
         return self._model
+
+    def _build_model(self):
+        """The classifier under the dtype policy load_model set."""
+        return models.build_classifier(self.model_dir, labels=self.labels)
 
     def split_rows(self, agreement: str = None, source: str = None, if_changed: str = "restore the file") -> dict:
         """{split: [(sentence, label)]}: the run's own data and split (own data: the split
@@ -233,16 +237,9 @@ class PublishedModel(FinishedRun):
             self._tokenizer = preset.load_tokenizer(self.run_dir, self.info)
         return self._tokenizer
 
-    def load_model(self, precision: str = FIGURES_PRECISION):
-        from common import distribute, preset
-        from common.env import keras
-        policy = keras.mixed_precision.global_policy()
-        try:
-            self.precision = distribute.set_precision(precision)
-            self._model = preset.load_classifier(self.run_dir, self.info)
-        finally:
-            keras.mixed_precision.set_global_policy(policy)
-        return self._model
+    def _build_model(self):
+        from common import preset
+        return preset.load_classifier(self.run_dir, self.info)
 
     def split_rows(self, *args, **kwargs):
         raise RunDirError(f"{self.run_dir}: a published model, not a run folder: it holds no data splits; evaluate "

@@ -4,6 +4,7 @@ import io
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
+from common.config import SELECT_MODE  # --select-metric: which way is better
 from common.env import keras, tf
 
 
@@ -38,10 +39,6 @@ class SparseMacroF1(keras.metrics.Metric):
 
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes}
-
-
-# --select-metric: the validation figure every choice is made on, and which way is better
-SELECT_MODE = {"macro_f1": "max", "accuracy": "max", "loss": "min"}
 
 
 def monitor(select_metric: str) -> str:

@@ -76,7 +76,8 @@ def write(run_dir: str, license: str = "", published_as: str = "", folder: str =
     own = sources.is_own(flags.data)
     earlier = os.path.join(run_dir, CARD)
     if own and not license and os.path.exists(earlier):  # what eval/export.py --license stated stays
-        license = "" if card_license(earlier) == UNKNOWN_LICENSE else card_license(earlier)
+        stated = card_license(earlier)
+        license = "" if stated == UNKNOWN_LICENSE else stated
     lic = license_of(flags, license)
     name = os.path.basename(os.path.normpath(run_dir))
     base = "" if flags.init_from else _hub_id(flags.model)

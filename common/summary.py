@@ -7,6 +7,7 @@ from collections import Counter
 import numpy as np
 
 from common import runs
+from common.config import SELECT_MODE
 from common.errors import RunDirError
 from common.phrasebank import level_name
 
@@ -82,7 +83,7 @@ FIGURE_NAME = {"macro_f1": "macro-F1", "accuracy": "accuracy", "loss": "loss"}
 
 def worst(runs_: list, part: str, key: str) -> str:
     """The worst seed's figure (the lowest; the highest loss) and its seed: one user runs one seed."""
-    pick = max if key == "loss" else min
+    pick = min if SELECT_MODE.get(key, "max") == "max" else max
     r = pick(runs_, key=lambda r: r["metrics"][part].get(key, float("nan")))
     return f"{r['metrics'][part].get(key, float('nan')):.4f} (seed {r['flags'].get('seed')})"
 

@@ -106,9 +106,9 @@ def decision_study(run_dir: str) -> dict:
     test_lp, test_y = parts["test"]
     out = {"test_macro_f1": score(test_y, test_lp.argmax(1))}
     m = runs.read_json(os.path.join(run_dir, runs.METRICS))
-    weights = runs.read_json(os.path.join(run_dir, runs.CONFIG))["resolved"].get("class_weight")
+    weights = run.config["resolved"].get("class_weight")  # (JSON: the class ids are strings)
     if weights and "restored" in m.get("restore_prior", {}):
-        shift = np.log([weights[str(c)] if str(c) in weights else weights[c] for c in range(len(run.labels))])
+        shift = np.log([weights[str(c)] for c in range(len(run.labels))])
         shift = shift / run.temperature
         restored = m["restore_prior"]["restored"]
         out["prior_on"] = score(test_y, (test_lp - (0 if restored else shift)).argmax(1))

@@ -50,12 +50,12 @@ def parse(argv=None):
     return p.parse_args(argv)
 
 
-def check_license(run_dir: str, card: str, public: bool) -> str:
+def check_license(run, card: str, public: bool) -> str:
     """The card's license; a PhraseBank model goes public only under the PhraseBank's."""
-    from common import model_card, sources
+    from common import model_card
     license = model_card.card_license(card)
-    flags = runs.run_flags(runs.load_run(run_dir, need_model=False))
-    if public and not sources.is_own(flags.data) and license != model_card.PHRASEBANK_LICENSE:
+    run_dir = run.run_dir
+    if public and not run.own_data and license != model_card.PHRASEBANK_LICENSE:
         raise FlagError(f"--public: {run_dir} was trained on the Financial PhraseBank, whose license "
                         f"({model_card.PHRASEBANK_LICENSE}) its model carries, but {card} states '{license}'; write the "
                         f"card again (python eval/export.py {run_dir}) or publish it --private")
@@ -158,7 +158,7 @@ def main(argv=None):
         card = os.path.join(args.run_dir, model_card.CARD)
         if not os.path.exists(card):  # a run finished before cards were written
             print(f"model card -> {model_card.write(args.run_dir)}")
-        license = check_license(args.run_dir, card, args.public)
+        license = check_license(run, card, args.public)
         test = runs.read_json(os.path.join(args.run_dir, runs.METRICS))["test"]
         message = args.message or (f"{os.path.basename(os.path.normpath(args.run_dir))}: test accuracy "
                                    f"{test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}")
