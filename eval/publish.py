@@ -21,6 +21,7 @@ there before (replaced whole); anything else there is refused.
 """
 import argparse
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -166,7 +167,7 @@ def main(argv=None):
                  else to_folder(run, args.to, license))
     print(f"published {args.run_dir} -> {where} (license {license}"
           f"{', private' if hub_repo is not None and not args.public else ''})")
-    print(f"next: python eval/predict.py {args.to} --input FILE")
+    print(f"next: python eval/predict.py {shlex.quote(args.to)} --input FILE")  # quoted: a name may hold spaces, $()
     return where
 
 
