@@ -97,9 +97,13 @@ def restart_after_peer_failure(error) -> None:
     os.execv(sys.executable, [sys.executable] + sys.argv)
 
 
-def steps_between_validations(cfg, steps_per_epoch: int) -> int:
-    """--eval-every: validate (and choose, stop, log) every N optimizer steps; else once per epoch."""
-    return min(cfg.eval_every, steps_per_epoch * cfg.epochs) if cfg.eval_every else steps_per_epoch
+def validation_schedule(cfg, steps_per_epoch: int, epochs: int = None) -> tuple:
+    """(optimizer steps between validations, validations in all). --eval-every: validate (and
+    choose, stop, log) every N optimizer steps, the last stretch maybe shorter; else once per
+    epoch. One validation stretch is what Keras calls an epoch."""
+    total = steps_per_epoch * (cfg.epochs if epochs is None else epochs)
+    every = min(cfg.eval_every, total) if cfg.eval_every else steps_per_epoch
+    return every, -(-total // every)
 
 
 def fit_model(model, cfg, splits, callbacks=(), epochs: int = None, initial_epoch: int = 0, tb_dir: str = None,
@@ -126,9 +130,8 @@ def fit_model(model, cfg, splits, callbacks=(), epochs: int = None, initial_epoc
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     epochs = cfg.epochs if epochs is None else epochs
-    every = steps_between_validations(cfg, st["steps"])  # one Keras epoch: a data epoch, or --eval-every steps
+    every, points = validation_schedule(cfg, st["steps"], epochs)
     total = epochs * st["steps"]
-    points = -(-total // every)  # validations in all (the last part may be shorter)
     start_step = initial_epoch * every if start_step is None else min(start_step, total)
     first, done = divmod(start_step, every)
     callbacks = [*ours, *callbacks]
@@ -207,7 +210,7 @@ def fit(model, cfg, run_dir: str, splits, hparams: dict, is_chief: bool = True, 
                                               profile_batch=0) if is_chief else None
     hparams_writer = tf.summary.create_file_writer(os.path.join(tb_dir, "hparams")) if is_chief else None
     backup_dir = os.path.join(run_dir, runs.BACKUP)
-    every = steps_between_validations(cfg, splits.train_stats["steps"])  # one Keras epoch
+    every, points = validation_schedule(cfg, splits.train_stats["steps"])
     start_step = cb.resume_step(backup_dir, every)
     if start_step:
         cb.restore(model, backup_dir)
@@ -274,7 +277,6 @@ def fit(model, cfg, run_dir: str, splits, hparams: dict, is_chief: bool = True, 
     if os.path.exists(best_path) and not cfg.ema:
         model.load_weights(best_path)
     stopped_after = None
-    points = -(-cfg.epochs * splits.train_stats["steps"] // every)
     if stopper and (stopper.stopped_epoch or stale) and len(stopper.seen) < points:
         stopped_after = len(stopper.seen)
         print(f"stopped early after validation {stopped_after} of {points}: no better validation {cfg.select_metric} for "
@@ -359,8 +361,9 @@ class Run:
     lock: object = None   # run_lock.Lock: this process writes run_dir (the chief), until the run ends
 
 
-def check_flags(cfg) -> None:
-    """Flag values that cannot work, found before any data or model is loaded."""
+def check_flags(cfg, search: bool = False) -> None:
+    """Flag values that cannot work, found before any data or model is loaded.
+    search: the flags are a tuner's (tune/*.py)."""
     from common import models
     if cfg.head == "custom":
         models.parse_hidden(cfg.head_hidden)
@@ -379,6 +382,9 @@ def check_flags(cfg) -> None:
     if cfg.eval_every and (cfg.head_warmup_epochs or cfg.unfreeze_every):
         raise FlagError("--eval-every with --head-warmup-epochs / --unfreeze-every: the unfreezing schedule counts "
                         "epochs; use one or the other")
+    if search and cfg.eval_every:  # Hyperband's budget is in epochs, and a trial reports once per epoch
+        raise FlagError("--eval-every: the tuners validate once per epoch; leave it out of the search, and add it to "
+                        "the train/full_finetune.py command the search prints for its best trial")
     if cfg.patience < 0:
         raise FlagError(f"--patience {cfg.patience}: a number of validations, at least 0 (0 = off)")
     if cfg.extra_weight <= 0:
@@ -408,7 +414,7 @@ def start(cfg, script: str, run_folder="train") -> Run:
     (keras-tuner's state: writable), None (nothing is written: a benchmark)."""
     from common import distribute
     wall_start = time.time()
-    check_flags(cfg)
+    check_flags(cfg, search=run_folder == "search")
     harness = distribute.setup(cfg)  # before any model: strategy + dtype policy
     for note in harness.notes:
         print("note:", note)

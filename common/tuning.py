@@ -5,6 +5,7 @@ hyperparameter names are Config field names, so the best trial is a set of train
 """
 import dataclasses
 import os
+import shlex
 import sys
 import tempfile
 
@@ -102,9 +103,6 @@ def search(run, space, args, argv) -> list:
     """Run (or resume) the search; the chief writes best_hparams.json, trials.md/.csv;
     --train-best trains the winner with train/full_finetune.py. Returns the ranked trials."""
     cfg = run.cfg
-    if cfg.eval_every:  # Hyperband's budget is in epochs, and a trial reports once per epoch
-        raise errors.FlagError("--eval-every: the tuners validate once per epoch; leave it out of a search (pass it "
-                               "to the run --train-best starts, or train the best trial's flags with it)")
     # Under TF_CONFIG every worker runs the same trials in lockstep (same seed, same scores);
     # only the chief keeps the tuner's state, the others write theirs to a throwaway folder.
     directory = run.run_dir if run.harness.is_chief else tempfile.mkdtemp(prefix="tuner-worker-")
@@ -139,7 +137,7 @@ def search(run, space, args, argv) -> list:
     if args.train_best:
         errors.run_child(command)
     else:
-        print("train it: " + " ".join(os.path.relpath(c) if os.path.isabs(c) else c for c in command[1:]))
+        print("train it: python " + shlex.join(os.path.relpath(c) if os.path.isabs(c) else c for c in command[1:]))
     return rows
 
 

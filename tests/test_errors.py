@@ -95,6 +95,10 @@ CASES = [
      errors.FlagError, "--tb-staging {tmp}/run/tb: give a local folder outside the run folder"),
     ("batch-not-divisible", "train/full_finetune.py", lambda t, m, d: ["--cpu-replicas", "2", "--batch-size", "33"],
      errors.FlagError, "--batch-size 33: must be a positive multiple of the 2 replicas"),
+    ("eval-every-in-a-search", "tune/lr_search.py",  # refused before the data is read: --data is missing
+     lambda t, m, d: ["--eval-every", "5", "--data", str(t / "nowhere")], errors.FlagError,
+     "--eval-every: the tuners validate once per epoch; leave it out of the search, and add it to the "
+     "train/full_finetune.py command"),
     ("bad-head-hidden", "train/custom_head.py", lambda t, m, d: ["--head-hidden", "256,abc"], errors.FlagError,
      "--head-hidden '256,abc': expected comma-separated layer sizes"),
     ("inverted-lr-range", "tune/lr_search.py", lambda t, m, d: ["--lr-range", "1e-3,1e-5"], USAGE,
