@@ -26,6 +26,17 @@ def this_machine() -> str:
         return socket.gethostname()
 
 
+def pid_running(pid: int) -> bool:
+    """A process with this id runs on this machine (as any user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it runs, as another user
+        pass
+    return True
+
+
 class Lock:
     """The one writer of a run or search folder: `run.lock` in it, held with flock (the kernel
     releases it when the holder dies, however it dies) and naming its holder (machine, pid,
@@ -80,15 +91,7 @@ class Lock:
             beat = holder.get("heartbeat")
             return not isinstance(beat, (int, float)) or time.time() - beat >= LOCK_STALE_SECONDS
         pid = holder.get("pid")
-        if pid == os.getpid() or not isinstance(pid, int):
-            return True
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except OSError:  # it runs, as another user
-            pass
-        return False
+        return pid == os.getpid() or not isinstance(pid, int) or not pid_running(pid)
 
     def _refuse(self, holder, across_machines: bool = False):
         self._close()

@@ -17,7 +17,8 @@ and a model trained on the Financial PhraseBank goes public only under the Phras
 license (CC BY-NC-SA 3.0), as its card states. Publishing again to the same repository adds
 a commit (the Hub keeps the history); a repository holding something other than a model
 published from here is refused. A local --to folder must be new, or a model published
-there before (replaced whole); anything else there is refused.
+there before (replaced whole: a killed publish leaves the earlier model); anything else there
+is refused.
 """
 import argparse
 import os
@@ -74,29 +75,50 @@ def stage(run, folder: str, published_as: str, license: str) -> None:
 
 
 def to_folder(run, target: str, license: str) -> str:
-    """A local preset folder: written beside it, then renamed into place (an earlier one
-    published there is replaced only once the new one is whole)."""
-    from common import preset
+    """A local preset folder: staged in a hidden folder beside it, then renamed into place (an
+    earlier one published there is replaced only once the new one is whole). The swap holds
+    a lock on the parent folder (flock: another publish to the same place waits for it), and
+    clears what a killed publish on this machine left beside the target."""
+    import fcntl
     target = os.path.abspath(target)
-    if os.path.exists(target) and not (os.path.isdir(target) and (not os.listdir(target) or preset.is_preset(target))):
-        raise FlagError(f"--to {target}: exists and is not a model published here; pass a new folder")
-    parent = os.path.dirname(target)
+    check_target(target)
+    parent, name = os.path.dirname(target), os.path.basename(target)
     runs.check_writable(parent)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=parent)
+    # the staging folders name their machine and process, so a later publish knows which are orphans
+    mine = f".{name}.{run_lock.this_machine().replace('/', '-')}."
+    tmp = tempfile.mkdtemp(prefix=f"{mine}{os.getpid()}.", suffix=".tmp", dir=parent)
     try:
         stage(run, tmp, target, license)
-        old = None
-        if os.path.exists(target):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", suffix=".old", dir=parent)
-            os.rmdir(old)
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
+        lock = os.open(parent, os.O_RDONLY)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            check_target(target)  # again: another process may have written there meanwhile
+            for left in os.listdir(parent):  # a killed publish's staging (its process is gone)
+                pid = left[len(mine):].split(".")[0]
+                if left.startswith(mine) and left.endswith((".tmp", ".old")) and pid.isdigit() \
+                        and not run_lock.pid_running(int(pid)):
+                    shutil.rmtree(os.path.join(parent, left), ignore_errors=True)
+            old = None
+            if os.path.exists(target):
+                old = tempfile.mkdtemp(prefix=f"{mine}{os.getpid()}.", suffix=".old", dir=parent)
+                os.rmdir(old)
+                os.replace(target, old)
+            os.replace(tmp, target)
+            if old:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            os.close(lock)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def check_target(target: str) -> None:
+    """--to DIR: new, empty, or a model published here before; never anything else."""
+    from common import preset
+    if os.path.exists(target) and not (os.path.isdir(target) and (not os.listdir(target) or preset.is_preset(target))):
+        raise FlagError(f"--to {target}: exists and is not a model published here; pass a new folder")
 
 
 def to_hub(run, repo: str, public: bool, message: str, license: str) -> str:

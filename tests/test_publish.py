@@ -105,6 +105,53 @@ def test_publish_to_a_folder_then_predict_from_it_as_from_the_run(run, input_csv
     assert (other / "notes.txt").read_text() == "keep me"
 
 
+def _listing(folder) -> dict:
+    import hashlib
+    return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+@pytest.mark.slow
+def test_a_killed_publish_leaves_the_earlier_model_and_two_at_once_leave_one_whole(run, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from common import REPO_ROOT
+    target = tmp_path / "published"
+    run_script("eval/publish.py", run, "--to", target)
+    first = _listing(target)
+    command = [sys.executable, os.path.join(REPO_ROOT, "eval", "publish.py"), str(run), "--to", str(target)]
+    orphans = set()
+    for files_staged in (0, 3):  # killed as staging starts, and once it has written files
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        staging = []
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            staging = [tmp_path / f for f in os.listdir(tmp_path) if f.endswith(".tmp") and f not in orphans]
+            if staging and len(os.listdir(staging[0])) >= files_staged:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None and staging, "the publish ended before it was killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        orphans.add(staging[0].name)
+        assert _listing(target) == first  # the earlier model, whole and unchanged
+    assert len([f for f in os.listdir(tmp_path) if f.startswith(".")]) == 2  # the killed ones' staging, hidden
+    # two runs published at once to the same folder (one run twice at once: its lock refuses the second):
+    # both finish, one whole model is left, and no staging beside it
+    import shutil
+    twin = tmp_path / "twin"
+    shutil.copytree(run, twin / "run")
+    procs = [subprocess.Popen([*command[:2], str(r), *command[3:]], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for r in (run, twin / "run")]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    assert _listing(target).keys() == first.keys()
+    assert sorted(os.listdir(tmp_path)) == ["published", "twin"]
+
+
 TOKEN = "hf_publish_test_token_0123456789"
 
 
