@@ -5,6 +5,7 @@ change defaults (head-only training wants a larger learning rate) but not meanin
 """
 import argparse
 import dataclasses
+import re
 from dataclasses import dataclass, field
 
 from common.phrasebank import LEVEL_CHOICES, LEVELS
@@ -16,6 +17,16 @@ SELECT_MODE = {"macro_f1": "max", "accuracy": "max", "loss": "min"}
 
 def _f(default, help, **kw):
     return field(default=default, metadata=dict(help=help, **kw))
+
+
+def license_id(value: str) -> str:
+    """--license: an id, as the Hub's model card metadata takes one (license, or license_name
+    beside license: other, "an id ... like my-license-1.0"); '' is none given."""
+    if value and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}", value):
+        raise argparse.ArgumentTypeError(f"{value!r}: give a license id (letters, digits, '.', '-', '_', '+'): one "
+                                         f"the Hub knows, such as cc-by-4.0 or apache-2.0, or your own, such as "
+                                         f"my-license-1.0")
+    return value
 
 
 @dataclass
@@ -136,8 +147,9 @@ class Config:
                              "a bucket mount, which uploads a file only once it is closed (the launchers set it; "
                              "docs/cloud.md#tensorboard-on-a-bucket-mount)")
     tb_copy_every: int = _f(60, "seconds between --tb-staging copies")
-    license: str = _f("", "own data: the license the model card states (a Hub license id such as cc-by-4.0, or a "
-                      "name); a PhraseBank model's is the PhraseBank's, CC BY-NC-SA 3.0 (docs/using-the-model.md)")
+    license: str = _f("", "own data: the license the model card states (a Hub license id such as cc-by-4.0, or an "
+                      "id of your own such as my-license-1.0); a PhraseBank model's is the PhraseBank's, "
+                      "CC BY-NC-SA 3.0 (docs/using-the-model.md)", parse=license_id)
 
     def __post_init__(self):
         if isinstance(self.restore_prior, bool):  # config.json of a run made when it was an on/off flag
@@ -182,7 +194,7 @@ def build_parser(description: str, **defaults) -> argparse.ArgumentParser:
         if f.type in (bool, "bool"):
             p.add_argument(flag, default=default, action=argparse.BooleanOptionalAction, help=meta["help"])
         else:
-            typ = {"int": int, "float": float, "str": str}.get(f.type, f.type)
+            typ = meta.get("parse") or {"int": int, "float": float, "str": str}.get(f.type, f.type)
             extra = {k: meta[k] for k in ("nargs", "const") if k in meta}
             p.add_argument(flag, default=default, type=typ, help=meta["help"], choices=meta.get("choices"), **extra)
             if "negative" in meta:  # --no-FLAG, as BooleanOptionalAction would give an on/off flag

@@ -26,7 +26,7 @@ from common import config, errors, run_lock, serving  # noqa: E402
 def main(argv=None):
     p = config.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a finished run folder (runs/<name>)")
-    p.add_argument("--license", default="", help="own data: the license the card states (default: the run's "
+    p.add_argument("--license", default="", type=config.license_id, help="own data: the license the card states (default: the run's "
                                                  "--license; a PhraseBank model's is the PhraseBank's)")
     args = p.parse_args(argv)
     # refused in one line: a folder that is not a finished run, a file of it not as its run wrote it

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from common import errors, models, phrasebank, sources
-from tests.conftest import run_script
+from tests.conftest import assert_one_line_error, run_script
 
 NAMES = {0: "bearish", 1: "neutral", 2: "bullish"}
 
@@ -93,6 +93,11 @@ def test_an_own_data_cards_license_is_unknown_until_given(desk_run, desk_csv):
     digest = json.loads((run / "config.json").read_text())["resolved"]["data_files"][os.path.abspath(desk_csv)]
     assert (meta["license"], meta["license_name"]) == ("other", "unknown") and "datasets" not in meta
     assert f"`{digest}`" in card.read_text() and "state them with `--license`" in card.read_text()
+    # a license that is not an id (a newline, quotes, $()): one line, and the card stays as it was
+    before = card.read_text()
+    p = run_script("eval/export.py", run, "--license", 'mine\n"$(touch pwned)"', check=False)
+    assert_one_line_error(p, "eval/export.py", "argument --license: 'mine\\n\"$(touch pwned)\"': give a license id")
+    assert card.read_text() == before
     run_script("eval/export.py", run, "--license", "cc-by-4.0")
     meta = yaml.safe_load(card.read_text().split("---\n")[1])
     assert meta["license"] == "cc-by-4.0" and "license_name" not in meta
