@@ -79,8 +79,9 @@ class Config:
     head_activation: str = _f("gelu", "custom head: activation of the hidden layers")
     # optimisation
     epochs: int = _f(3, "passes over the training split")
-    batch_size: int = _f(32, "examples per step over all replicas (global batch; each replica gets "
-                         "batch-size / replicas), so results do not depend on the device count")
+    batch_size: int = _f(16, "examples per step over all replicas (global batch; each replica gets "
+                         "batch-size / replicas), so results do not depend on the device count. 16: twice the "
+                         "optimizer steps of 32, better on the own-data benchmark's files (docs/own-data.md)")
     lr: float = _f(1e-4, "peak learning rate (AdamW), reached after warm-up, then linear decay to 0")
     lr_schedule: str = _f("linear", "'linear': warm-up, then linear decay to 0; 'constant': --lr throughout "
                           "(the notebook's Adam)", choices=["linear", "constant"])
@@ -107,9 +108,11 @@ class Config:
     ema: float = _f(0.0, "keep an exponential moving average of the weights with this momentum (Keras optimizers' "
                     "use_ema, e.g. 0.98) and evaluate and export it at the end instead of the best epoch; 0 = off")
     train_top_blocks: int = _f(-1, "only the top N transformer blocks (and the head) ever train; -1 = all")
-    class_weight: str = _f("balanced", "weight the loss by class: 'balanced' = sklearn's compute_class_weight; "
-                           "'sqrt' = their square roots (mean weight per example 1). The default: without it, "
-                           "some seeds never learned the rare negatives in 3 epochs (docs/performance.md)",
+    class_weight: str = _f("sqrt", "weight the loss by class: 'balanced' = sklearn's compute_class_weight; "
+                           "'sqrt' (the default) = their square roots, mean weight per example 1: the rare "
+                           "classes are still learned (without weights some seeds never learned the rare "
+                           "negatives in 3 epochs, docs/performance.md), at less cost than 'balanced' on noisy "
+                           "data (docs/own-data.md)",
                            choices=["none", "sqrt", "balanced"])
     restore_prior: str = _f("auto", "after training with class weights, subtract log(class weight) from the "
                             "logits' bias, so predictions follow the training data's class frequencies again "

@@ -4,9 +4,10 @@
 sets these as the defaults; a flag given on the command line still wins, and config.json
 records the recipe, its flags and which of them the command line overrode.
 
-- project:  the train scripts' own defaults (length buckets, batch 32, --precision auto,
+- project:  the train scripts' own defaults (length buckets, batch 16, --precision auto,
             AdamW 1e-4 with warm-up and linear decay, layer-wise rate decay 0.9, frozen
-            embeddings, balanced class weights): docs/performance.md#the-default-recipe-choice-by-choice.
+            embeddings, square-root class weights, the prior put back where validation gains):
+            docs/performance.md#the-default-recipe-choice-by-choice.
 - notebook: the notebook's settings (../shared/notebook-figures.md): every sentence padded
             to 512, batch 8, fp32, Adam (AdamW with weight decay 0, Keras' epsilon 1e-7, no
             clipping), PolynomialDecay(5e-5, decay_steps=10000, end 0) with no warm-up, one

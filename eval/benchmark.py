@@ -8,8 +8,8 @@ Recipes: the train scripts' --recipe presets (common/recipes.py):
   notebook  every sentence padded to 512, batch 8, fp32, Adam 5e-5 PolynomialDecay over 10000
             steps, all weights train, no class weights
   hf        every sentence padded to 128, batch 8, fp32, AdamW 5e-5 linear decay (HF example defaults)
-  project   this project's defaults: length buckets, batch 32, --precision auto,
-            AdamW 1e-4 warm-up + decay, embeddings frozen, balanced class weights
+  project   this project's defaults: length buckets, batch 16, --precision auto,
+            AdamW 1e-4 warm-up + decay, embeddings frozen, square-root class weights
 
 Steady state (default): per recipe, in its own process (so peak RSS and compile time are
 its own), examples/s and real (non-pad) tokens/s = median over --steps timed steps after

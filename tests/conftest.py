@@ -117,12 +117,13 @@ def reference_ids(sentences, max_length: int):
     return [e.ids for e in tok.encode_batch(list(sentences))]
 
 
-def planned_steps(data_dir, epochs=3, batch=32, max_length=128) -> int:
+def planned_steps(data_dir, epochs=3, batch=None, max_length=128) -> int:
     """Optimizer steps a default AllAgree run plans: batches per bucket width, counted here
     from token lengths (not through common.data's pipeline)."""
     import math
     from collections import Counter
-    from common import data, phrasebank
+    from common import config, data, phrasebank
+    batch = batch or config.Config().batch_size  # the default's
     rows = phrasebank.load_splits(data_dir, "all")["train"]
     lengths = [len(x) for x in reference_ids([s for s, _ in rows], max_length)]
     per_width = Counter(min(w for w in data.widths_for(max_length) if w >= n) for n in lengths)

@@ -57,8 +57,8 @@ def test_time_to_accuracy_trains_each_recipe_to_the_end_with_its_flags(tiny_dist
     assert nb["recipe"] == "notebook" and flags["project"]["recipe"] == "project"  # common/recipes.py, by name
     assert (nb["lr"], nb["lr_schedule"], nb["decay_steps"], nb["adam_epsilon"], nb["weight_decay"], nb["clipnorm"],
             nb["train_embeddings"]) == (5e-5, "linear", 10000, 1e-7, 0.0, 0.0, True)
-    assert nb["class_weight"] == "none" and flags["project"]["class_weight"] == "balanced"
-    assert flags["project"]["padding"] == "buckets" and flags["project"]["batch_size"] == 32
+    assert nb["class_weight"] == "none" and flags["project"]["class_weight"] == "sqrt"
+    assert flags["project"]["padding"] == "buckets" and flags["project"]["batch_size"] == 16
     assert results[0]["real_token_share"] < 0.1 < 0.9 <= results[1]["real_token_share"]
     assert results[1]["speedup_vs_notebook"] == results[0]["wall_seconds"] / results[1]["wall_seconds"]
     table = (out / "benchmark.md").read_text()

@@ -27,7 +27,7 @@ def _run(tiny_distilbert, data_dir, runs_root):
 
 
 def test_extra_agreement_adds_only_looser_training_sentences_at_their_weight(_run, data_dir):
-    cfg, run = _run(extra_agreement="50", extra_weight=0.25)
+    cfg, run = _run(extra_agreement="50", extra_weight=0.25, class_weight="balanced")
     strict = phrasebank.load_splits(data_dir, "all")
     loose = phrasebank.load_splits(data_dir, "50")
     rows = run.splits.rows["train"]

@@ -45,9 +45,10 @@ def test_lr_search_runs_three_trials_writes_results_and_resumes_without_redoing(
     assert "_hparams_/session_start_info" in acc.Tags()["tensors"]
     assert first.stdout.count("Trial 3 Complete") == 1
     # every trial trained with the class weights the train script would use, and says so
-    expected = data.class_weights([y for _, y in phrasebank.load_splits(data_dir, "all")["train"]], "balanced", 3)
+    default = config.Config().class_weight
+    expected = data.class_weights([y for _, y in phrasebank.load_splits(data_dir, "all")["train"]], default, 3)
     for trial, cfg in _trials(run).values():
-        assert cfg["flags"]["class_weight"] == "balanced" and cfg["script"] == "lr_search.py trial"
+        assert cfg["flags"]["class_weight"] == default and cfg["script"] == "lr_search.py trial"
         assert {int(k): v for k, v in cfg["resolved"]["class_weight"].items()} == pytest.approx(expected)
         assert cfg["flags"]["lr"] == trial["hyperparameters"]["values"]["lr"]
     # the same command again: the oracle is reloaded, no trial is run again
