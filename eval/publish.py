@@ -92,7 +92,10 @@ def to_folder(run, target: str, license: str) -> str:
         stage(run, tmp, target, license)
         lock = os.open(parent, os.O_RDONLY)
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            except OSError:  # a file system that refuses flock: the rename is still atomic, only unserialised
+                pass
             check_target(target)  # again: another process may have written there meanwhile
             for left in os.listdir(parent):  # a killed publish's staging (its process is gone)
                 pid = left[len(mine):].split(".")[0]

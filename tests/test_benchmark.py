@@ -15,7 +15,7 @@ def test_one_recipes_steady_state_measured_in_this_process(tiny_distilbert, data
               "--warmup-steps", 1, "--peak-tflops", 1.0)
     result, = [line for line in capsys.readouterr().out.splitlines() if line.startswith("RESULT ")]
     r = json.loads(result[len("RESULT "):])
-    assert r["recipe"] == "project" and r["padding"] == "buckets" and r["batch"] == 32
+    assert r["recipe"] == "project" and r["padding"] == "buckets" and r["batch"] == 16  # the default
     assert r["real_token_share"] >= 0.9 and r["examples_per_sec"] > 0 and r["first_step_seconds"] > 0
     assert 0 < r["mfu"] < 1
 
