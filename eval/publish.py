@@ -17,10 +17,12 @@ and a model trained on the Financial PhraseBank goes public only under the Phras
 license (CC BY-NC-SA 3.0), as its card states. Publishing again to the same repository adds
 a commit (the Hub keeps the history); a repository holding something other than a model
 published from here is refused. A local --to folder must be new, or a model published
-there before (replaced whole: a killed publish leaves the earlier model); anything else there
-is refused.
+there before (replaced whole: a killed publish leaves the earlier model, or the next publish
+puts it back); anything else there is refused.
 """
 import argparse
+import contextlib
+import errno
 import os
 import shlex
 import shutil
@@ -78,43 +80,91 @@ def to_folder(run, target: str, license: str) -> str:
     """A local preset folder: staged in a hidden folder beside it, then renamed into place (an
     earlier one published there is replaced only once the new one is whole). The swap holds
     a lock on the parent folder (flock: another publish to the same place waits for it), and
-    clears what a killed publish on this machine left beside the target."""
-    import fcntl
-    target = os.path.abspath(target)
+    first tidies what a killed publish of this target left beside it (staging_leftovers)."""
+    target = os.path.realpath(target)  # a link to an earlier publication: the folder it names is replaced
     check_target(target)
-    parent, name = os.path.dirname(target), os.path.basename(target)
+    parent = os.path.dirname(target)
     runs.check_writable(parent)
     os.makedirs(parent, exist_ok=True)
-    # the staging folders name their machine and process, so a later publish knows which are orphans
-    mine = f".{name}.{run_lock.this_machine().replace('/', '-')}."
-    tmp = tempfile.mkdtemp(prefix=f"{mine}{os.getpid()}.", suffix=".tmp", dir=parent)
+    tag = staging_tag(target)
+    tmp = tempfile.mkdtemp(prefix=f"{tag}{os.getpid()}.", suffix=".tmp", dir=parent)
     try:
         stage(run, tmp, target, license)
-        lock = os.open(parent, os.O_RDONLY)
-        try:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-            except OSError:  # a file system that refuses flock: the rename is still atomic, only unserialised
-                pass
+        os.chmod(tmp, 0o777 & ~runs.UMASK)  # mkdtemp made it 0700; a shared folder's readers need the usual mode
+        with parent_lock(parent, target):
+            staging_leftovers(target)
             check_target(target)  # again: another process may have written there meanwhile
-            for left in os.listdir(parent):  # a killed publish's staging (its process is gone)
-                pid = left[len(mine):].split(".")[0]
-                if left.startswith(mine) and left.endswith((".tmp", ".old")) and pid.isdigit() \
-                        and not run_lock.pid_running(int(pid)):
-                    shutil.rmtree(os.path.join(parent, left), ignore_errors=True)
             old = None
             if os.path.exists(target):
-                old = tempfile.mkdtemp(prefix=f"{mine}{os.getpid()}.", suffix=".old", dir=parent)
+                old = tempfile.mkdtemp(prefix=f"{tag}{os.getpid()}.", suffix=".old", dir=parent)
                 os.rmdir(old)
                 os.replace(target, old)
-            os.replace(tmp, target)
+            try:
+                os.replace(tmp, target)
+            except OSError as e:
+                if old and not os.path.exists(target):
+                    os.replace(old, target)  # the earlier model back where it was
+                if e.errno in (errno.ENOTEMPTY, errno.EEXIST):  # an unlocked publish got there first
+                    raise PublishError(f"--to {target}: another publish wrote it meanwhile (this file system "
+                                       f"refuses locks); publish again") from None
+                raise
             if old:
                 shutil.rmtree(old, ignore_errors=True)
-        finally:
-            os.close(lock)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def staging_tag(target: str) -> str:
+    """The start of a publish's hidden staging names beside `target`: its name (shortened, with
+    a hash of the whole), the machine and the pid namespace, so that a later publish can tell
+    the leftovers of a killed one (same tag, a pid that no longer runs) from anything else."""
+    import hashlib
+    name = os.path.basename(target)
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino  # containers on one kernel share boot id and host name
+    except OSError:
+        namespace = 0
+    digest = hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f".{name[:40]}-{digest}.{run_lock.this_machine().replace('/', '-')}-{namespace}."
+
+
+def staging_leftovers(target: str) -> None:
+    """What a killed publish of `target` left beside it: its staging is removed; an earlier
+    model it had moved aside (killed between the two renames of the swap) is put back if
+    nothing took its place, else removed. Only names with this machine's tag and the pid of
+    a process that no longer runs are touched."""
+    import re
+    parent, tag = os.path.dirname(target), staging_tag(target)
+    for left in sorted(os.listdir(parent)):
+        m = re.fullmatch(re.escape(tag) + r"(\d{1,9})\.[A-Za-z0-9_]+\.(tmp|old)", left)
+        if not m or run_lock.pid_running(int(m.group(1))):
+            continue
+        path = os.path.join(parent, left)
+        if m.group(2) == "old" and not os.path.lexists(target):
+            os.replace(path, target)
+            print(f"note: {target} put back: a publish killed while replacing it had moved it to {path}")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def parent_lock(parent: str, target: str):
+    """An exclusive flock on the parent folder while a publish swaps its target in; a file
+    system that refuses flock publishes unlocked (the swap then reports a collision)."""
+    import fcntl
+    fd = os.open(parent, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another publish to {parent} to finish...", flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)
 
 
 def check_target(target: str) -> None:

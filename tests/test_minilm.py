@@ -33,8 +33,8 @@ def test_minilm_learns_allagree_well_above_majority_rate(minilm_run):
 
 @pytest.mark.slow
 def test_default_recipe_learns_every_class_in_one_epoch(minilm_run):
-    """The default recipe's failure mode before balanced class weights: a seed that never
-    predicted the 13% negatives (recall 0; docs/performance.md#the-default-recipe-choice-by-choice). One epoch, the shortest run,
+    """The default recipe's failure mode before class weights (balanced then, square-root
+    now): a seed that never predicted the 13% negatives (recall 0; docs/performance.md#the-default-recipe-choice-by-choice). One epoch, the shortest run,
     already recalls at least half of each class; a model that skips a class (or keeps to the
     majority) fails this."""
     m = json.loads(open(os.path.join(minilm_run, "metrics.json")).read())

@@ -172,7 +172,8 @@ def test_bf16_and_fp16_training_steps_stay_within_rounding_of_fp32(architecture,
     from eval import precision_check
     model = {"distilbert": tiny_distilbert, "bert": tiny_bert}[architecture]
     args = ["--model", model, "--data", data_dir, "--run-dir", tmp_path / "unused", "--padding", "fixed",
-            "--max-length", "128", "--batches", "2", "--head", "custom", "--pooling", "mean", "--head-hidden", "16"]
+            "--max-length", "128", "--batches", "2", "--batch-size", "32",  # the check's batches: 32 x 128
+            "--head", "custom", "--pooling", "mean", "--head-hidden", "16"]
     args = [str(a) for a in args]
     keras.backend.clear_session()
     arithmetic = precision_check.main(args + ["--precisions", "bf16,fp16,bf16-tf-bias-grad"])

@@ -129,8 +129,11 @@ def test_a_killed_publish_leaves_the_earlier_model_and_two_at_once_leave_one_who
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
             staging = [tmp_path / f for f in os.listdir(tmp_path) if f.endswith(".tmp") and f not in orphans]
-            if staging and len(os.listdir(staging[0])) >= files_staged:
-                break
+            try:
+                if staging and len(os.listdir(staging[0])) >= files_staged:
+                    break
+            except FileNotFoundError:  # renamed into place meanwhile: the publish is ending
+                pass
             time.sleep(0.01)
         assert proc.poll() is None and staging, "the publish ended before it was killed"
         os.kill(proc.pid, signal.SIGKILL)
@@ -150,6 +153,37 @@ def test_a_killed_publish_leaves_the_earlier_model_and_two_at_once_leave_one_who
         assert proc.returncode == 0, err[-3000:]
     assert _listing(target).keys() == first.keys()
     assert sorted(os.listdir(tmp_path)) == ["published", "twin"]
+
+
+def test_a_publish_tidies_only_what_a_killed_publish_of_its_target_left(tmp_path):
+    """publish.staging_leftovers: an earlier model a killed publish had moved aside is put back;
+    that publish's staging is removed; a live publish's staging, another target's, and a user's
+    own hidden folder are not touched."""
+    import subprocess
+    import sys
+    from eval import publish
+    target = tmp_path / "published"
+    tag = publish.staging_tag(str(target))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs
+    moved_aside = tmp_path / f"{tag}{dead.pid}.ab12.old"
+    moved_aside.mkdir()
+    (moved_aside / "task.json").write_text("{}")
+    keep = [tmp_path / f"{tag}{os.getpid()}.cd34.tmp",  # a live publish's staging
+            tmp_path / f"{publish.staging_tag(str(tmp_path / 'other'))}{dead.pid}.ef56.tmp",  # another target's
+            tmp_path / ".published-notes", tmp_path / f"{tag}{dead.pid}.x.tmp.mine"]  # the user's own
+    for folder in keep:
+        folder.mkdir()
+    orphan = tmp_path / f"{tag}{dead.pid}.gh78.tmp"
+    orphan.mkdir()
+    publish.staging_leftovers(str(target))
+    assert (target / "task.json").read_text() == "{}"  # put back
+    assert not orphan.exists() and not moved_aside.exists()
+    assert all(folder.exists() for folder in keep)
+    # with the target in place again, a leftover moved-aside copy is removed, not put back
+    moved_aside.mkdir()
+    publish.staging_leftovers(str(target))
+    assert not moved_aside.exists() and (target / "task.json").exists()
 
 
 TOKEN = "hf_publish_test_token_0123456789"
