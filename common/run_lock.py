@@ -16,8 +16,9 @@ LOCK_STALE_SECONDS = 300  # another machine's lock with no heartbeat for this lo
 
 
 def this_machine() -> str:
-    """Host name and boot id: containers that share a host name (pods, job replicas) are
-    still told apart, and so is the same host after a reboot (its old pids mean nothing)."""
+    """Host name and boot id: the same host after a reboot is told apart (its old pids mean
+    nothing). Containers on one kernel share the boot id, and may share the host name; there
+    the flock, which the kernel holds for every container alike, keeps a live holder's lock."""
     import socket
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
