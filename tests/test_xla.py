@@ -57,7 +57,7 @@ def train_steps(runs_root, model_dir, data_dir, precision="fp32", xla="off", rep
     # every batch 32 x 32 (fixed padding): one XLA compilation per replica, so the test is quick
     cfg = config.Config(model=model_dir, data=data_dir, precision=precision, xla=xla, cpu_replicas=replicas,
                         run_dir=str(runs_root / "xla-unused"), seed=1, class_weight="none", padding="fixed",
-                        max_length=32, dropout=0.0, **flags)
+                        max_length=32, dropout=0.0, **{"batch_size": BATCH, **flags})
     run = training.start(cfg, "test", run_folder=None)
     batches = [(x, y, tf.ones([BATCH])) for x, y in run.splits.train.take(K)]
     assert len(batches) == K and all(int(y.shape[0]) == BATCH for _, y, _ in batches)
