@@ -371,10 +371,10 @@ class EpochLog(keras.callbacks.Callback):
     run keeps the epochs before the one it resumes at, so metrics.json's per-epoch figures
     cover the whole run, however often it was restarted."""
 
-    def __init__(self, path: str, first_epoch: int):
+    def __init__(self, path: str, finished: list):
         super().__init__()
         self.path = path
-        self.epochs = finished_epochs(path, first_epoch)
+        self.epochs = list(finished)  # finished_epochs(path, the epoch a resumed run starts in)
 
     def on_epoch_end(self, epoch, logs=None):
         self.epochs.append({"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()

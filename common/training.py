@@ -15,8 +15,6 @@ import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import numpy as np
-
 from common import callbacks as cb
 from common import data, errors, metrics, optim, phrasebank, report, run_lock, runs, sources, token_cache
 from common.env import keras, tf
@@ -221,10 +219,12 @@ def fit(model, cfg, run_dir: str, splits, hparams: dict, is_chief: bool = True, 
     monitor, mode = metrics.monitor(cfg.select_metric), metrics.SELECT_MODE[cfg.select_metric]
     best = None if cfg.ema else cb.BestCheckpoint(best_path, monitor, is_chief, mode)
     first_epoch = start_step // every
-    epoch_log = cb.EpochLog(os.path.join(run_dir, runs.EPOCHS), first_epoch) if is_chief else None
-    # every worker reads the finished epochs (the folder is shared): all must stop at the same epoch
-    stopper = cb.EarlyStop(monitor, mode, cfg.patience, cb.finished_epochs(os.path.join(run_dir, runs.EPOCHS),
-                                                                           first_epoch)) if cfg.patience else None
+    # epochs.json's finished epochs, read once: the chief's log goes on from them, and under --patience
+    # every worker replays them (the folder is shared): all must stop at the same epoch
+    epochs_path = os.path.join(run_dir, runs.EPOCHS)
+    finished = cb.finished_epochs(epochs_path, first_epoch) if is_chief or cfg.patience else []
+    epoch_log = cb.EpochLog(epochs_path, finished) if is_chief else None
+    stopper = cb.EarlyStop(monitor, mode, cfg.patience, finished) if cfg.patience else None
     stale = bool(stopper and stopper.stale())
     if stale:  # it had stopped early, and was killed after that: no step is left to take
         start_step = cfg.epochs * splits.train_stats["steps"]
@@ -297,7 +297,7 @@ def put_back_prior(model, cfg, splits, results: dict, evaluate) -> tuple:
     if not restores_prior(model, cfg, splits):
         return results, {**decision, "why": "no class weights, --restore-prior off, or a frozen head"}
     weights = splits.class_weights
-    shift = np.log([weights[c] for c in range(len(splits.labels))])
+    shift = models.prior_shift(weights)
     val_labels = [label for _, label in splits.rows["validation"]]
     after = metrics.classification_metrics(val_labels, results["validation"]["logits"] - shift, splits.labels)
     before_value, after_value = results["validation"][metric], after[metric]

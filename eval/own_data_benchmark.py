@@ -108,8 +108,8 @@ def decision_study(run_dir: str) -> dict:
     m = runs.read_json(os.path.join(run_dir, runs.METRICS))
     weights = run.config["resolved"].get("class_weight")  # (JSON: the class ids are strings)
     if weights and "restored" in m.get("restore_prior", {}):
-        shift = np.log([weights[str(c)] for c in range(len(run.labels))])
-        shift = shift / run.temperature
+        from common import models
+        shift = models.prior_shift({int(c): w for c, w in weights.items()}) / run.temperature
         restored = m["restore_prior"]["restored"]
         out["prior_on"] = score(test_y, (test_lp - (0 if restored else shift)).argmax(1))
         out["prior_off"] = score(test_y, (test_lp + (shift if restored else 0)).argmax(1))

@@ -91,7 +91,7 @@ def to_folder(run, target: str, license: str) -> str:
     try:
         stage(run, tmp, target, license)
         os.chmod(tmp, 0o777 & ~runs.UMASK)  # mkdtemp made it 0700; a shared folder's readers need the usual mode
-        with parent_lock(parent, target):
+        with parent_lock(parent):
             staging_leftovers(target)
             check_target(target)  # again: another process may have written there meanwhile
             old = None
@@ -149,7 +149,7 @@ def staging_leftovers(target: str) -> None:
 
 
 @contextlib.contextmanager
-def parent_lock(parent: str, target: str):
+def parent_lock(parent: str):
     """An exclusive flock on the parent folder while a publish swaps its target in; a file
     system that refuses flock publishes unlocked (the swap then reports a collision)."""
     import fcntl
