@@ -22,7 +22,7 @@ def evaluate_splits(model, splits) -> dict:
 def export(model, tokenizer, run_dir: str) -> None:
     """The model and its tokenizer into run_dir/model, atomically: model.save_to_folder (a
     KerasHub preset of the encoder and tokenizer, head.json and head.weights.h5 beside it)."""
-    tmp = runs.fresh_dir(os.path.join(run_dir, runs.MODEL + ".tmp"))
+    tmp = runs.staging_dir(os.path.join(run_dir, runs.MODEL))
     model.save_to_folder(tmp, tokenizer)
     runs.publish_dir(tmp, os.path.join(run_dir, runs.MODEL))
 

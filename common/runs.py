@@ -90,17 +90,42 @@ def write_csv(path: str, header, rows) -> None:
     atomic_write(path, write)
 
 
-def fresh_dir(path: str) -> str:
-    """An empty temporary folder at `path` for publish_dir (a stopped export's leftovers removed)."""
-    shutil.rmtree(path, ignore_errors=True)
-    return path
+ASIDE = ".old"  # publish_dir's earlier folder while the new one is renamed in
+
+
+def staging_dir(final_dir: str) -> str:
+    """An empty folder beside `final_dir` (<final>.tmp) to write it in, for publish_dir. What a
+    stopped export left is tidied first: its half-written folder removed, and an earlier
+    <final> that a kill between publish_dir's two renames left at <final>.old put back."""
+    tmp, aside = final_dir + ".tmp", final_dir + ASIDE
+    shutil.rmtree(tmp, ignore_errors=True)
+    if os.path.isdir(aside):
+        if os.path.lexists(final_dir):
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(aside, final_dir)
+    return tmp
 
 
 def publish_dir(tmp_dir: str, final_dir: str) -> None:
-    """Replace `final_dir` by a fully written `tmp_dir` (rename is atomic on one filesystem)."""
-    if os.path.exists(final_dir):
-        shutil.rmtree(final_dir)
-    os.replace(tmp_dir, final_dir)
+    """Replace `final_dir` by a fully written `tmp_dir`. A folder cannot be renamed over a
+    non-empty one, so the earlier one moves aside (<final>.old) first and is removed only
+    once the new one is in place; a failed rename puts it back. The caller holds the run
+    lock (one writer). eval/publish.py does the same for folders outside a run, where
+    several processes may write: its own staging names and a lock on the parent."""
+    aside = final_dir + ASIDE
+    moved = os.path.lexists(final_dir)
+    if moved:
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(final_dir, aside)
+    try:
+        os.replace(tmp_dir, final_dir)
+    except OSError:
+        if moved and not os.path.lexists(final_dir):
+            os.replace(aside, final_dir)
+        raise
+    if moved:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def load_run(run_dir: str, flag: str = "run folder", need_model: bool = True) -> dict:

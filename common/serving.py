@@ -95,7 +95,7 @@ def export_serving(run_dir: str) -> str:
     model = run.load_model("fp32")  # portable: any CPU or GPU serves it
     server = SentimentServer(model, run.tokenizer, run.max_length, run.temperature, run.labels)
     final = os.path.join(run_dir, SERVING)
-    tmp = runs.fresh_dir(final + ".tmp")  # (a stopped export's leftovers removed)
+    tmp = runs.staging_dir(final)
     tf.saved_model.save(server, tmp, signatures={SIGNATURE: server.serve})
     runs.publish_dir(tmp, final)
     return final
