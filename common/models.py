@@ -433,13 +433,14 @@ def restore_class_prior(model, class_weights: dict) -> None:
     learning the rare classes. Folded into the bias, so every later path (metrics,
     calibration, model/, serving/) sees the same model. Neither Keras nor KerasHub has it."""
     bias = logits_layer(model).bias
-    bias.assign(bias - prior_shift(class_weights).astype(np.float32))
+    bias.assign(bias - prior_shift(class_weights))
 
 
 def prior_shift(class_weights: dict) -> np.ndarray:
-    """log(class weight) in class-id order: what putting the prior back subtracts from the
-    logits (restore_class_prior, in the bias; --restore-prior auto's trial, on logits)."""
-    return np.log([class_weights[c] for c in range(len(class_weights))])
+    """log(class weight) in class-id order, float32 as the logits' bias: what putting the prior
+    back subtracts from the logits (restore_class_prior, in the bias; --restore-prior auto's
+    trial and the run's figures after it, on logits)."""
+    return np.log([class_weights[c] for c in range(len(class_weights))]).astype(np.float32)
 
 
 def float32_copy(model):

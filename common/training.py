@@ -285,12 +285,15 @@ def fit(model, cfg, run_dir: str, splits, hparams: dict, is_chief: bool = True, 
                   best.best_epoch if best else None, stopped_after)
 
 
-def put_back_prior(model, cfg, splits, results: dict, evaluate) -> tuple:
+def put_back_prior(model, cfg, splits, results: dict) -> tuple:
     """--restore-prior after a class-weighted fit: the selection metric on validation with and
     without the training data's class prior (the logits shifted by -log(class weight), as
     models.restore_class_prior shifts the bias), and the prior put back where --restore-prior
     is 'on', or 'auto' and validation says it helps. Every worker decides alike (the same
-    logits). Returns (results, the model's as it now is; the decision, for metrics.json)."""
+    logits). Returns (results, the model's as it now is; the decision, for metrics.json).
+    Putting it back moves the logits layer's bias only, so each split's logits move by the
+    same shift: the figures are computed from the shifted logits, not by running the model
+    over the splits again (tests/test_train.py checks them against the exported model's)."""
     from common import models
     metric = cfg.select_metric
     decision = {"mode": cfg.restore_prior, "metric": metrics.monitor(metric), "restored": False}
@@ -298,9 +301,10 @@ def put_back_prior(model, cfg, splits, results: dict, evaluate) -> tuple:
         return results, {**decision, "why": "no class weights, --restore-prior off, or a frozen head"}
     weights = splits.class_weights
     shift = models.prior_shift(weights)
-    val_labels = [label for _, label in splits.rows["validation"]]
-    after = metrics.classification_metrics(val_labels, results["validation"]["logits"] - shift, splits.labels)
-    before_value, after_value = results["validation"][metric], after[metric]
+    shifted = {name: metrics.classification_metrics([label for _, label in splits.rows[name]],
+                                                    split["logits"] - shift, splits.labels)
+               for name, split in results.items()}
+    before_value, after_value = results["validation"][metric], shifted["validation"][metric]
     restore = cfg.restore_prior == "on" or metrics.improves(metric, after_value, before_value)
     decision.update(restored=bool(restore), without_prior=before_value, with_prior=after_value)
     print(f"class prior {'restored' if restore else 'not restored'} (--restore-prior {cfg.restore_prior}): "
@@ -309,7 +313,7 @@ def put_back_prior(model, cfg, splits, results: dict, evaluate) -> tuple:
     if not restore:
         return results, decision
     models.restore_class_prior(model, weights)
-    return evaluate(), decision
+    return {name: {**figures, "logits": results[name]["logits"] - shift} for name, figures in shifted.items()}, decision
 
 
 def tb_folder(cfg, run_dir: str) -> str:
@@ -577,9 +581,8 @@ def _fit_and_report(run: Run, model) -> dict:
           f"-> {run.run_dir}{'' if harness.is_chief else ' (written by the chief)'}")
     fitted = fit(model, cfg, run.run_dir, run.splits, hparams_of(cfg, harness), harness.is_chief)
     # the figures in float32 whatever the training precision (docs/precision.md, "Evaluation")
-    evaluate = lambda: report.evaluate_splits(  # noqa: E731
-        model if harness.precision == "fp32" else models.float32_copy(model), run.splits)
-    results, prior = put_back_prior(model, cfg, run.splits, evaluate(), evaluate)
+    results = report.evaluate_splits(model if harness.precision == "fp32" else models.float32_copy(model), run.splits)
+    results, prior = put_back_prior(model, cfg, run.splits, results)
     print(f"weights digest {report.weights_digest(model)}")
     # per epoch: the whole run's (epochs.json, however often it was restarted), else this process's
     extra = {"precision": report.precision_audit(model), "restore_prior": prior,

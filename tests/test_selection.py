@@ -73,9 +73,8 @@ def _decide(start, mode, shift_sign):
     logits = np.eye(n)[y] * 0.5 + shift_sign * log_w
     results = {"validation": {**models_metrics(y, logits, splits.labels), "logits": logits}}
     bias = models.logits_layer(model).bias.numpy().copy()
-    evaluated = []
-    out, decision = training.put_back_prior(model, cfg, splits, results, lambda: evaluated.append(1) or "again")
-    return out, decision, models.logits_layer(model).bias.numpy() - bias, log_w, evaluated
+    out, decision = training.put_back_prior(model, cfg, splits, results)
+    return out, decision, models.logits_layer(model).bias.numpy() - bias, log_w, logits
 
 
 def models_metrics(y, logits, labels):
@@ -84,17 +83,20 @@ def models_metrics(y, logits, labels):
 
 
 def test_restore_prior_auto_puts_the_prior_back_where_validation_gains(start):
-    out, decision, moved, log_w, evaluated = _decide(start, "auto", +1)
+    out, decision, moved, log_w, logits = _decide(start, "auto", +1)
     assert decision["restored"] and decision["with_prior"] > decision["without_prior"], decision
     assert decision["with_prior"] == 1.0  # shifting by -log w undoes the lean exactly
     np.testing.assert_allclose(moved, -log_w, atol=1e-6)  # the bias moved: every later path sees it
-    assert out == "again" and evaluated == [1]  # the figures are evaluated again, after it
+    # and the figures returned are the model's after it: its logits moved as the bias did
+    np.testing.assert_allclose(out["validation"]["logits"], logits - log_w, atol=1e-6)
+    assert out["validation"]["macro_f1"] == 1.0
 
 
 def test_restore_prior_auto_keeps_the_weighted_model_where_validation_loses(start):
-    out, decision, moved, _, evaluated = _decide(start, "auto", 0)
+    out, decision, moved, _, logits = _decide(start, "auto", 0)
     assert not decision["restored"] and decision["with_prior"] < decision["without_prior"], decision
-    assert np.all(moved == 0) and evaluated == [] and out["validation"]["macro_f1"] == decision["without_prior"]
+    assert np.all(moved == 0) and out["validation"]["macro_f1"] == decision["without_prior"]
+    assert np.array_equal(out["validation"]["logits"], logits)
 
 
 def test_restore_prior_on_puts_it_back_even_where_validation_loses(start):

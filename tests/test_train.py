@@ -40,7 +40,7 @@ def tiny_run_elsewhere(tiny_distilbert, data_dir, tmp_path_factory):
     os.chdir(root / "other")
     try:
         with contextlib.redirect_stdout(out):
-            m = _train(tiny_distilbert, data_dir, root / "a" / "tiny", "--lr", "1e-3")
+            m = _train(tiny_distilbert, data_dir, root / "a" / "tiny", "--lr", "1e-3", "--restore-prior", "on")
     finally:
         os.chdir(here)
     return root, root / "a" / "tiny", m, out.getvalue()
@@ -124,7 +124,11 @@ def test_saved_model_reloads_and_evaluate_agrees_with_training_report(tiny_run):
     p = run_script("eval/evaluate.py", run)
     out = run / "eval" / "AllAgree-test"
     ev = json.loads((out / "metrics.json").read_text())
+    # the run's figures were computed from its logits shifted by the prior it put back, the
+    # exported model/ carries the prior in its bias: the same predictions
+    assert m["restore_prior"]["restored"]
     assert ev["accuracy"] == pytest.approx(m["test"]["accuracy"], abs=1e-9)
+    assert ev["macro_f1"] == pytest.approx(m["test"]["macro_f1"], abs=1e-9)
     assert ev["confusion_matrix"] == m["test"]["confusion_matrix"]
     assert (out / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     lines = (out / "errors.csv").read_text().splitlines()
