@@ -430,8 +430,9 @@ def restore_class_prior(model, class_weights: dict) -> None:
     fits p(c|x) * w_c (renormalised) instead of p(c|x); this puts the training data's class
     frequencies back into the model's predictions (post-hoc logit adjustment: Menon et al.,
     "Long-tail learning via logit adjustment", 2021), while keeping what the weights did for
-    learning the rare classes. Folded into the bias, so every later path (metrics,
-    calibration, model/, serving/) sees the same model. Neither Keras nor KerasHub has it."""
+    learning the rare classes. Folded into the bias, so model/ and serving/ carry it (the
+    run's figures and calibration use its logits shifted alike: training.put_back_prior).
+    Neither Keras nor KerasHub has it."""
     bias = logits_layer(model).bias
     bias.assign(bias - prior_shift(class_weights))
 

@@ -90,14 +90,17 @@ def write_csv(path: str, header, rows) -> None:
     atomic_write(path, write)
 
 
-ASIDE = ".old"  # publish_dir's earlier folder while the new one is renamed in
+def aside_of(final_dir: str) -> str:
+    """Where publish_dir keeps the earlier folder while the new one is renamed in: hidden, so
+    that no folder of the user's (a model.old of their own) is taken for it."""
+    return os.path.join(os.path.dirname(final_dir), "." + os.path.basename(final_dir) + ".old")
 
 
 def staging_dir(final_dir: str) -> str:
     """An empty folder beside `final_dir` (<final>.tmp) to write it in, for publish_dir. What a
     stopped export left is tidied first: its half-written folder removed, and an earlier
-    <final> that a kill between publish_dir's two renames left at <final>.old put back."""
-    tmp, aside = final_dir + ".tmp", final_dir + ASIDE
+    <final> that a kill between publish_dir's two renames left aside (aside_of) put back."""
+    tmp, aside = final_dir + ".tmp", aside_of(final_dir)
     shutil.rmtree(tmp, ignore_errors=True)
     if os.path.isdir(aside):
         if os.path.lexists(final_dir):
@@ -109,11 +112,11 @@ def staging_dir(final_dir: str) -> str:
 
 def publish_dir(tmp_dir: str, final_dir: str) -> None:
     """Replace `final_dir` by a fully written `tmp_dir`. A folder cannot be renamed over a
-    non-empty one, so the earlier one moves aside (<final>.old) first and is removed only
+    non-empty one, so the earlier one moves aside (aside_of) first and is removed only
     once the new one is in place; a failed rename puts it back. The caller holds the run
     lock (one writer). eval/publish.py does the same for folders outside a run, where
     several processes may write: its own staging names and a lock on the parent."""
-    aside = final_dir + ASIDE
+    aside = aside_of(final_dir)
     moved = os.path.lexists(final_dir)
     if moved:
         shutil.rmtree(aside, ignore_errors=True)

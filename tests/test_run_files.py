@@ -211,26 +211,27 @@ def tree_digest(folder) -> dict:
 def test_model_and_serving_folders_are_replaced_whole_or_not_at_all(finished, tmp_path):
     """runs.publish_dir moves the earlier folder aside until the new one is in place: a rename
     that fails puts it back, and what a kill between the two renames leaves (the earlier
-    folder at <name>.old, the next one half-written at <name>.tmp) is put back by the next
+    folder at .<name>.old, the next one half-written at <name>.tmp) is put back by the next
     export (runs.staging_dir), which then replaces it whole."""
     from common import runs
     run = copy_of(finished, tmp_path)
     model = tree_digest(run / "model")
     with pytest.raises(FileNotFoundError):
         runs.publish_dir(str(run / "gone.tmp"), str(run / "model"))
-    assert tree_digest(run / "model") == model and not (run / "model.old").exists()
+    assert tree_digest(run / "model") == model and not (run / ".model.old").exists()
 
     call_main("eval/export.py", run)
     serving = tree_digest(run / "serving")
-    (run / "serving").rename(run / "serving.old")  # the state a kill between the renames leaves
+    (run / "serving").rename(run / ".serving.old")  # the state a kill between the renames leaves
+    (run / "serving.old").mkdir()  # the user's own: not taken for it
     (run / "serving.tmp").mkdir()
     (run / "serving.tmp" / "saved_model.pb").write_bytes(b"half")
     assert runs.staging_dir(str(run / "serving")) == str(run / "serving.tmp")
     assert tree_digest(run / "serving") == serving
-    assert not (run / "serving.old").exists() and not (run / "serving.tmp").exists()
+    assert not (run / ".serving.old").exists() and not (run / "serving.tmp").exists()
     call_main("eval/export.py", run)
     assert sorted(tree_digest(run / "serving")) == sorted(serving)
-    assert not [p.name for p in run.iterdir() if p.name.endswith((".old", ".tmp"))]
+    assert [p.name for p in run.iterdir() if p.name.endswith((".old", ".tmp"))] == ["serving.old"]
 
 
 def test_evaluate_refuses_a_calibration_json_cut_short(finished, tmp_path):
