@@ -6,6 +6,11 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # hide C++ log spam (CUDA plugin notices on CPU-only machines); errors still raise in Python
 os.environ["KERAS_BACKEND"] = "tensorflow"  # Keras 3 runs on several backends: this project is TensorFlow's
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Progress lines reach a pipe or a log file as they are printed (`| tee run.log`, nohup, a
+# VM's startup log, a test that waits for a stage), not in 8 KB blocks at the end: Python
+# line-buffers stdout only on a terminal, unless PYTHONUNBUFFERED is set.
+if hasattr(sys.stdout, "reconfigure"):
+    sys.stdout.reconfigure(line_buffering=True)
 
 def _flag_value(argv, flag):
     for i, a in enumerate(argv):
