@@ -110,13 +110,14 @@ def staging_dir(final_dir: str) -> str:
     return tmp
 
 
-def publish_dir(tmp_dir: str, final_dir: str) -> None:
+def publish_dir(tmp_dir: str, final_dir: str, aside: str = None) -> None:
     """Replace `final_dir` by a fully written `tmp_dir`. A folder cannot be renamed over a
-    non-empty one, so the earlier one moves aside (aside_of) first and is removed only
-    once the new one is in place; a failed rename puts it back. The caller holds the run
-    lock (one writer). eval/publish.py does the same for folders outside a run, where
-    several processes may write: its own staging names and a lock on the parent."""
-    aside = aside_of(final_dir)
+    non-empty one, so the earlier one moves aside (to `aside`, default aside_of) first and
+    is removed only once the new one is in place; a failed rename puts it back and raises.
+    The caller keeps other writers out: a run folder's run lock; eval/publish.py, where
+    several processes may publish to one folder, its lock on the parent and an aside name
+    of its own (tagged with its pid, for its leftovers' cleanup)."""
+    aside = aside or aside_of(final_dir)
     moved = os.path.lexists(final_dir)
     if moved:
         shutil.rmtree(aside, ignore_errors=True)

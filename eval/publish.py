@@ -94,22 +94,15 @@ def to_folder(run, target: str, license: str) -> str:
         with parent_lock(parent):
             staging_leftovers(target)
             check_target(target)  # again: another process may have written there meanwhile
-            old = None
-            if os.path.exists(target):
-                old = tempfile.mkdtemp(prefix=f"{tag}{os.getpid()}.", suffix=".old", dir=parent)
-                os.rmdir(old)
-                os.replace(target, old)
+            old = tempfile.mkdtemp(prefix=f"{tag}{os.getpid()}.", suffix=".old", dir=parent)
+            os.rmdir(old)  # a free name, for the earlier model while the new one is renamed in
             try:
-                os.replace(tmp, target)
+                runs.publish_dir(tmp, target, aside=old)  # (a failed rename puts the earlier model back)
             except OSError as e:
-                if old and not os.path.exists(target):
-                    os.replace(old, target)  # the earlier model back where it was
                 if e.errno in (errno.ENOTEMPTY, errno.EEXIST):  # an unlocked publish got there first
                     raise PublishError(f"--to {target}: another publish wrote it meanwhile (this file system "
                                        f"refuses locks); publish again") from None
                 raise
-            if old:
-                shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
