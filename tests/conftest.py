@@ -143,6 +143,13 @@ def tb_scalars(folder, tag) -> dict:
     return {e.step: float(tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
 
 
+def folder_listing(folder) -> dict:
+    """{path inside `folder`: sha256} of every file under it: a folder compared byte for byte."""
+    import hashlib
+    return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

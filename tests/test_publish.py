@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import assert_one_line_error, run_script
+from tests.conftest import assert_one_line_error, folder_listing, run_script
 
 TEXTS = ["Operating profit rose to EUR 13.1 mn from EUR 8.7 mn .", "Sales fell 5 % .",
          "The company \u00a0 has offices in Helsinki ."]  # (a no-break space: KerasHub's own tokenizer differs there)
@@ -105,12 +105,6 @@ def test_publish_to_a_folder_then_predict_from_it_as_from_the_run(run, input_csv
     assert (other / "notes.txt").read_text() == "keep me"
 
 
-def _listing(folder) -> dict:
-    import hashlib
-    return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
-            for f in sorted(folder.rglob("*")) if f.is_file()}
-
-
 @pytest.mark.slow
 def test_a_killed_publish_leaves_the_earlier_model_and_two_at_once_leave_one_whole(run, tmp_path):
     import signal
@@ -120,7 +114,7 @@ def test_a_killed_publish_leaves_the_earlier_model_and_two_at_once_leave_one_who
     from common import REPO_ROOT
     target = tmp_path / "published"
     run_script("eval/publish.py", run, "--to", target)
-    first = _listing(target)
+    first = folder_listing(target)
     command = [sys.executable, os.path.join(REPO_ROOT, "eval", "publish.py"), str(run), "--to", str(target)]
     orphans = set()
     for files_staged in (0, 3):  # killed as staging starts, and once it has written files
@@ -139,7 +133,7 @@ def test_a_killed_publish_leaves_the_earlier_model_and_two_at_once_leave_one_who
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         orphans.add(staging[0].name)
-        assert _listing(target) == first  # the earlier model, whole and unchanged
+        assert folder_listing(target) == first  # the earlier model, whole and unchanged
     assert len([f for f in os.listdir(tmp_path) if f.startswith(".")]) == 2  # the killed ones' staging, hidden
     # two runs published at once to the same folder (one run twice at once: its lock refuses the second):
     # both finish, one whole model is left, and no staging beside it
@@ -151,7 +145,7 @@ def test_a_killed_publish_leaves_the_earlier_model_and_two_at_once_leave_one_who
     for proc in procs:
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
-    assert _listing(target).keys() == first.keys()
+    assert folder_listing(target).keys() == first.keys()
     assert sorted(os.listdir(tmp_path)) == ["published", "twin"]
 
 

@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from common import errors
-from tests.conftest import assert_one_line_error, call_main, run_script
+from tests.conftest import assert_one_line_error, call_main, folder_listing, run_script
 
 RESTORE_CONFIG = "restore the config.json its train script wrote (e.g. from a copy of the run folder)"
 
@@ -203,11 +203,6 @@ def test_calibrate_fits_a_broken_calibration_json_again(finished, tmp_path):
     assert len(rows) == 1 and rows[0]["label"] != "abstain"
 
 
-def tree_digest(folder) -> dict:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def test_model_and_serving_folders_are_replaced_whole_or_not_at_all(finished, tmp_path):
     """runs.publish_dir moves the earlier folder aside until the new one is in place: a rename
     that fails puts it back, and what a kill between the two renames leaves (the earlier
@@ -215,22 +210,22 @@ def test_model_and_serving_folders_are_replaced_whole_or_not_at_all(finished, tm
     export (runs.staging_dir), which then replaces it whole."""
     from common import runs
     run = copy_of(finished, tmp_path)
-    model = tree_digest(run / "model")
+    model = folder_listing(run / "model")
     with pytest.raises(FileNotFoundError):
         runs.publish_dir(str(run / "gone.tmp"), str(run / "model"))
-    assert tree_digest(run / "model") == model and not (run / ".model.old").exists()
+    assert folder_listing(run / "model") == model and not (run / ".model.old").exists()
 
     call_main("eval/export.py", run)
-    serving = tree_digest(run / "serving")
+    serving = folder_listing(run / "serving")
     (run / "serving").rename(run / ".serving.old")  # the state a kill between the renames leaves
     (run / "serving.old").mkdir()  # the user's own: not taken for it
     (run / "serving.tmp").mkdir()
     (run / "serving.tmp" / "saved_model.pb").write_bytes(b"half")
     assert runs.staging_dir(str(run / "serving")) == str(run / "serving.tmp")
-    assert tree_digest(run / "serving") == serving
+    assert folder_listing(run / "serving") == serving
     assert not (run / ".serving.old").exists() and not (run / "serving.tmp").exists()
     call_main("eval/export.py", run)
-    assert sorted(tree_digest(run / "serving")) == sorted(serving)
+    assert sorted(folder_listing(run / "serving")) == sorted(serving)
     assert [p.name for p in run.iterdir() if p.name.endswith((".old", ".tmp"))] == ["serving.old"]
 
 
