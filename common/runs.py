@@ -223,6 +223,20 @@ def check_writable(run_dir: str) -> None:
                           f"pass a folder you can write to")
 
 
+def check_holds_only_ours(run_dir: str, ours, flag: str = "--run-dir") -> None:
+    """Refuse a folder that holds anything but `ours` (the names a run or search writes there)
+    and hidden temporary files: a folder of the user's own (a run would replace its README.md,
+    model/ and serving/, and remove its backup/). Called where the folder holds no run or
+    search yet; a run killed before config.json left only its own names, and resumes."""
+    if not os.path.isdir(run_dir):
+        return
+    foreign = sorted(n for n in os.listdir(run_dir) if n not in ours and not (n.startswith(".") and n.endswith(".tmp")))
+    if foreign:
+        shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
+        raise RunDirError(f"{flag} {run_dir}: holds files that are not a run's ({shown}), which the run would "
+                          f"overwrite; pass a new or empty folder (rerunning a run's own command resumes it)")
+
+
 def prepare_run_dir(run_dir: str, flags: dict = None, script: str = "") -> None:
     """Refuse a run folder that holds a run made with other flags (rerunning the same command
     resumes it; other flags would silently resume it under them)."""

@@ -106,6 +106,8 @@ def read_texts(path: str, fmt: str = None, text_column: str = None, id_column: s
     fmt = format_of(path, fmt)
     if fmt not in FORMATS:
         raise FlagError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
+    if labels is not None and not label_column:  # labelled data asked for, and no column named: all rows unlabelled
+        raise FlagError("--label-column '': name the column / field holding each row's label (default: label)")
     name = "<stdin>" if path == "-" else path
     text = _decode(_read_bytes(path, stdin, flag), name)
     if fmt == "text":

@@ -478,8 +478,16 @@ def check_finished(run_dir: str, is_chief: bool = True) -> None:
                           f"do. Next: python eval/evaluate.py {run_dir}; to train again, pass a new --run-dir")
 
 
+# What a run or search writes into its folder before config.json (train) or trials/ (search):
+# a folder holding only these is a new one, or one whose run was killed early
+BEFORE_RUN = (runs.LOCK, sources.SPLIT_FILE, runs.TB)
+FIRST_WRITTEN = {"train": runs.CONFIG, "search": "trials"}  # the keras-tuner project (common/tuning.py)
+
+
 def check_run_dir(cfg, data_source, run_dir: str, run_folder: str, script: str) -> None:
-    """The folder holds no other run (flags, data files)."""
+    """The folder holds no other run (flags, data files), nor files of the user's own."""
+    if not os.path.exists(os.path.join(run_dir, FIRST_WRITTEN[run_folder])):
+        runs.check_holds_only_ours(run_dir, BEFORE_RUN)
     runs.prepare_run_dir(run_dir, cfg.to_dict() if run_folder == "train" else None, f"{script}.py")
     if data_source.own:  # a resume refuses a data file that changed since the run began
         runs.check_data_files(run_dir, data_source.digests)

@@ -16,6 +16,8 @@ errors.csv (sentence, true, predicted, confidence; most confident mistakes first
 the images in TensorBoard (runs/<run>/tb/eval).
 """
 import argparse
+import hashlib
+import json
 import os
 import sys
 
@@ -142,6 +144,21 @@ def write_report(run, out, title, sentences, y, logits, lengths, strictest=None,
     return m, report, out, len(wrong)
 
 
+def file_results_dir(run_dir: str, path: str) -> str:
+    """<run>/eval/file-<name>/ for a --csv file; where that holds another file's results (a/test.csv,
+    then b/test.jsonl), file-<name>-<digest of the file's path>/, so neither replaces the other's."""
+    name, where = os.path.splitext(os.path.basename(path))[0], os.path.abspath(path)
+    out = os.path.join(run_dir, "eval", f"file-{name}")
+    try:
+        with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
+            earlier = json.load(f).get("file")
+    except (OSError, ValueError, AttributeError):
+        earlier = None  # none yet, or unreadable: this file's results replace it
+    if earlier not in (None, where):
+        out += "-" + hashlib.sha256(where.encode()).hexdigest()[:8]
+    return out
+
+
 def evaluate_file(run, path, text_column=None, label_column="label", label_map=None, batch_size=64):
     """Evaluate a FinishedRun on a user's labelled CSV / TSV / JSONL; writes <run>/eval/file-<name>/."""
     table = texts.read_texts(path, None, text_column, None, label_column, texts.parse_label_map(label_map, run.labels),
@@ -150,8 +167,7 @@ def evaluate_file(run, path, text_column=None, label_column="label", label_map=N
     logits = run.logits(ids, batch_size)  # in float32 (FinishedRun's precision rule)
     if truncated:
         print(f"note: {truncated} texts longer than {run.max_length} tokens were truncated to it")
-    name = os.path.splitext(os.path.basename(path))[0]
-    out = os.path.join(run.run_dir, "eval", f"file-{name}")
+    out = file_results_dir(run.run_dir, path)
     extra = {"file": os.path.abspath(path), "label_column": label_column, "label_map": label_map,
              "truncated": truncated}
     return write_report(run, out, f"{os.path.basename(path)}", table.texts, table.labels, logits,

@@ -184,6 +184,10 @@ def main(argv=None):
     run = finished_run.open_trained(args.run_dir)
     table = texts.read_texts(args.input, args.format, args.text_column, args.id_column, skip_empty=args.skip_empty,
                              allow_none=True)
+    ours = columns(table, run.labels)[1 if table.id_column else 0:]
+    if table.id_column in ours:  # the row's own value would be overwritten by the prediction's, silently
+        raise errors.FlagError(f"--id-column {table.id_column}: the output has a '{table.id_column}' column of its "
+                               f"own ({', '.join(ours)}); pass another id column, or rename that one in your input")
     probs, truncated = np.zeros((0, len(run.labels)), np.float32), 0
     if table.texts:
         ids, truncated = run.encode(table.texts)  # the tokenizer only: to the run's max length, as training did

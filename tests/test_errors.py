@@ -23,6 +23,12 @@ def _folder(tmp_path, lines=None, raw: bytes = None, name="Sentences_AllAgree.tx
     return str(folder)
 
 
+def _own_file(tmp_path):
+    path = tmp_path / "own.csv"
+    path.write_text("text,label\n" + "\n".join(l.replace("@", ",") for l in GOOD_LINES) + "\n", encoding="utf-8")
+    return str(path)
+
+
 def _fake_run(tmp_path, **flags):
     run = tmp_path / "earlier"
     (run / "model").mkdir(parents=True)
@@ -107,6 +113,9 @@ CASES = [
      "--experiments: unknown ['bogus']"),
     ("unknown-recipe", "eval/benchmark.py", lambda t, m, d: ["--recipes", "notebook,fast"], USAGE,
      "--recipes: unknown ['fast']"),
+    ("empty-label-column", "train/full_finetune.py",  # every row would have read as unlabelled
+     lambda t, m, d: ["--data", _own_file(t), "--label-column", ""], errors.FlagError,
+     "--label-column '': name the column / field holding each row's label (default: label)"),
     ("unwritable-run-dir", "train/full_finetune.py",
      lambda t, m, d: ["--run-dir", str(t / "a-file" / "run")], errors.RunDirError,
      "a-file is a file, not a folder); pass a folder you can write to"),

@@ -9,6 +9,7 @@ of ours in it."""
 import csv
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -309,3 +310,39 @@ def test_evaluate_on_a_users_labelled_csv_with_a_label_map(tiny_run, data_dir, t
     with pytest.raises(DataError, match=r"desk.csv line 2: tone '\w+' is not in --label-map .*add \w+="):
         evaluate.main([tiny_run, "--csv", str(src), "--text-column", "headline", "--label-column", "tone",
                        "--label-map", "nope=negative"])
+
+
+@pytest.mark.parametrize("id_column", ["label", "p_neutral", "confidence"])
+def test_an_id_column_named_as_an_output_column_is_refused(tiny_run, tmp_path, id_column):
+    """--id-column label (to carry the gold label through) would have had the prediction
+    overwrite it: the CSV held the predicted label twice, the JSONL no id at all."""
+    src, out = tmp_path / "in.csv", tmp_path / "out.csv"
+    src.write_text(f"text,{id_column}\nProfit rose .,gold\n", encoding="utf-8")
+    from common.errors import FlagError
+    from eval import predict
+    with pytest.raises(FlagError, match=f"--id-column {id_column}: the output has a '{id_column}' column of its own"):
+        predict.main([tiny_run, "--input", str(src), "--id-column", id_column, "--output", str(out)])
+    assert not out.exists()
+
+
+def test_evaluating_two_files_of_one_name_keeps_both_results(tiny_run, data_dir, tmp_path):
+    """a/test.csv, then b/test.jsonl: both would have been eval/file-test/, the second replacing
+    the first's figures and mistakes. The second goes beside it; each file, evaluated again,
+    finds its own folder."""
+    from eval import evaluate
+    rows = phrasebank.load_splits(data_dir, "all")["test"]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = tmp_path / "a" / "test.csv", tmp_path / "b" / "test.jsonl"
+    with open(first, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("text", "label"), *((s, phrasebank.LABELS[y]) for s, y in rows[:12])])
+    second.write_text("".join(json.dumps({"text": s, "label": phrasebank.LABELS[y]}) + "\n" for s, y in rows[12:30]),
+                      encoding="utf-8")
+    m1, _, out1, _ = evaluate.evaluate_file(FinishedRun.open(tiny_run), str(first))
+    kept = (pathlib.Path(out1) / "metrics.json").read_bytes()
+    m2, _, out2, _ = evaluate.evaluate_file(FinishedRun.open(tiny_run), str(second))
+    assert (m1["n"], m2["n"]) == (12, 18) and out1 != out2
+    assert (pathlib.Path(out1) / "metrics.json").read_bytes() == kept
+    assert json.loads((pathlib.Path(out2) / "metrics.json").read_text())["file"] == str(second)
+    assert evaluate.evaluate_file(FinishedRun.open(tiny_run), str(first))[2] == out1
+    assert evaluate.evaluate_file(FinishedRun.open(tiny_run), str(second))[2] == out2

@@ -5,6 +5,7 @@ labels check) and each fault is one line `<file>: <what is wrong>; <the fix>`, e
 2. One tiny random DistilBERT run per module; each case breaks a copy of it."""
 import hashlib
 import json
+import os
 import re
 import shutil
 
@@ -317,3 +318,25 @@ def test_changed_data_is_refused_with_a_fix_the_script_offers(own_data_run, scri
     assert message == (f"run folder {run}: its run began on other data ({data} changed: sha256 000000000000 -> "
                        f"{now}); {fix}")
     assert set(re.findall(r"--[a-z][a-z-]*", message)) <= help_flags(script, capsys)  # no flag it does not have
+
+
+@pytest.mark.parametrize("script", ["train/full_finetune.py", "tune/lr_search.py"])
+def test_a_folder_of_the_users_own_files_is_refused_and_left_as_it_was(tiny_distilbert, data_dir, tmp_path, script):
+    """--run-dir at a folder that holds no run (no config.json; for a search, no trials/) but
+    files of the user's: the run would have replaced its README.md with the model card, its
+    model/ and serving/ with the run's, and removed its backup/. One line, nothing changed
+    (the lock taken before the check is gone again). A folder holding only what a run killed
+    early left is resumed: test_resume's lock take-over test."""
+    mine = tmp_path / "my project"
+    (mine / "model").mkdir(parents=True)
+    (mine / "README.md").write_text("# my notes\n")
+    (mine / "model" / "weights.bin").write_bytes(b"\x00\x01 mine")
+    (mine / "backup").mkdir()
+    (mine / "backup" / "data.csv").write_text("text,label\nup,positive\n")
+    before = folder_listing(mine)
+    p = run_script(script, "--model", tiny_distilbert, "--data", data_dir, "--run-dir", mine, "--epochs", 1,
+                   "--train-examples", 64, check=False)
+    assert_one_line_error(p, os.path.basename(script),
+                          f"--run-dir {mine}: holds files that are not a run's (README.md, backup, model), which "
+                          f"the run would overwrite; pass a new or empty folder")
+    assert folder_listing(mine) == before and sorted(os.listdir(mine)) == ["README.md", "backup", "model"]
