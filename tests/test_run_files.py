@@ -340,3 +340,13 @@ def test_a_folder_of_the_users_own_files_is_refused_and_left_as_it_was(tiny_dist
                           f"--run-dir {mine}: holds files that are not a run's (README.md, backup, model), which "
                           f"the run would overwrite; pass a new or empty folder")
     assert folder_listing(mine) == before and sorted(os.listdir(mine)) == ["README.md", "backup", "model"]
+
+
+def test_a_cloud_jobs_run_folder_with_its_staged_data_trains(tiny_distilbert, data_dir, tmp_path):
+    """launch/gcp_vm.sh and vertex_job.sh copy a local --data into <run>/data/ before the job
+    starts: that folder is the job's, not a user's."""
+    run = tmp_path / "job1"
+    shutil.copytree(data_dir, run / "data")
+    p = run_script("train/full_finetune.py", "--model", tiny_distilbert, "--data", run / "data", "--run-dir", run,
+                   "--epochs", 1, "--train-examples", 64, "--precision", "fp32")
+    assert (run / "metrics.json").exists() and "data:" in p.stdout
