@@ -246,7 +246,7 @@ def _texts_of(records, name, fmt, text_column, id_column, label_column, label_ma
     out = Texts([], [], [] if id_column else None, id_column, [] if label_column else None, fmt=fmt)
     for line, rec in records:
         if rec is not None and fmt == "jsonl":
-            for col in (text_column, label_column):
+            for col in (text_column, id_column, label_column):  # a missing id would come out as null
                 if col and col not in rec:
                     raise DataError(f"{name} line {line}: no field '{col}' (it has: {', '.join(rec)}); every "
                                     f"line needs it")

@@ -182,6 +182,8 @@ def test_predict_truncates_long_texts_and_says_how_many(tiny_run, test_sentences
      "in.csv: no column 'body' (it has: id, headline)"),
     ("no-text-column", b"id,title,body\n1,Profit rose .,x\n", [], "pass --text-column"),
     ("ragged-row", b"id,text\n1,Profit rose .,extra\n", [], "in.csv line 2: 3 fields, the header has 2"),
+    ("jsonl-without-its-id", b'{"text": "Profit rose .", "url": "a"}\n{"text": "Sales fell ."}\n',
+     ["--format", "jsonl", "--id-column", "url"], "in.csv line 2: no field 'url' (it has: text); every line needs it"),
 ])
 def test_predict_refuses_bad_input_with_one_line(tiny_run, tmp_path, name, content, flags, message):
     src = tmp_path / "in.csv"
