@@ -124,13 +124,13 @@ def test_skypilot_yaml_builds_tf_config_from_node_variables(tmp_path):
     # run the YAML's own run: section for node 1 of 2, with the training command replaced by printing TF_CONFIG
     run = spec["run"].replace(". ~/finsent-venv/bin/activate", "true").replace(
         'python "${SCRIPT}" "${ARGV[@]}"', 'echo "$TF_CONFIG"; echo "${SCRIPT}" "${ARGV[@]}"')
-    def node(rank, task_id, **extra):
+    def node(rank, task_id, code=0, **extra):
         env = {**os.environ, **{k: str(v) for k, v in spec["envs"].items()}, "SKYPILOT_NUM_NODES": "2",
                "SKYPILOT_NODE_IPS": "10.0.0.5\n10.0.0.6", "SKYPILOT_NODE_RANK": str(rank),
                "SKYPILOT_NUM_GPUS_PER_NODE": "8", "SKYPILOT_TASK_ID": task_id, **extra}
         p = subprocess.run(["bash", "-c", run], capture_output=True, text=True, env=env, cwd=REPO_ROOT)
-        assert p.returncode == 0, p.stderr
-        return p.stdout.strip().splitlines()
+        assert p.returncode == code, p.stderr
+        return p.stdout.strip().splitlines() if code == 0 else p
 
     job1 = "sky-managed-2026-11-27-10-00-00-000000_finsent_3-0"
     tf_config, command = node(1, job1)
@@ -140,6 +140,10 @@ def test_skypilot_yaml_builds_tf_config_from_node_variables(tmp_path):
     assert node(0, job1)[1] == command  # every node of the job, and each recovery (same task id): one folder
     assert node(1, "sky-managed-2026-11-27-11-00-00-000000_finsent_4-0")[1] != command  # another job: another
     assert "--run-dir /runs/mine " in node(1, job1, RUN="mine")[1]
+    for bad in ("../tmp/x", "a/b", "..", "x y", "$(id)"):  # off the bucket mount, or not one folder: refused
+        p = node(1, job1, code=2, RUN=bad)
+        assert p.stdout == "" and p.stderr == f"skypilot.yaml: RUN='{bad}': give a folder name under the bucket's " \
+                                              f"runs/ (letters, digits, '.', '_', '-')\n", p.stderr
 
 
 @pytest.mark.slow
