@@ -226,12 +226,13 @@ def check_writable(run_dir: str) -> None:
 
 def check_holds_only_ours(run_dir: str, ours, flag: str = "--run-dir") -> None:
     """Refuse a folder that holds anything but `ours` (the names a run or search writes there)
-    and hidden temporary files: a folder of the user's own (a run would replace its README.md,
-    model/ and serving/, and remove its backup/). Called where the folder holds no run or
-    search yet; a run killed before config.json left only its own names, and resumes."""
+    and hidden files (a run's temporary ones, .DS_Store: a run writes no name of that kind a user
+    would own): a folder of the user's own (a run would replace its README.md, model/ and
+    serving/, and remove its backup/). Called where the folder holds no run or search yet; a
+    run killed before config.json left only its own names, and resumes."""
     if not os.path.isdir(run_dir):
         return
-    foreign = sorted(n for n in os.listdir(run_dir) if n not in ours and not (n.startswith(".") and n.endswith(".tmp")))
+    foreign = sorted(n for n in os.listdir(run_dir) if n not in ours and not n.startswith("."))
     if foreign:
         shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
         raise RunDirError(f"{flag} {run_dir}: holds files that are not a run's ({shown}), which the run would "

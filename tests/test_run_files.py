@@ -330,6 +330,7 @@ def test_a_folder_of_the_users_own_files_is_refused_and_left_as_it_was(tiny_dist
     mine = tmp_path / "my project"
     (mine / "model").mkdir(parents=True)
     (mine / "README.md").write_text("# my notes\n")
+    (mine / ".DS_Store").write_bytes(b"\x00")  # hidden: not named in the refusal (a run writes no such name)
     (mine / "model" / "weights.bin").write_bytes(b"\x00\x01 mine")
     (mine / "backup").mkdir()
     (mine / "backup" / "data.csv").write_text("text,label\nup,positive\n")
@@ -339,7 +340,7 @@ def test_a_folder_of_the_users_own_files_is_refused_and_left_as_it_was(tiny_dist
     assert_one_line_error(p, os.path.basename(script),
                           f"--run-dir {mine}: holds files that are not a run's (README.md, backup, model), which "
                           f"the run would overwrite; pass a new or empty folder")
-    assert folder_listing(mine) == before and sorted(os.listdir(mine)) == ["README.md", "backup", "model"]
+    assert folder_listing(mine) == before and sorted(os.listdir(mine)) == [".DS_Store", "README.md", "backup", "model"]
 
 
 def test_a_cloud_jobs_run_folder_with_its_staged_data_trains(tiny_distilbert, data_dir, tmp_path):
