@@ -267,6 +267,10 @@ def test_a_backup_that_does_not_fit_is_one_line_naming_the_fix(tiny_distilbert, 
     """A backup/ edited by hand, cut by a failing disk, or left by another model in the folder."""
     run = tmp_path / "run"
     chief = run / "backup" / "chief"
+    args = ["train/full_finetune.py", "--model", tiny_distilbert, "--data", data_dir, "--run-dir", str(run),
+            "--epochs", "2", "--precision", "fp32"]
+    kill_when(args, "model:")  # the run's own folder (config.json written), stopped before its first backup
+    shutil.rmtree(run / "backup", ignore_errors=True)
     if damage == "garbage":
         chief.mkdir(parents=True)
         (chief / "checkpoint").write_text('model_checkpoint_path: "ckpt-5"\nall_model_checkpoint_paths: "ckpt-5"\n')
@@ -277,7 +281,6 @@ def test_a_backup_that_does_not_fit_is_one_line_naming_the_fix(tiny_distilbert, 
         kill_when(["train/full_finetune.py", "--model", tiny_bert, "--data", data_dir, "--run-dir", str(other),
                    "--epochs", "2", "--precision", "fp32"], "Epoch 2/2", delay=0.5)
         shutil.copytree(other / "backup", run / "backup")
-    p = run_script("train/full_finetune.py", "--model", tiny_distilbert, "--data", data_dir, "--run-dir", run,
-                   "--epochs", "2", "--precision", "fp32", check=False)
+    p = run_script(*args, check=False)
     assert_one_line_error(p, "train/full_finetune.py", f"{run}/backup: ")
     assert f"delete {run}/backup to train this run again from its start, or pass a new --run-dir" in p.stderr
