@@ -235,8 +235,9 @@ def check_holds_only_ours(run_dir: str, ours, flag: str = "--run-dir") -> None:
     foreign = sorted(n for n in os.listdir(run_dir) if n not in ours and not n.startswith("."))
     if foreign:
         shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
-        raise RunDirError(f"{flag} {run_dir}: holds files that are not a run's ({shown}), which the run would "
-                          f"overwrite; pass a new or empty folder (rerunning a run's own command resumes it)")
+        raise RunDirError(f"{flag} {run_dir}: holds files that are not a run's ({shown}); a run writes its "
+                          f"README.md, model/, serving/ and backup/ there: pass a new or empty folder (rerunning "
+                          f"a run's own command resumes it)")
 
 
 def prepare_run_dir(run_dir: str, flags: dict = None, script: str = "") -> None:

@@ -109,6 +109,7 @@ def read_texts(path: str, fmt: str = None, text_column: str = None, id_column: s
     if labels is not None and not label_column:  # labelled data asked for, and no column named: all rows unlabelled
         raise FlagError("--label-column '': name the column / field holding each row's label (default: label)")
     name = "<stdin>" if path == "-" else path
+    named_id = id_column  # given with --id-column: every JSONL line needs it (the default 'id' may be missing)
     text = _decode(_read_bytes(path, stdin, flag), name)
     if fmt == "text":
         records = [(i, {"text": line}) for i, line in _lines(text)]
@@ -137,7 +138,7 @@ def read_texts(path: str, fmt: str = None, text_column: str = None, id_column: s
             "the file is empty; expected " + ("one JSON object per line, e.g. {\"text\": \"...\"}"
                                               if fmt == "jsonl" else "one text per line")))
     return _texts_of(records, name, fmt, text_column, id_column, label_column, label_map, skip_empty, labels,
-                     allow_none)
+                     allow_none, named_id)
 
 
 def _lines(text: str):
@@ -241,12 +242,12 @@ class _Object(dict):
 
 
 def _texts_of(records, name, fmt, text_column, id_column, label_column, label_map, skip_empty, labels,
-              allow_none=False) -> Texts:
+              allow_none=False, named_id=None) -> Texts:
     """The records' texts, ids and labels, each checked (the line named in every error)."""
     out = Texts([], [], [] if id_column else None, id_column, [] if label_column else None, fmt=fmt)
     for line, rec in records:
         if rec is not None and fmt == "jsonl":
-            for col in (text_column, id_column, label_column):  # a missing id would come out as null
+            for col in (text_column, named_id, label_column):  # a missing --id-column would come out as null
                 if col and col not in rec:
                     raise DataError(f"{name} line {line}: no field '{col}' (it has: {', '.join(rec)}); every "
                                     f"line needs it")

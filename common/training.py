@@ -478,8 +478,8 @@ def check_finished(run_dir: str, is_chief: bool = True) -> None:
                           f"do. Next: python eval/evaluate.py {run_dir}; to train again, pass a new --run-dir")
 
 
-# What a run or search folder holds before config.json (train) or trials/ (search): what a run
-# killed early wrote, and a cloud job's staged data. Only these: a new folder, or a run's
+# What a run or search folder may hold before config.json (train) or trials/ (search): what a run
+# killed early wrote, and a cloud job's staged data. Anything else is a folder of the user's own
 BEFORE_RUN = (runs.LOCK, sources.SPLIT_FILE, runs.TB, runs.STAGED_DATA)
 FIRST_WRITTEN = {"train": runs.CONFIG, "search": "trials"}  # the keras-tuner project (common/tuning.py)
 

@@ -140,7 +140,7 @@ def test_skypilot_yaml_builds_tf_config_from_node_variables(tmp_path):
     assert node(0, job1)[1] == command  # every node of the job, and each recovery (same task id): one folder
     assert node(1, "sky-managed-2026-11-27-11-00-00-000000_finsent_4-0")[1] != command  # another job: another
     assert "--run-dir /runs/mine " in node(1, job1, RUN="mine")[1]
-    for bad in ("../tmp/x", "a/b", "..", "x y", "$(id)"):  # off the bucket mount, or not one folder: refused
+    for bad in ("../tmp/x", "a/b", "..", "x y", "$(id)"):  # not one folder name (../tmp/x: off the mount)
         p = node(1, job1, code=2, RUN=bad)
         assert p.stdout == "" and p.stderr == f"skypilot.yaml: RUN='{bad}': give a folder name under the bucket's " \
                                               f"runs/ (letters, digits, '.', '_', '-')\n", p.stderr

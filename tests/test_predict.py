@@ -348,3 +348,13 @@ def test_evaluating_two_files_of_one_name_keeps_both_results(tiny_run, data_dir,
     assert json.loads((pathlib.Path(out2) / "metrics.json").read_text())["file"] == str(second)
     assert evaluate.evaluate_file(FinishedRun.open(tiny_run), str(first))[2] == out1
     assert evaluate.evaluate_file(FinishedRun.open(tiny_run), str(second))[2] == out2
+
+
+def test_the_default_id_field_may_be_missing_from_some_jsonl_lines(tiny_run, tmp_path):
+    """'id' picked by default (from the first line) is copied where a line has it; only a
+    field named with --id-column is required on every line."""
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text('{"text": "Profit rose .", "id": "a1"}\n{"text": "Sales fell ."}\n', encoding="utf-8")
+    from eval import predict
+    predict.main([tiny_run, "--input", str(src), "--output", str(out)])
+    assert [json.loads(line).get("id") for line in out.read_text().splitlines()] == ["a1", None]

@@ -338,8 +338,8 @@ def test_a_folder_of_the_users_own_files_is_refused_and_left_as_it_was(tiny_dist
     p = run_script(script, "--model", tiny_distilbert, "--data", data_dir, "--run-dir", mine, "--epochs", 1,
                    "--train-examples", 64, check=False)
     assert_one_line_error(p, os.path.basename(script),
-                          f"--run-dir {mine}: holds files that are not a run's (README.md, backup, model), which "
-                          f"the run would overwrite; pass a new or empty folder")
+                          f"--run-dir {mine}: holds files that are not a run's (README.md, backup, model); a run "
+                          f"writes its README.md, model/, serving/ and backup/ there: pass a new or empty folder")
     assert folder_listing(mine) == before and sorted(os.listdir(mine)) == [".DS_Store", "README.md", "backup", "model"]
 
 
