@@ -22,6 +22,7 @@ BACKUP = "backup"
 BEST = "best"  # best-by-validation-macro-F1 weights (TF checkpoint) and best.json (its epoch and value)
 EPOCHS = "epochs.json"  # each finished epoch's logs
 LOCK = "run.lock"  # who writes the folder now, while it does (common/run_lock.py)
+TRIALS = "trials"  # a search folder's keras-tuner project: its trials and the tuner's state (common/tuning.py)
 STAGED_DATA = "data"  # a cloud job's local --data, copied into its run folder before it starts (launch/stage_data.sh)
 
 

@@ -481,7 +481,7 @@ def check_finished(run_dir: str, is_chief: bool = True) -> None:
 # What a run or search folder may hold before config.json (train) or trials/ (search): what a run
 # killed early wrote, and a cloud job's staged data. Anything else is a folder of the user's own
 BEFORE_RUN = (runs.LOCK, sources.SPLIT_FILE, runs.TB, runs.STAGED_DATA)
-FIRST_WRITTEN = {"train": runs.CONFIG, "search": "trials"}  # the keras-tuner project (common/tuning.py)
+FIRST_WRITTEN = {"train": runs.CONFIG, "search": runs.TRIALS}
 
 
 def check_run_dir(cfg, data_source, run_dir: str, run_folder: str, script: str) -> None:

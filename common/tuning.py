@@ -109,7 +109,7 @@ def search(run, space, args, argv) -> list:
     score = metrics.monitor(cfg.select_metric)  # --select-metric: what the best checkpoint and the decisions use
     common = dict(objective=kt.Objective(score, direction=metrics.SELECT_MODE[cfg.select_metric]),
                   directory=directory,
-                  project_name="trials", overwrite=False, seed=cfg.seed,
+                  project_name=runs.TRIALS, overwrite=False, seed=cfg.seed,
                   executions_per_trial=args.executions_per_trial,
                   distribution_strategy=run.harness.strategy if run.harness.replicas > 1 else None)
     hypermodel = ConfigHyperModel(run, space)
