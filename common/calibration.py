@@ -8,6 +8,7 @@ The run stores T in calibration.json; predict.py and the serving SavedModel appl
 """
 import math
 import os
+import shlex
 
 import numpy as np
 from sklearn.metrics import brier_score_loss, log_loss
@@ -121,7 +122,7 @@ def temperature_of(run_dir: str) -> float:
     path = os.path.join(run_dir, CALIBRATION)
     if not os.path.exists(path):
         return 1.0
-    fix = f"run python eval/calibrate.py {run_dir} to fit it again"
+    fix = f"run python eval/calibrate.py {shlex.quote(run_dir)} to fit it again"
     t = runs.read_run_json(path, fix).get("temperature")
     if type(t) not in (int, float) or not math.isfinite(t) or t <= 0:
         raise runs.bad_field(path, "temperature", t, "a positive number (the logits are divided by it)", fix)

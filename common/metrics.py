@@ -81,6 +81,9 @@ def classification_metrics(y_true, logits, names) -> dict:
 def _pyplot():
     import matplotlib
     matplotlib.use("Agg")  # files only, no display
+    # class names and titles are the user's strings: a '$' in one is text, not TeX math (a label
+    # such as "up $" raised ParseException at the first confusion image and ended the run)
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
     return plt
 

@@ -196,7 +196,7 @@ def write_for_run(run_dir: str) -> None:
     except Exception as e:  # noqa: BLE001  (the run's results are written; the card is their summary)
         from common import errors
         print(f"note: no model card ({type(e).__name__}: {errors.first_line(e)}); write it with "
-              f"python eval/export.py {run_dir}")
+              f"python eval/export.py {shlex.quote(run_dir)}")
 
 
 # Licenses the Hub knows by id (a part of its list: https://huggingface.co/docs/hub/repositories-licenses);

@@ -9,6 +9,7 @@ flags would train.
 """
 import contextlib
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -475,7 +476,7 @@ def check_finished(run_dir: str, is_chief: bool = True) -> None:
             model_card.write_for_run(run_dir)
         shutil.rmtree(os.path.join(run_dir, runs.BACKUP), ignore_errors=True)
         raise NothingToDo(f"the run in {run_dir} has finished already ({runs.METRICS}, {runs.MODEL}/): nothing to "
-                          f"do. Next: python eval/evaluate.py {run_dir}; to train again, pass a new --run-dir")
+                          f"do. Next: python eval/evaluate.py {shlex.quote(run_dir)}; to train again, pass a new --run-dir")
 
 
 # What a run or search folder may hold before config.json (train) or trials/ (search): what a run
@@ -616,6 +617,7 @@ def _fit_and_report(run: Run, model) -> dict:
     if run.lock:
         run.lock.release()
     print(report.summary_line(m))
-    print(f"run folder: {run.run_dir}\nnext: python eval/evaluate.py {run.run_dir}   |   "
-          f"python eval/predict.py {run.run_dir} --input FILE   |   tensorboard --logdir {run.run_dir}")
+    shown = shlex.quote(run.run_dir)  # commands to paste: a folder's name may hold spaces, quotes or $()
+    print(f"run folder: {run.run_dir}\nnext: python eval/evaluate.py {shown}   |   "
+          f"python eval/predict.py {shown} --input FILE   |   tensorboard --logdir {shown}")
     return m

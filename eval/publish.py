@@ -62,7 +62,7 @@ def check_license(run, card: str, public: bool) -> str:
     if public and not run.own_data and license != model_card.PHRASEBANK_LICENSE:
         raise FlagError(f"--public: {run_dir} was trained on the Financial PhraseBank, whose license "
                         f"({model_card.PHRASEBANK_LICENSE}) its model carries, but {card} states '{license}'; write the "
-                        f"card again (python eval/export.py {run_dir}) or publish it --private")
+                        f"card again (python eval/export.py {shlex.quote(run_dir)}) or publish it --private")
     return license
 
 

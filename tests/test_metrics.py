@@ -49,3 +49,13 @@ def test_classification_metrics_figures():
     assert r["confusion_matrix"] == confusion_matrix(y, predicted, labels=[0, 1, 2]).tolist()
     probabilities = softmax(logits.astype(np.float64), axis=1)
     assert r["loss"] == pytest.approx(log_loss(y, probabilities, labels=[0, 1, 2]), rel=1e-9)
+
+
+def test_a_confusion_image_draws_class_names_with_dollar_signs_as_text():
+    """Class names are the user's (own data's labels): 'up$ $(id)' made matplotlib parse TeX
+    math and raise ParseException at the first epoch's confusion image, ending the run."""
+    names = ["down $5", "flat\"q'", "up$ $(id)"]
+    fig = metrics.confusion_figure([[3, 1, 0], [0, 5, 1], [1, 0, 4]], "validation, epoch 1", names)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == names
+    image = tf.io.decode_png(metrics.figure_png(fig))
+    assert image.shape[0] > 100 and image.shape[2] == 4

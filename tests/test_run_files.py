@@ -7,11 +7,14 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
+import subprocess
+import sys
 
 import pytest
 
-from common import errors
+from common import REPO_ROOT, errors
 from tests.conftest import assert_one_line_error, call_main, folder_listing, run_script
 
 RESTORE_CONFIG = "restore the config.json its train script wrote (e.g. from a copy of the run folder)"
@@ -351,3 +354,25 @@ def test_a_cloud_jobs_run_folder_with_its_staged_data_trains(tiny_distilbert, da
     p = run_script("train/full_finetune.py", "--model", tiny_distilbert, "--data", run / "data", "--run-dir", run,
                    "--epochs", 1, "--train-examples", 64, "--precision", "fp32")
     assert (run / "metrics.json").exists() and "data:" in p.stdout
+
+
+def test_the_commands_a_run_prints_work_when_pasted_whatever_its_folder_is_called(tiny_distilbert, data_dir,
+                                                                                   tmp_path):
+    """The `next:` commands a finished run prints, and the one a rerun prints, are for pasting
+    into a shell: a folder named with spaces, quotes, $() and a newline comes back as itself,
+    and nothing in its name runs."""
+    run = tmp_path / "my run $(touch PWNED) 'q' \"d\"\nline2"
+    train = ("train/full_finetune.py", "--model", tiny_distilbert, "--data", data_dir, "--run-dir", run,
+             "--epochs", 1, "--train-examples", 64, "--precision", "fp32")
+    printed = run_script(*train).stdout.split("\nnext: ", 1)[1].rstrip("\n").split("   |   ")
+    assert [shlex.split(c) for c in printed] == [["python", "eval/evaluate.py", str(run)],
+                                                 ["python", "eval/predict.py", str(run), "--input", "FILE"],
+                                                 ["tensorboard", "--logdir", str(run)]]
+    again = run_script(*train).stdout
+    assert shlex.split(again.split("Next: ", 1)[1].split("; to train again")[0]) == \
+        ["python", "eval/evaluate.py", str(run)]
+    # pasted as printed (with this venv's python, from another folder): it evaluates the run
+    evaluate = printed[0].replace("python eval/", f"{shlex.quote(sys.executable)} {shlex.quote(REPO_ROOT)}/eval/", 1)
+    p = subprocess.run(["bash", "-c", evaluate], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert (run / "eval").is_dir() and not (tmp_path / "PWNED").exists()
