@@ -89,7 +89,8 @@ def reliability_figure(logits, labels, temperature: float, title: str = ""):
         for b in np.nonzero(count)[0]:
             ax.text(edges[b] + 0.5 / ECE_BINS, 0.02, str(count[b]), ha="center", fontsize=6, rotation=90)
         ax.set_xlabel("confidence (top class)")
-        ax.set_title(f"{title} {name}: ECE {expected_calibration_error(probs, labels):.4f}", fontsize=9)
+        ax.set_title(f"{title} {name}: ECE {expected_calibration_error(probs, labels):.4f}", fontsize=9,
+                     parse_math=False)  # the title names the user's run or file
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
     axes[0].set_ylabel("accuracy")

@@ -81,20 +81,19 @@ def classification_metrics(y_true, logits, names) -> dict:
 def _pyplot():
     import matplotlib
     matplotlib.use("Agg")  # files only, no display
-    # class names and titles are the user's strings: a '$' in one is text, not TeX math (a label
-    # such as "up $" raised ParseException at the first confusion image and ended the run)
-    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
     return plt
 
 
 def _annotated_grid(ax, grid, rows, cols, xlabel, ylabel, title, fmt, cmap, vmin=None, vmax=None):
     ax.imshow(grid, cmap=cmap, vmin=vmin, vmax=vmax)
-    ax.set_xticks(range(len(cols)), cols)
-    ax.set_yticks(range(len(rows)), rows)
+    # class names and titles are the user's strings: parse_math=False draws a '$' in them as text
+    # (a label such as "up $" raised ParseException at the first confusion image, ending the run)
+    ax.set_xticks(range(len(cols)), cols, parse_math=False)
+    ax.set_yticks(range(len(rows)), rows, parse_math=False)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=9, parse_math=False)
     mid = (grid.min() + grid.max()) / 2
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):

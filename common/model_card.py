@@ -69,7 +69,7 @@ def write(run_dir: str, license: str = "", published_as: str = "", folder: str =
     flags = runs.run_flags(config)
     m = runs.read_run_json(os.path.join(run_dir, runs.METRICS), f"train the run again ({runs.METRICS} is gone)")
     cal_path = os.path.join(run_dir, "calibration.json")
-    cal = runs.read_run_json(cal_path, "run python eval/calibrate.py on the run") if os.path.exists(cal_path) else {}
+    cal = runs.read_run_json(cal_path, f"run python eval/calibrate.py {shlex.quote(run_dir)}") if os.path.exists(cal_path) else {}
     folder = folder or run_dir
     resolved = config.get("resolved", {})
     labels = list(resolved.get("labels") or sources.labels_of(flags))

@@ -4,6 +4,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import shutil
 import stat
 import subprocess
@@ -339,6 +340,6 @@ def run_study_steps(steps) -> None:
         if os.path.exists(os.path.join(run_dir, METRICS)):
             print(f"[{k}/{len(steps)}] {what}: done already")
             continue
-        print(f"[{k}/{len(steps)}] {what} ({time.time() - t_start:.0f}s so far): " + " ".join(map(str, cmd[1:])),
+        print(f"[{k}/{len(steps)}] {what} ({time.time() - t_start:.0f}s so far): " + shlex.join(map(str, cmd[1:])),
               flush=True)
         errors.run_child(cmd)

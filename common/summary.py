@@ -132,8 +132,8 @@ def shared_errors(runs_: list, min_share: float = 0.5) -> str:
         path = os.path.join(r["dir"], "eval", "own-test" if own else f"{level_name(r['flags']['agreement'])}-test",
                             runs.ERRORS)
         if not os.path.exists(path):
-            raise RunDirError(f"{r['dir']}: no {os.path.relpath(path, r['dir'])}; run python eval/evaluate.py {shlex.quote(r['dir'])} "
-                              f"first")
+            raise RunDirError(f"{r['dir']}: no {os.path.relpath(path, r['dir'])}; run python eval/evaluate.py "
+                              f"{shlex.quote(r['dir'])} first")
         with open(path, newline="", encoding="utf-8") as f:
             for row in csv.DictReader(f):
                 counts[row["sentence"]] += 1

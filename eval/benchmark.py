@@ -37,6 +37,7 @@ import datetime
 import json
 import os
 import resource
+import shlex
 import sys
 import time
 
@@ -162,7 +163,7 @@ def train_to_end(args, name: str, run_dir: str) -> dict:
            "--agreement", args.agreement, "--epochs", str(args.epochs), "--seed", str(args.seed), "--run-dir", run_dir]
     if args.train_examples:
         cmd += ["--train-examples", f"{args.train_examples:g}"]
-    print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
+    print(f"[{name}] {shlex.join(cmd[1:])}", flush=True)
     t0 = time.time()
 
     def show(line):

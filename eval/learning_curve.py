@@ -69,7 +69,7 @@ def curve_figure(points, title):
     ax.set_ylim(0, 1)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=9, parse_math=False)  # names the user's data
     fig.tight_layout()
     return fig
 

@@ -376,3 +376,22 @@ def test_the_commands_a_run_prints_work_when_pasted_whatever_its_folder_is_calle
     p = subprocess.run(["bash", "-c", evaluate], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert (run / "eval").is_dir() and not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize("where", ["calibration", "summary"])
+def test_a_fix_named_in_an_error_is_a_command_that_pastes(tmp_path, where):
+    """The commands the one-line errors give as their fix quote the run folder too."""
+    from common import calibration, summary
+    run = tmp_path / "run $(touch PWNED) 'q'"
+    run.mkdir()
+    if where == "calibration":
+        (run / "calibration.json").write_text('{"temperature": 0}')
+        with pytest.raises(errors.RunDirError) as e:
+            calibration.temperature_of(str(run))
+        command = str(e.value).split("; run ", 1)[1].split(" to fit it again")[0]
+        assert shlex.split(command) == ["python", "eval/calibrate.py", str(run)]
+    else:
+        with pytest.raises(errors.RunDirError) as e:
+            summary.shared_errors([{"dir": str(run), "flags": {"data": "hub", "agreement": "all"}}])
+        command = str(e.value).split("; run ", 1)[1].split(" first")[0]
+        assert shlex.split(command) == ["python", "eval/evaluate.py", str(run)]
