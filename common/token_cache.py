@@ -3,11 +3,26 @@ folders (runs/.cache/encoded), keyed by everything that decides them."""
 import hashlib
 import json
 import os
+import weakref
 
 from common import phrasebank
 
 
 ENCODE_CHUNK = 4096  # sentences per tokenizer call: bounded memory for any input size
+_TRACED = weakref.WeakKeyDictionary()  # tokenizer -> its tokenize, traced once
+
+
+def _traced_tokenize(tokenizer):
+    """tokenizer.tokenize as one traced function for any number of strings: called eagerly it
+    runs its string ops one by one, 18 ms for a single sentence against 1 ms traced, which
+    doubled a 1-sentence predict request's latency
+    (docs/performance.md#inference-on-tensorflow-221-keras-3-and-kerashub-beside-the-old-stack)."""
+    import tensorflow as tf
+    if tokenizer not in _TRACED:
+        ref = weakref.ref(tokenizer)  # not the tokenizer itself: the entry must not keep its key alive
+        _TRACED[tokenizer] = tf.function(lambda texts: ref().tokenize(texts),
+                                         input_signature=[tf.TensorSpec([None], tf.string)])
+    return _TRACED[tokenizer]
 
 
 def encode(tokenizer, sentences, max_length: int):
@@ -17,10 +32,11 @@ def encode(tokenizer, sentences, max_length: int):
     import tensorflow as tf
     sentences = list(sentences)
     cls, sep, keep = tokenizer.cls_token_id, tokenizer.sep_token_id, max(0, max_length - 2)
+    tokenize = _traced_tokenize(tokenizer)
     out = []
     for i in range(0, len(sentences), ENCODE_CHUNK):
-        pieces = tokenizer.tokenize(tf.constant(sentences[i:i + ENCODE_CHUNK], tf.string))  # eager: lists
-        out.extend([cls, *row[:keep], sep] for row in (pieces.to_list() if hasattr(pieces, "to_list") else pieces))
+        pieces = tokenize(tf.constant(sentences[i:i + ENCODE_CHUNK], tf.string))  # a RaggedTensor
+        out.extend([cls, *row[:keep], sep] for row in pieces.to_list())
     return out
 
 
