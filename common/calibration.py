@@ -116,6 +116,16 @@ def calibrate(run_dir: str, split_logits: dict, split_labels: dict, tb_writer=No
     return report
 
 
+def _fit_again(run_dir: str) -> str:
+    return f"run python eval/calibrate.py {shlex.quote(run_dir)} to fit it again"
+
+
+def read(run_dir: str) -> dict:
+    """The run's calibration.json (checked as read: runs.read_run_json); {} for a run without one."""
+    path = os.path.join(run_dir, CALIBRATION)
+    return runs.read_run_json(path, _fit_again(run_dir)) if os.path.exists(path) else {}
+
+
 def temperature_of(run_dir: str) -> float:
     """The run's fitted temperature; 1.0 (uncalibrated) for a run without calibration.json.
     One that is not a positive finite number is refused (it divides the logits: zero or
@@ -123,10 +133,10 @@ def temperature_of(run_dir: str) -> float:
     path = os.path.join(run_dir, CALIBRATION)
     if not os.path.exists(path):
         return 1.0
-    fix = f"run python eval/calibrate.py {shlex.quote(run_dir)} to fit it again"
-    t = runs.read_run_json(path, fix).get("temperature")
+    t = read(run_dir).get("temperature")
     if type(t) not in (int, float) or not math.isfinite(t) or t <= 0:
-        raise runs.bad_field(path, "temperature", t, "a positive number (the logits are divided by it)", fix)
+        raise runs.bad_field(path, "temperature", t, "a positive number (the logits are divided by it)",
+                             _fit_again(run_dir))
     return float(t)
 
 

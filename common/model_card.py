@@ -12,7 +12,7 @@ import os
 import re
 import shlex
 
-from common import metrics, phrasebank, runs, sources
+from common import calibration, metrics, phrasebank, runs, sources
 
 CARD = "README.md"
 CONFUSION_PNG = "confusion_matrix.png"
@@ -68,8 +68,7 @@ def write(run_dir: str, license: str = "", published_as: str = "", folder: str =
     config = runs.load_run(run_dir, need_model=False)
     flags = runs.run_flags(config)
     m = runs.read_run_json(os.path.join(run_dir, runs.METRICS), f"train the run again ({runs.METRICS} is gone)")
-    cal_path = os.path.join(run_dir, "calibration.json")
-    cal = runs.read_run_json(cal_path, f"run python eval/calibrate.py {shlex.quote(run_dir)}") if os.path.exists(cal_path) else {}
+    cal = calibration.read(run_dir)
     folder = folder or run_dir
     resolved = config.get("resolved", {})
     labels = list(resolved.get("labels") or sources.labels_of(flags))

@@ -476,7 +476,8 @@ def check_finished(run_dir: str, is_chief: bool = True) -> None:
             model_card.write_for_run(run_dir)
         shutil.rmtree(os.path.join(run_dir, runs.BACKUP), ignore_errors=True)
         raise NothingToDo(f"the run in {run_dir} has finished already ({runs.METRICS}, {runs.MODEL}/): nothing to "
-                          f"do. Next: python eval/evaluate.py {shlex.quote(run_dir)}; to train again, pass a new --run-dir")
+                          f"do. Next: python eval/evaluate.py {shlex.quote(run_dir)}; to train again, pass a new "
+                          f"--run-dir")
 
 
 # What a run or search folder may hold before config.json (train) or trials/ (search): what a run
