@@ -1,5 +1,6 @@
 """Imported first by every script and test: Keras 3 on TensorFlow, quiet logs, seeds,
 and the two repairs multi-worker training needs in Keras 3.15 (below)."""
+import gc
 import os
 import sys
 
@@ -103,6 +104,12 @@ def _repair_multi_worker_keras() -> None:
 
 
 _repair_multi_worker_keras()
+
+# TensorFlow and Keras leave a few hundred thousand Python objects that live as long as the
+# process. gc.freeze moves them out of the collector's generations: its full collections stop
+# walking them, and the interpreter's exit no longer spends a second on them (a script's
+# last line to its exit: docs/performance.md). errors.run freezes what a run made, at its end.
+gc.freeze()
 
 
 def set_seed(seed: int, deterministic: bool = False) -> None:

@@ -6,6 +6,7 @@ status: 2 for bad input (flags, files, run folders), 1 for a run that failed on 
 (NaN loss, a peer worker that never came back). A bug still shows its traceback.
 Tests call main() directly and see the exception.
 """
+import gc
 import os
 import sys
 
@@ -100,3 +101,5 @@ def run(main) -> None:
     except KeyboardInterrupt:
         print(f"{os.path.basename(sys.argv[0])}: interrupted; rerun the same command to resume", file=sys.stderr)
         sys.exit(130)
+    finally:
+        gc.freeze()  # what the run made too: the exit does not walk it (common/env.py)

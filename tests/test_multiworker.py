@@ -49,7 +49,7 @@ def test_two_workers_with_xla_compile_per_replica_and_stay_in_lockstep(tiny_dist
     run = tmp_path / "mwx"
     p = subprocess.run(["bash", os.path.join(REPO_ROOT, "launch", "local_cluster.sh"), "2", "train/full_finetune.py",
                         "--model", tiny_distilbert, "--data", data_dir, "--run-dir", str(run), "--epochs", "1",
-                        "--precision", "fp32", "--xla", "--train-examples", "96", "--max-length", "32"],
+                        "--precision", "fp32", "--xla", "--train-examples", "96", "--max-length", "20"],
                        capture_output=True, text=True, cwd=REPO_ROOT, timeout=600,
                        env={**os.environ, "PYTHON": sys.executable, "XLA_FLAGS": f"--xla_dump_to={tmp_path / 'dump'}"})
     assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-3000:])
