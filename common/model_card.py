@@ -178,7 +178,8 @@ def write(run_dir: str, license: str = "", published_as: str = "", folder: str =
              _code(f"import keras, keras_hub\nclassifier = keras_hub.models.TextClassifier.from_preset("
                    f"{where!r})\nprobabilities = keras.ops.softmax(classifier.predict([\"Operating profit rose .\"]))"
                    f"\n# columns: {', '.join(_cell(l) for l in labels)}", "python"), "",
-             "A run folder also holds `serving/`, a TensorFlow SavedModel taking raw strings (docs/using-the-model.md)."]
+             "A run folder also holds `serving/`, a TensorFlow SavedModel taking raw strings, written when the run "
+             "finishes (or, after `--no-serving`, by `python eval/export.py RUN`; docs/using-the-model.md)."]
     card = ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(text) + "\n")
 
     png = metrics.figure_png(metrics.confusion_figure(test["confusion_matrix"], f"test, {name}", labels))

@@ -198,7 +198,9 @@ def bad_field(path: str, field: str, value, expected: str, fix: str) -> RunDirEr
 
 # Flags that change neither what trains nor how: a rerun may change them and still resume.
 # where logs go, what the model card says, and --restore-prior (decided once training is done): not what trains
-RESUMABLE_CHANGES = ("run_dir", "log_every_steps", "tb_staging", "tb_copy_every", "license", "restore_prior")
+# and --serving (an export after training: eval/export.py can add it to any finished run)
+RESUMABLE_CHANGES = ("run_dir", "log_every_steps", "tb_staging", "tb_copy_every", "license", "restore_prior",
+                     "serving")
 
 
 # Flags added with a default that changed what runs do: runs made before them ran with this value.

@@ -607,7 +607,8 @@ def _fit_and_report(run: Run, model) -> dict:
         return {k: {kk: vv for kk, vv in v.items() if kk != "logits"} for k, v in results.items()}
     extra["calibration"] = report.calibrate_run(run.run_dir, results, run.splits)
     report.export(model, run.tokenizer, run.run_dir)
-    extra["serving"] = report.export_serving(run.run_dir)
+    extra["serving"] = report.export_serving(run.run_dir) if cfg.serving else {
+        "exported": False, "why": "--no-serving (eval/export.py writes it)"}
     m = report.write_metrics(run.run_dir, results, run.splits, fitted.throughput, run.wall_start,
                              fitted.steps_done, run.splits.train_stats["steps"] * cfg.epochs, extra,
                              per_epoch=[e for e in fitted.epochs if "examples_per_sec" in e])

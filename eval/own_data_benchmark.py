@@ -169,7 +169,7 @@ def main(argv=None):
                 run_dir = os.path.join(args.out, name, recipe, f"seed{k}")
                 plan.append((f"{name}, {recipe} recipe, seed {k}", run_dir,
                              [sys.executable, script, "--model", args.model, *data_flags, *RECIPE_FLAGS[recipe],
-                              *extra, "--seed", str(k), "--run-dir", run_dir]))
+                              "--no-serving", *extra, "--seed", str(k), "--run-dir", run_dir]))  # measured, not served
     runs.run_study_steps(plan)
 
     lines = ["| data | recipe | seeds | test n | test accuracy | worst | test macro-F1 | worst | prior restored |",

@@ -33,7 +33,8 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import env  # noqa: E402,F401  (first)
+# No TensorFlow yet: the flags, the output place and the whole input are checked first, so a
+# mistake in them is one line at once, not after TensorFlow's ~7 s start (main imports it).
 from common import config, errors, runs, texts  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -179,12 +180,13 @@ def main(argv=None):
     check(args)
     check_output(args)
     out_fmt = args.output_format or ("jsonl" if args.output.endswith((".jsonl", ".json")) else "csv")
-    # data: read and check the whole input before loading any model
+    # data: read and check the whole input before loading TensorFlow and any model
+    table = texts.read_texts(args.input, args.format, args.text_column, args.id_column, skip_empty=args.skip_empty,
+                             allow_none=True)
+    from common import env  # noqa: F401  (first of what imports TensorFlow: Keras 3 on TensorFlow, quiet logs)
     from common import calibration
     from common import finished_run
     run = finished_run.open_trained(args.run_dir)
-    table = texts.read_texts(args.input, args.format, args.text_column, args.id_column, skip_empty=args.skip_empty,
-                             allow_none=True)
     ours = columns(table, run.labels)[1 if table.id_column else 0:]
     if table.id_column in ours:  # the row's own value would be overwritten by the prediction's, silently
         raise errors.FlagError(f"--id-column {table.id_column}: the output has a '{table.id_column}' column of its "

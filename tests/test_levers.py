@@ -148,7 +148,7 @@ def test_restore_prior_puts_the_class_frequencies_back_into_predictions(tiny_dis
         run_dir = tmp_path / flag
         importlib.import_module("train.full_finetune").main(
             ["--model", tiny_distilbert, "--data", data_dir, "--precision", "fp32", "--epochs", "1", "--lr", "3e-3",
-             "--train-examples", "400", "--class-weight", "balanced", flag, "--run-dir", str(run_dir)])
+             "--train-examples", "400", "--class-weight", "balanced", flag, "--no-serving", "--run-dir", str(run_dir)])
         probs, _, _ = FinishedRun.open(str(run_dir)).probabilities(sentences)
         mean_probs[flag] = probs.mean(0)
     weighted, restored = mean_probs["--no-restore-prior"], mean_probs["--restore-prior"]

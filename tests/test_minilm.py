@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import log_loss
 
 from common import phrasebank
-from tests.conftest import run_script
+from tests.conftest import call_main, run_script
 from tests.test_predict import one_at_a_time, one_logits, serve_in_fresh_process
 
 MAJORITY_RATE = 1391 / 2264  # neutral share of AllAgree: what predicting one class scores
@@ -19,8 +19,8 @@ MAJORITY_RATE = 1391 / 2264  # neutral share of AllAgree: what predicting one cl
 @pytest.fixture(scope="module")
 def minilm_run(minilm, data_dir, tmp_path_factory):
     run = tmp_path_factory.mktemp("minilm") / "run"
-    run_script("train/full_finetune.py", "--model", minilm, "--data", data_dir, "--agreement", "all",
-               "--epochs", 1, "--run-dir", run)
+    call_main("train/full_finetune.py", "--model", minilm, "--data", data_dir, "--agreement", "all",
+              "--epochs", 1, "--run-dir", run)
     return str(run)
 
 
@@ -46,10 +46,12 @@ def test_default_recipe_learns_every_class_in_one_epoch(minilm_run):
 def test_head_only_with_its_defaults_learns_every_class(minilm, data_dir, tmp_path):
     """train/head_only.py keeps balanced class weights (the other scripts' default is sqrt): a
     head on the frozen MiniLM with sqrt weights predicts the majority class (test macro-F1
-    0.25-0.32 over seeds 1-3, docs/study.md); with balanced weights every class is predicted."""
+    0.25-0.32 over seeds 1-3, docs/study.md); with balanced weights every class is predicted,
+    already after two of its three epochs (seed 1, machine E: test macro-F1 0.51, the smallest
+    recall 0.43)."""
     run = tmp_path / "head"
-    run_script("train/head_only.py", "--model", minilm, "--data", data_dir, "--agreement", "all", "--seed", 1,
-               "--run-dir", run)
+    call_main("train/head_only.py", "--model", minilm, "--data", data_dir, "--agreement", "all", "--seed", 1,
+              "--epochs", 2, "--no-serving", "--run-dir", run)
     m = json.loads((run / "metrics.json").read_text())
     assert min(c["recall"] for c in m["test"]["per_class"].values()) > 0.1, m["test"]["per_class"]
     assert m["test"]["macro_f1"] > 0.4, m["test"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from common import errors, models, phrasebank, sources
-from tests.conftest import assert_one_line_error, run_script
+from tests.conftest import assert_one_line_error, call_main, run_script
 
 NAMES = {0: "bearish", 1: "neutral", 2: "bullish"}
 
@@ -155,19 +155,22 @@ def test_two_and_five_classes_train_end_to_end(classes, allagree, tiny_distilber
 
 @pytest.mark.slow
 def test_the_phrasebank_split_as_three_csv_files_trains_to_the_phrasebank_paths_figures(allagree, data_dir,
-                                                                                        tiny_distilbert, tmp_path):
+                                                                                        tiny_distilbert, tmp_path,
+                                                                                        capsys):
     folder = tmp_path / "pb"
     folder.mkdir()
     for part in phrasebank.SPLITS:
         write_csv(folder / f"{part}.csv", [(s, phrasebank.LABELS[y]) for s, y in allagree[part]],
                   header=("sentence", "label"))
-    common = ["--model", tiny_distilbert, "--epochs", 1, "--precision", "fp32", "--seed", 3]
-    a = run_script("train/full_finetune.py", *common, "--data", data_dir, "--run-dir", tmp_path / "pb-run")
-    b = run_script("train/full_finetune.py", *common, "--data", folder, "--run-dir", tmp_path / "own-run")
+    common = ["--model", tiny_distilbert, "--epochs", 1, "--precision", "fp32", "--seed", 3, "--no-serving"]
+    printed = []
+    for data, run in ((data_dir, "pb-run"), (folder, "own-run")):
+        call_main("train/full_finetune.py", *common, "--data", data, "--run-dir", tmp_path / run)
+        printed.append(capsys.readouterr().out)
     ma, mb = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("pb-run", "own-run"))
     for part in ("validation", "test"):
         assert ma[part] == mb[part]
-    digest = [re.search(r"weights digest (\w+)", p.stdout).group(1) for p in (a, b)]
+    digest = [re.search(r"weights digest (\w+)", out).group(1) for out in printed]
     assert digest[0] == digest[1]
     assert not (tmp_path / "own-run" / sources.SPLIT_FILE).exists()  # given splits: nothing drawn
 
@@ -254,13 +257,13 @@ def test_init_from_keeps_the_encoder_and_the_head_only_for_the_same_classes(desk
 @pytest.mark.slow
 def test_tuning_and_seeds_work_on_own_data(desk_csv, tiny_distilbert, tmp_path):
     search = tmp_path / "search"
-    run_script("tune/lr_search.py", "--model", tiny_distilbert, "--data", desk_csv, *DESK, "--max-trials", 1,
-               "--epochs", 1, "--precision", "fp32", "--run-dir", search)
+    call_main("tune/lr_search.py", "--model", tiny_distilbert, "--data", desk_csv, *DESK, "--max-trials", 1,
+              "--epochs", 1, "--precision", "fp32", "--run-dir", search)
     assert json.loads((search / "best_hparams.json").read_text())["val_macro_f1"] is not None
     assert (search / sources.SPLIT_FILE).exists()
     out = tmp_path / "seeds"
     p = run_script("eval/seeds.py", "--seeds", 2, "--out", out, "--", "train/full_finetune.py", "--model",
-                   tiny_distilbert, "--data", desk_csv, *DESK, "--epochs", 1, "--precision", "fp32")
+                   tiny_distilbert, "--data", desk_csv, *DESK, "--epochs", 1, "--precision", "fp32", "--no-serving")
     assert "F1 bearish" in p.stdout
     splits = [json.loads((out / f"seed{k}" / sources.SPLIT_FILE).read_text())["lines"] for k in (1, 2)]
     assert splits[0] == splits[1]  # --split-seed, not --seed: the test set stays put across seeds
@@ -271,26 +274,26 @@ def test_every_train_script_the_other_tuner_and_the_learning_curve_run_on_own_da
                                                                                    data_dir, tmp_path):
     rows = [(s, NAMES[y]) for part in phrasebank.SPLITS for s, y in allagree[part]][::4]
     small = write_csv(tmp_path / "small.csv", rows)
-    own = ["--data", small, *DESK, "--epochs", 1, "--precision", "fp32"]
-    run_script("train/head_only.py", "--model", tiny_distilbert, *own, "--run-dir", tmp_path / "head")
-    run_script("train/body_finetune.py", "--init-from", tmp_path / "head", *own, "--run-dir", tmp_path / "body")
-    run_script("train/custom_head.py", "--model", tiny_distilbert, *own, "--run-dir", tmp_path / "custom")
+    own = ["--data", small, *DESK, "--epochs", 1, "--precision", "fp32", "--no-serving"]
+    call_main("train/head_only.py", "--model", tiny_distilbert, *own, "--run-dir", tmp_path / "head")
+    call_main("train/body_finetune.py", "--init-from", tmp_path / "head", *own, "--run-dir", tmp_path / "body")
+    call_main("train/custom_head.py", "--model", tiny_distilbert, *own, "--run-dir", tmp_path / "custom")
     for run in ("head", "body", "custom"):
         assert set(json.loads((tmp_path / run / "metrics.json").read_text())["test"]["per_class"]) == set(NAMES.values())
-    run_script("tune/unfreeze_search.py", "--model", tiny_distilbert, *own, "--max-trials", 1,
-               "--run-dir", tmp_path / "unfreeze")
+    call_main("tune/unfreeze_search.py", "--model", tiny_distilbert, *own, "--max-trials", 1,
+              "--run-dir", tmp_path / "unfreeze")
     assert (tmp_path / "unfreeze" / "best_hparams.json").exists()
     p = run_script("eval/learning_curve.py", "--model", tiny_distilbert, "--data", small, "--sizes", "90,1", "--seeds",
                    1, "--epochs", 1, "--out", tmp_path / "curve", "--", *DESK, "--precision", "fp32")
     assert "| 90 | 90 |" in p.stdout
     # two stages: a PhraseBank run, then own data with two classes from it (--init-from keeps the encoder)
     pb = tmp_path / "pb"
-    run_script("train/full_finetune.py", "--model", tiny_distilbert, "--data", data_dir, "--epochs", 1,
-               "--precision", "fp32", "--run-dir", pb)
+    call_main("train/full_finetune.py", "--model", tiny_distilbert, "--data", data_dir, "--epochs", 1,
+              "--precision", "fp32", "--no-serving", "--run-dir", pb)
     two = write_csv(tmp_path / "two.csv", [(s, "up" if t == "bullish" else "down") for s, t in rows if t != "neutral"],
                     ("text", "label"))
-    run_script("train/full_finetune.py", "--init-from", pb, "--data", two, "--labels", "down,up", "--epochs", 1,
-               "--precision", "fp32", "--run-dir", tmp_path / "stage2")
+    call_main("train/full_finetune.py", "--init-from", pb, "--data", two, "--labels", "down,up", "--epochs", 1,
+              "--precision", "fp32", "--no-serving", "--run-dir", tmp_path / "stage2")
     m = json.loads((tmp_path / "stage2" / "metrics.json").read_text())
     assert list(m["test"]["per_class"]) == ["down", "up"]
 

@@ -10,7 +10,7 @@ from common import data, models, optim, phrasebank, token_cache
 from common.env import keras
 from tests.conftest import call_main
 
-TRAIN = ["--train-examples", "96", "--epochs", "1", "--lr", "1e-3"]
+TRAIN = ["--train-examples", "96", "--epochs", "1", "--lr", "1e-3", "--no-serving"]
 HEAD, EMB = "head", "embeddings"
 
 

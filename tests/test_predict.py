@@ -18,7 +18,7 @@ import pytest
 
 from common import REPO_ROOT, phrasebank
 from common.finished_run import FinishedRun
-from tests.conftest import reference_ids, run_script
+from tests.conftest import call_main, reference_ids, run_script
 
 SERVE_ONLY = r"""
 import json, sys
@@ -95,8 +95,8 @@ def one_logits(run_dir, texts):
 @pytest.fixture(scope="module")
 def tiny_run(tiny_distilbert, data_dir, tmp_path_factory):
     run = tmp_path_factory.mktemp("predict") / "run"
-    run_script("train/full_finetune.py", "--model", tiny_distilbert, "--data", data_dir, "--train-examples", 96,
-               "--epochs", 1, "--run-dir", run)
+    call_main("train/full_finetune.py", "--model", tiny_distilbert, "--data", data_dir, "--train-examples", 96,
+              "--epochs", 1, "--run-dir", run)
     return str(run)
 
 
@@ -271,6 +271,23 @@ def test_calibrate_and_export_rebuild_an_older_run(tiny_run, tmp_path, test_sent
     served = serve_in_fresh_process(str(old / "serving"), test_sentences[:30], tmp_path)
     np.testing.assert_allclose(served["probabilities"], one_at_a_time(str(old), test_sentences[:30], t), atol=1e-4)
     assert (old / "reliability.png").stat().st_size > 1000
+
+
+def test_a_no_serving_run_writes_no_serving_and_export_adds_it_later(tiny_distilbert, data_dir, tmp_path,
+                                                                     test_sentences):
+    """--no-serving (the study scripts' runs): the run finishes without serving/, says so in
+    metrics.json, and eval/export.py writes it afterwards, serving what predict's path gives."""
+    from eval import export
+    run = tmp_path / "run"
+    call_main("train/full_finetune.py", "--model", tiny_distilbert, "--data", data_dir, "--train-examples", 64,
+              "--epochs", 1, "--precision", "fp32", "--no-serving", "--run-dir", run)
+    assert (run / "model").is_dir() and not (run / "serving").exists()
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["serving"] == {"exported": False, "why": "--no-serving (eval/export.py writes it)"}
+    export.main([str(run)])
+    served = serve_in_fresh_process(str(run / "serving"), test_sentences[:20], tmp_path)
+    probs, _, _ = FinishedRun.open(str(run)).probabilities(test_sentences[:20])
+    np.testing.assert_allclose(served["probabilities"], probs, atol=1e-3)
 
 
 def test_serving_export_refuses_a_tokenizer_it_cannot_reproduce():

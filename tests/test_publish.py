@@ -19,8 +19,9 @@ TEXTS = ["Operating profit rose to EUR 13.1 mn from EUR 8.7 mn .", "Sales fell 5
 @pytest.fixture(scope="module")
 def run(tiny_distilbert, data_dir, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("publish") / "run $(touch pwned) `x` \u00e9"  # a hostile folder name
+    # its own process: the card quotes the command (config.json's argv), as a user's run has it
     run_script("train/full_finetune.py", "--model", tiny_distilbert, "--data", data_dir, "--epochs", 1,
-               "--train-examples", 64, "--lr", "3e-3", "--precision", "fp32", "--run-dir", run_dir)
+               "--train-examples", 64, "--lr", "3e-3", "--precision", "fp32", "--no-serving", "--run-dir", run_dir)
     return run_dir
 
 

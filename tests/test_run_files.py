@@ -23,8 +23,8 @@ RESTORE_CONFIG = "restore the config.json its train script wrote (e.g. from a co
 @pytest.fixture(scope="module")
 def finished(tiny_distilbert, data_dir, tmp_path_factory):
     run = tmp_path_factory.mktemp("finished") / "run"
-    run_script("train/full_finetune.py", "--model", tiny_distilbert, "--data", data_dir, "--train-examples", 96,
-               "--epochs", 1, "--run-dir", run)
+    call_main("train/full_finetune.py", "--model", tiny_distilbert, "--data", data_dir, "--train-examples", 96,
+              "--epochs", 1, "--run-dir", run)
     return run
 
 

@@ -39,7 +39,8 @@ def _none_same(a, b):
 @pytest.fixture(scope="module")
 def head_run(tiny_distilbert, data_dir, tmp_path_factory):
     run = tmp_path_factory.mktemp("study") / "head"
-    m = call_main("train/head_only.py", "--model", tiny_distilbert, "--data", data_dir, "--run-dir", run, "--epochs", 1)
+    m = call_main("train/head_only.py", "--model", tiny_distilbert, "--data", data_dir, "--run-dir", run, "--epochs", 1,
+                  "--no-serving")
     return run, m
 
 
@@ -57,7 +58,7 @@ def test_head_only_changes_the_head_and_no_encoder_weight(head_run, tiny_distilb
 def test_body_only_keeps_the_trained_head_and_changes_the_encoder(head_run, data_dir, tmp_path):
     head_dir, _ = head_run
     call_main("train/body_finetune.py", "--init-from", head_dir, "--data", data_dir, "--run-dir", tmp_path / "body",
-          "--epochs", 1, "--lr", 1e-3, "--train-embeddings")  # as eval/reproduce_study.py runs it
+          "--epochs", 1, "--lr", 1e-3, "--train-embeddings", "--no-serving")  # as eval/reproduce_study.py runs it
     enc0, head0 = _weights(head_dir / "model")
     enc1, head1 = _weights(tmp_path / "body" / "model")
     assert _same(head0, head1)  # restored exactly from the head-only run, then frozen
@@ -145,7 +146,7 @@ def test_custom_head_logits_are_float32_under_mixed_precision(tiny_distilbert):
 @pytest.mark.slow
 def test_balanced_class_weights_match_sklearn_and_are_logged(tiny_distilbert, data_dir, tmp_path):
     call_main("train/full_finetune.py", "--model", tiny_distilbert, "--data", data_dir, "--run-dir", tmp_path / "cw",
-          "--epochs", 1, "--class-weight", "balanced", "--loss", "focal")
+          "--epochs", 1, "--class-weight", "balanced", "--loss", "focal", "--no-serving")
     cfg = json.loads((tmp_path / "cw" / "config.json").read_text())
     y = [l for _, l in phrasebank.load_splits(data_dir, "all")["train"]]
     expected = compute_class_weight("balanced", classes=np.arange(3), y=y)
@@ -242,7 +243,7 @@ def test_seeds_runs_one_configuration_per_seed_reports_the_worst_and_resumes(tin
                                                                             capfd):
     out = tmp_path / "seeds"
     cmd = ["--seeds", 2, "--out", out, "--", "train/full_finetune.py", "--model", tiny_distilbert, "--data", data_dir,
-           "--epochs", 1, "--train-examples", 48, "--precision", "fp32", "--custom-flag-check"]
+           "--epochs", 1, "--train-examples", 48, "--precision", "fp32", "--no-serving", "--custom-flag-check"]
     from eval import seeds
     with pytest.raises(errors.TrainingFailed) as bad:  # the train script's own flag error stops the study
         seeds.main([str(a) for a in cmd])

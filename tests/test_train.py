@@ -146,7 +146,7 @@ def test_evaluate_on_a_looser_level(tiny_run):
 
 @pytest.mark.slow
 def test_cpu_replicas_2_trains_with_mirrored_strategy(tiny_distilbert, data_dir, tmp_path):
-    m = _train(tiny_distilbert, data_dir, tmp_path / "r2", "--cpu-replicas", 2, "--lr", "1e-3")
+    m = _train(tiny_distilbert, data_dir, tmp_path / "r2", "--cpu-replicas", 2, "--lr", "1e-3", "--no-serving")
     cfg = json.loads((tmp_path / "r2" / "config.json").read_text())
     assert cfg["resolved"]["replicas"] == 2 and cfg["resolved"]["strategy"] == "MirroredStrategy"
     assert len(cfg["devices"]) == 2

@@ -157,7 +157,7 @@ def test_a_step_that_overflowed_on_one_replica_alone_is_skipped(tiny_no_dropout,
 def test_xla_run_compiles_each_width_once_per_replica(tiny_distilbert, data_dir, tmp_path, flags):
     run, dump = tmp_path / "run", tmp_path / "xla-dump"
     run_script("train/full_finetune.py", "--model", tiny_distilbert, "--data", data_dir, "--run-dir", run,
-               "--epochs", "2", "--train-examples", "96", "--max-length", "20", "--xla", *flags,
+               "--epochs", "2", "--train-examples", "96", "--max-length", "20", "--no-serving", "--xla", *flags,
                env_extra={"XLA_FLAGS": f"--xla_dump_to={dump}"})
     resolved = json.loads((run / "config.json").read_text())["resolved"]
     assert resolved["xla"] is True and resolved["xla_mode"] == "on"
@@ -177,7 +177,7 @@ def test_xla_auto_clusters_on_two_replicas(tiny_distilbert, data_dir, tmp_path):
     compiled cluster."""
     run = tmp_path / "run"
     p = run_script("train/full_finetune.py", "--model", tiny_distilbert, "--data", data_dir, "--run-dir", run,
-                   "--epochs", "1", "--train-examples", "64", "--max-length", "20", "--cpu-replicas", "2",
+                   "--epochs", "1", "--train-examples", "64", "--max-length", "20", "--cpu-replicas", "2", "--no-serving",
                    "--xla", "auto", env_extra={"TF_CPP_MIN_LOG_LEVEL": "0"})
     assert "Compiled cluster using XLA" in p.stderr
     resolved = json.loads((run / "config.json").read_text())["resolved"]
