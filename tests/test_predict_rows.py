@@ -135,6 +135,24 @@ def test_csv_stray_quote_is_one_line_naming_it_not_merged_rows(tiny_run, tmp_pat
     assert 'write a " inside a field as ""' in p.stderr and p.stdout == ""
 
 
+def test_a_bad_input_and_help_need_no_tensorflow(tmp_path):
+    """predict checks its flags, output place and whole input before TensorFlow starts (~7 s):
+    here `import tensorflow` fails, yet a stray quote is its one line (before the run folder,
+    which does not exist, is looked at) and --help prints."""
+    fake = tmp_path / "no-tf" / "tensorflow"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('TensorFlow was imported')\n")
+    src = tmp_path / "in.csv"
+    src.write_bytes(b'text\nProfit rose .\n"Sales fell .\nNet loss .\n')
+    env = {**USER_ENV, "PYTHONPATH": str(tmp_path / "no-tf")}
+    p = subprocess.run([sys.executable, os.path.join(REPO_ROOT, PREDICT), str(tmp_path / "no-run"), "--input", str(src)],
+                       capture_output=True, text=True, timeout=120, env=env, cwd=str(tmp_path))
+    assert_one_line_error(p, PREDICT, "in.csv line 3: a quote opens a field that never closes")
+    p = subprocess.run([sys.executable, os.path.join(REPO_ROOT, PREDICT), "--help"], capture_output=True, text=True,
+                       timeout=120, env=env, cwd=str(tmp_path))
+    assert p.returncode == 0 and "--min-confidence" in p.stdout, p.stderr[-2000:]
+
+
 def test_csv_quoted_field_with_line_breaks_is_one_row_and_counted(tiny_run, tmp_path, capsys):  # noqa: F811
     """RFC 4180 allows line breaks in a quoted field: one record, one row; stderr counts such
     rows (what a stray quote that happens to close would look like)."""
