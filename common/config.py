@@ -154,8 +154,8 @@ class Config:
                       "id of your own such as my-license-1.0); a PhraseBank model's is the PhraseBank's, "
                       "CC BY-NC-SA 3.0 (docs/using-the-model.md)", parse=license_id)
     serving: bool = _f(True, "write serving/ when the run finishes: the SavedModel that takes raw strings "
-                       "(docs/using-the-model.md). --no-serving for runs you will not serve (seeds, sweeps, "
-                       "studies: a few seconds each); eval/export.py writes it later")
+                       "(docs/using-the-model.md). --no-serving for runs you will not serve (sweeps; the study scripts "
+                       "pass it to their runs): a few seconds each; eval/export.py writes it later")
 
     def __post_init__(self):
         if isinstance(self.restore_prior, bool):  # config.json of a run made when it was an on/off flag

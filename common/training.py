@@ -475,9 +475,12 @@ def check_finished(run_dir: str, is_chief: bool = True) -> None:
         if is_chief and not os.path.exists(os.path.join(run_dir, model_card.CARD)):
             model_card.write_for_run(run_dir)
         shutil.rmtree(os.path.join(run_dir, runs.BACKUP), ignore_errors=True)
+        from common.serving import SERVING
+        serving = "" if os.path.isdir(os.path.join(run_dir, SERVING)) else \
+            f"; its {SERVING}/ (a --no-serving run): python eval/export.py {shlex.quote(run_dir)}"
         raise NothingToDo(f"the run in {run_dir} has finished already ({runs.METRICS}, {runs.MODEL}/): nothing to "
-                          f"do. Next: python eval/evaluate.py {shlex.quote(run_dir)}; to train again, pass a new "
-                          f"--run-dir")
+                          f"do. Next: python eval/evaluate.py {shlex.quote(run_dir)}{serving}; to train again, pass "
+                          f"a new --run-dir")
 
 
 # What a run or search folder may hold before config.json (train) or trials/ (search): what a run
@@ -621,5 +624,6 @@ def _fit_and_report(run: Run, model) -> dict:
     print(report.summary_line(m))
     shown = shlex.quote(run.run_dir)  # commands to paste: a folder's name may hold spaces, quotes or $()
     print(f"run folder: {run.run_dir}\nnext: python eval/evaluate.py {shown}   |   "
-          f"python eval/predict.py {shown} --input FILE   |   tensorboard --logdir {shown}")
+          f"python eval/predict.py {shown} --input FILE   |   tensorboard --logdir {shown}"
+          + ("" if cfg.serving else f"   |   python eval/export.py {shown}"))
     return m

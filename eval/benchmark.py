@@ -271,6 +271,9 @@ def predict_benchmark(args) -> list:
         gone = " (transformers' pipeline left with transformers, whose TensorFlow classes ended with 4.57)" \
             if "pipeline" in unknown else ""
         raise errors.FlagError(f"--ways: unknown {sorted(unknown)}{gone}; choose from {','.join(PREDICT_WAYS)}")
+    if "serving" in ways and not os.path.isdir(os.path.join(args.predict, "serving")):  # a --no-serving run
+        raise errors.FlagError(f"--predict {args.predict}: no serving/ to benchmark (a --no-serving run); write it "
+                               f"with python eval/export.py {shlex.quote(args.predict)}, or pass --ways predict.py")
     results = []
     for way in ways:
         print(f"benchmarking {way} ...", flush=True)

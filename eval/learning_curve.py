@@ -84,7 +84,7 @@ def study_steps(args, out):
             cmd = [sys.executable, os.path.join(REPO_ROOT, args.script), "--model", args.model, "--data", args.data,
                    "--agreement", args.agreement, "--split", args.split, "--epochs", str(args.epochs),
                    "--seed", str(seed), "--train-examples", size_flag(size), "--run-dir", run_dir,
-                   "--no-serving", *args.extra]  # a curve's runs are measured, not served (--serving after -- to keep it)
+                   "--no-serving", *args.extra]  # measured, not served (eval/export.py serves one)
             steps.append((f"size {size:g} seed {seed}", run_dir, cmd))
     return steps, run_dirs
 

@@ -180,6 +180,8 @@ def main(argv=None):
     check(args)
     check_output(args)
     out_fmt = args.output_format or ("jsonl" if args.output.endswith((".jsonl", ".json")) else "csv")
+    if not args.run_dir.startswith("hf://") and not os.path.isdir(args.run_dir):
+        runs.load_run(args.run_dir)  # its one line for a folder that is not there, before reading (maybe stdin)
     # data: read and check the whole input before loading TensorFlow and any model
     table = texts.read_texts(args.input, args.format, args.text_column, args.id_column, skip_empty=args.skip_empty,
                              allow_none=True)

@@ -110,7 +110,7 @@ def study_steps(args, out, models, exps):
         cmd = [sys.executable, os.path.join(REPO_ROOT, script), *source, "--data", args.data, "--agreement", level,
                "--epochs", str(args.epochs), "--seed", str(seed), "--run-dir", run_dir, "--recipe", args.recipe,
                "--split", args.split, *extra, *RECIPE_EXTRA.get((args.recipe, exp), []),
-               "--no-serving", *args.extra]  # a study's runs are measured, not served (--serving after -- keeps it)
+               "--no-serving", *args.extra]  # measured, not served (eval/export.py serves one)
         steps.append((f"{slug[model] + ' ' if len(models) > 1 else ''}{level_name(level)} {exp} seed {seed}",
                       run_dir, cmd))
     return steps, run_dirs

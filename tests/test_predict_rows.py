@@ -137,14 +137,15 @@ def test_csv_stray_quote_is_one_line_naming_it_not_merged_rows(tiny_run, tmp_pat
 
 def test_a_bad_input_and_help_need_no_tensorflow(tmp_path):
     """predict checks its flags, output place and whole input before TensorFlow starts (~7 s):
-    here `import tensorflow` fails, yet a stray quote is its one line (before the run folder,
-    which does not exist, is looked at) and --help prints."""
+    here `import tensorflow` fails, yet a stray quote is its one line (before the folder,
+    which holds no run, is looked into) and --help prints."""
     fake = tmp_path / "no-tf" / "tensorflow"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('TensorFlow was imported')\n")
     src = tmp_path / "in.csv"
     src.write_bytes(b'text\nProfit rose .\n"Sales fell .\nNet loss .\n')
     env = {**USER_ENV, "PYTHONPATH": str(tmp_path / "no-tf")}
+    (tmp_path / "no-run").mkdir()
     p = subprocess.run([sys.executable, os.path.join(REPO_ROOT, PREDICT), str(tmp_path / "no-run"), "--input", str(src)],
                        capture_output=True, text=True, timeout=120, env=env, cwd=str(tmp_path))
     assert_one_line_error(p, PREDICT, "in.csv line 3: a quote opens a field that never closes")

@@ -197,6 +197,7 @@ def test_learning_curve_trains_each_size_on_the_same_test_split_and_resumes(tiny
     points = json.loads((out / "learning_curve.json").read_text())
     full = len(phrasebank.load_splits(data_dir, "all")["train"])
     tenth = json.loads((out / "size-0.1" / "seed1" / "metrics.json").read_text())["sizes"]["train"]
+    assert not (out / "size-0.1" / "seed1" / "serving").exists()  # measured, not served: --no-serving
     assert abs(tenth - 0.1 * full) <= 2  # class-stratified: a share per class, rounded
     assert [p["train_size"] for p in points] == [90, tenth]  # sorted by size (given as 0.1,90)
     for p in points:  # each point's own run: that many training sentences, the whole test split
