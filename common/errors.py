@@ -81,15 +81,22 @@ def first_line(error) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
+def one_line(text) -> str:
+    """`text` with line breaks shown as \\n and \\r: a message quoting what a user passed (a
+    folder or file name, a flag's value, a CSV cell) stays one line, as scripts and logs
+    read it."""
+    return str(text).replace("\r", "\\r").replace("\n", "\\n")
+
+
 def run(main) -> None:
     """Call main(); a FinsentError becomes one line on stderr and its exit status."""
     try:
         main()
     except NothingToDo as e:
-        print(f"{os.path.basename(sys.argv[0])}: {e}", flush=True)
+        print(f"{os.path.basename(sys.argv[0])}: {one_line(e)}", flush=True)
         sys.exit(0)
     except FinsentError as e:
-        print(f"{os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr, flush=True)
+        print(f"{os.path.basename(sys.argv[0])}: error: {one_line(e)}", file=sys.stderr, flush=True)
         sys.exit(e.exit_code)
     except Exception as e:
         if not disk_full(e):

@@ -200,3 +200,13 @@ def test_a_user_sees_one_line_exit_2_and_no_traceback(case, tiny_distilbert, dat
     p = run_script(script, *args, check=False, timeout=300, env_extra={"HF_HUB_OFFLINE": "1"}, user_env=True)
     assert_one_line_error(p, script, message.format(tmp=tmp_path))
     _left_nothing(name, tmp_path)
+
+
+def test_a_name_with_a_line_break_stays_in_the_one_line(tmp_path):
+    """What a user passed is quoted in the error as given, a line break in it shown as \\n:
+    the error stays one line (eval/predict.py refuses a missing run folder before TensorFlow
+    starts; every script prints its errors through errors.run)."""
+    name = tmp_path / 'no\nsuch "$(touch pwned)"\r'
+    p = run_script("eval/predict.py", name, "--input", "-", check=False, cwd=tmp_path)
+    assert_one_line_error(p, "eval/predict.py", str(name).replace("\n", "\\n").replace("\r", "\\r") + ": no such folder")
+    assert not (tmp_path / "pwned").exists()
