@@ -102,7 +102,7 @@ def run(main) -> None:
         if not disk_full(e):
             raise
         where = getattr(e, "filename", None)
-        print(f"{os.path.basename(sys.argv[0])}: error: the disk is full{' writing ' + str(where) if where else ''} "
+        print(f"{os.path.basename(sys.argv[0])}: error: the disk is full{' writing ' + one_line(where) if where else ''} "
               f"({first_line(e)}); free space there and run the same command again", file=sys.stderr, flush=True)
         sys.exit(1)
     except KeyboardInterrupt:

@@ -210,3 +210,17 @@ def test_a_name_with_a_line_break_stays_in_the_one_line(tmp_path):
     p = run_script("eval/predict.py", name, "--input", "-", check=False, cwd=tmp_path)
     assert_one_line_error(p, "eval/predict.py", str(name).replace("\n", "\\n").replace("\r", "\\r") + ": no such folder")
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_full_disk_naming_a_file_with_a_line_break_is_one_line(capsys):
+    """errors.run's full-disk line names the file being written as given, its line break
+    shown as \\n (the other error lines do the same: the test above)."""
+    import errno
+
+    def main():
+        raise OSError(errno.ENOSPC, "No space left on device", "runs/a\nb/model.weights.h5")
+    with pytest.raises(SystemExit) as e:
+        errors.run(main)
+    lines = capsys.readouterr().err.splitlines()
+    assert e.value.code == 1 and len(lines) == 1, lines
+    assert "the disk is full writing runs/a\\nb/model.weights.h5 (" in lines[0], lines[0]
