@@ -8,12 +8,11 @@ The run stores T in calibration.json; predict.py and the serving SavedModel appl
 """
 import math
 import os
-import shlex
 
 import numpy as np
 from sklearn.metrics import brier_score_loss, log_loss
 
-from common import metrics, runs
+from common import errors, metrics, runs
 
 CALIBRATION = "calibration.json"
 RELIABILITY = "reliability.png"
@@ -117,7 +116,7 @@ def calibrate(run_dir: str, split_logits: dict, split_labels: dict, tb_writer=No
 
 
 def _fit_again(run_dir: str) -> str:
-    return f"run python eval/calibrate.py {shlex.quote(run_dir)} to fit it again"
+    return f"run python eval/calibrate.py {errors.shell_quote(run_dir)} to fit it again"
 
 
 def read(run_dir: str) -> dict:

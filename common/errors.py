@@ -8,6 +8,8 @@ Tests call main() directly and see the exception.
 """
 import gc
 import os
+import re
+import shlex
 import sys
 
 
@@ -86,6 +88,24 @@ def one_line(text) -> str:
     folder or file name, a flag's value, a CSV cell) stays one line, as scripts and logs
     read it."""
     return str(text).replace("\r", "\\r").replace("\n", "\\n")
+
+
+def shell_quote(word) -> str:
+    """`word` quoted to paste into a shell, on one line: shlex.quote's quoting (spaces, quotes,
+    $() stay text), except that a line break or carriage return is written $'\\n' / $'\\r'
+    (bash, zsh and ksh read it back; shlex would keep the raw break, which one_line would then
+    show as a \\n that pastes as two characters).
+
+    >>> shell_quote("my run $(x)\\nb")
+    "'my run $(x)'$'\\\\n'b"
+    """
+    return "".join({"\n": "$'\\n'", "\r": "$'\\r'"}.get(part) or shlex.quote(part)
+                   for part in re.split(r"([\r\n])", str(word)) if part) or "''"
+
+
+def shell_join(words) -> str:
+    """The command `words` as one line to paste into a shell (shell_quote on each word)."""
+    return " ".join(shell_quote(w) for w in words)
 
 
 def run(main) -> None:

@@ -10,9 +10,8 @@ memory, so eval/export.py can write it again for any finished run.
 """
 import os
 import re
-import shlex
 
-from common import calibration, metrics, phrasebank, runs, sources
+from common import calibration, errors, metrics, phrasebank, runs, sources
 
 CARD = "README.md"
 CONFUSION_PNG = "confusion_matrix.png"
@@ -131,7 +130,7 @@ def write(run_dir: str, license: str = "", published_as: str = "", folder: str =
     else:
         text += [f"`{_cell(lic)}`, as given with --license for the data it was trained on."]
     text += ["", "## Recipe", "", "The command that trained it (seed, data and flags as given):", ""]
-    text += [_code(shlex.join(["python", f"train/{config.get('script')}", *map(str, config.get("argv", []))]), "bash")]
+    text += [_code(errors.shell_join(["python", f"train/{config.get('script')}", *map(str, config.get("argv", []))]), "bash")]
     text += ["", f"Precision {resolved.get('precision')}, {resolved.get('replicas')} replica(s); best epoch "
              f"{m.get('best_epoch')} by validation {flags.select_metric} of {len(m.get('train_loss_per_epoch', []))} "
              f"trained. Versions: " + ", ".join(f"{k} {v}" for k, v in (config.get("versions") or {}).items()
@@ -171,7 +170,7 @@ def write(run_dir: str, license: str = "", published_as: str = "", folder: str =
     hub = published_as if published_as.startswith("hf://") else None
     where = hub or published_as or "hf://OWNER/NAME"
     text += ["", "## How to use", "", "With this project (labels, calibrated probabilities, `--min-confidence`):", "",
-             _code(f"python eval/predict.py {shlex.quote(published_as or run_dir)} --input texts.csv --output "
+             _code(f"python eval/predict.py {errors.shell_quote(published_as or run_dir)} --input texts.csv --output "
                    f"labelled.csv", "bash"), "",
              "With KerasHub alone, once published (`python eval/publish.py RUN --to hf://OWNER/NAME`): the logits "
              "hold the calibration, so their softmax is the calibrated probabilities:", "",
@@ -194,9 +193,8 @@ def write_for_run(run_dir: str) -> None:
     try:
         print(f"model card -> {write(run_dir)}")
     except Exception as e:  # noqa: BLE001  (the run's results are written; the card is their summary)
-        from common import errors
         print(f"note: no model card ({type(e).__name__}: {errors.first_line(e)}); write it with "
-              f"python eval/export.py {shlex.quote(run_dir)}")
+              f"python eval/export.py {errors.shell_quote(run_dir)}")
 
 
 # Licenses the Hub knows by id (a part of its list: https://huggingface.co/docs/hub/repositories-licenses);

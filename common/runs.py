@@ -4,13 +4,13 @@ import datetime
 import json
 import os
 import platform
-import shlex
 import shutil
 import stat
 import subprocess
 import sys
 import tempfile
 
+from common import errors
 from common.errors import RunDirError
 
 # runs/<name>/ layout (docs/run-folder.md)
@@ -336,12 +336,11 @@ def run_study_steps(steps) -> None:
     whose run folder already has metrics.json: rerunning a study resumes it. The commands are
     project scripts; one that fails stops the study with its exit status (errors.run_child)."""
     import time
-    from common import errors
     t_start = time.time()
     for k, (what, run_dir, cmd) in enumerate(steps, 1):
         if os.path.exists(os.path.join(run_dir, METRICS)):
             print(f"[{k}/{len(steps)}] {what}: done already")
             continue
-        print(f"[{k}/{len(steps)}] {what} ({time.time() - t_start:.0f}s so far): " + shlex.join(map(str, cmd[1:])),
+        print(f"[{k}/{len(steps)}] {what} ({time.time() - t_start:.0f}s so far): " + errors.shell_join(map(str, cmd[1:])),
               flush=True)
         errors.run_child(cmd)

@@ -2,12 +2,11 @@
 import csv
 import glob
 import os
-import shlex
 from collections import Counter
 
 import numpy as np
 
-from common import runs
+from common import errors, runs
 from common.config import SELECT_MODE
 from common.errors import RunDirError
 from common.phrasebank import level_name
@@ -133,7 +132,7 @@ def shared_errors(runs_: list, min_share: float = 0.5) -> str:
                             runs.ERRORS)
         if not os.path.exists(path):
             raise RunDirError(f"{r['dir']}: no {os.path.relpath(path, r['dir'])}; run python eval/evaluate.py "
-                              f"{shlex.quote(r['dir'])} first")
+                              f"{errors.shell_quote(r['dir'])} first")
         with open(path, newline="", encoding="utf-8") as f:
             for row in csv.DictReader(f):
                 counts[row["sentence"]] += 1

@@ -9,7 +9,6 @@ flags would train.
 """
 import contextlib
 import os
-import shlex
 import shutil
 import sys
 import time
@@ -477,9 +476,9 @@ def check_finished(run_dir: str, is_chief: bool = True) -> None:
         shutil.rmtree(os.path.join(run_dir, runs.BACKUP), ignore_errors=True)
         from common.serving import SERVING
         serving = "" if os.path.isdir(os.path.join(run_dir, SERVING)) else \
-            f"; its {SERVING}/ (a --no-serving run): python eval/export.py {shlex.quote(run_dir)}"
+            f"; its {SERVING}/ (a --no-serving run): python eval/export.py {errors.shell_quote(run_dir)}"
         raise NothingToDo(f"the run in {run_dir} has finished already ({runs.METRICS}, {runs.MODEL}/): nothing to "
-                          f"do. Next: python eval/evaluate.py {shlex.quote(run_dir)}{serving}; to train again, pass "
+                          f"do. Next: python eval/evaluate.py {errors.shell_quote(run_dir)}{serving}; to train again, pass "
                           f"a new --run-dir")
 
 
@@ -622,7 +621,7 @@ def _fit_and_report(run: Run, model) -> dict:
     if run.lock:
         run.lock.release()
     print(report.summary_line(m))
-    shown = shlex.quote(run.run_dir)  # commands to paste: a folder's name may hold spaces, quotes or $()
+    shown = errors.shell_quote(run.run_dir)  # commands to paste: a folder's name may hold spaces, quotes or $()
     print(f"run folder: {run.run_dir}\nnext: python eval/evaluate.py {shown}   |   "
           f"python eval/predict.py {shown} --input FILE   |   tensorboard --logdir {shown}"
           + ("" if cfg.serving else f"   |   python eval/export.py {shown}"))

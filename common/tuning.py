@@ -5,7 +5,6 @@ hyperparameter names are Config field names, so the best trial is a set of train
 """
 import dataclasses
 import os
-import shlex
 import sys
 import tempfile
 
@@ -137,7 +136,7 @@ def search(run, space, args, argv) -> list:
     if args.train_best:
         errors.run_child(command)
     else:
-        print("train it: python " + shlex.join(os.path.relpath(c) if os.path.isabs(c) else c for c in command[1:]))
+        print("train it: python " + errors.shell_join(os.path.relpath(c) if os.path.isabs(c) else c for c in command[1:]))
     return rows
 
 

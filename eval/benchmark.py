@@ -37,7 +37,6 @@ import datetime
 import json
 import os
 import resource
-import shlex
 import sys
 import time
 
@@ -163,7 +162,7 @@ def train_to_end(args, name: str, run_dir: str) -> dict:
            "--agreement", args.agreement, "--epochs", str(args.epochs), "--seed", str(args.seed), "--run-dir", run_dir]
     if args.train_examples:
         cmd += ["--train-examples", f"{args.train_examples:g}"]
-    print(f"[{name}] {shlex.join(cmd[1:])}", flush=True)
+    print(f"[{name}] {errors.shell_join(cmd[1:])}", flush=True)
     t0 = time.time()
 
     def show(line):
@@ -273,7 +272,7 @@ def predict_benchmark(args) -> list:
         raise errors.FlagError(f"--ways: unknown {sorted(unknown)}{gone}; choose from {','.join(PREDICT_WAYS)}")
     if "serving" in ways and not os.path.isdir(os.path.join(args.predict, "serving")):  # a --no-serving run
         raise errors.FlagError(f"--predict {args.predict}: no serving/ to benchmark (a --no-serving run); write it "
-                               f"with python eval/export.py {shlex.quote(args.predict)}, or pass --ways predict.py")
+                               f"with python eval/export.py {errors.shell_quote(args.predict)}, or pass --ways predict.py")
     results = []
     for way in ways:
         print(f"benchmarking {way} ...", flush=True)

@@ -27,7 +27,6 @@ import csv
 import io
 import json
 import os
-import shlex
 import stat
 import sys
 import tempfile
@@ -88,7 +87,7 @@ def check_output(args) -> None:
         raise errors.FlagError("--output '': pass a file name, or - for stdout")
     if "://" in out:
         raise errors.FlagError(f"{flag}: predict writes a local file (or stdout); write one here, then copy it "
-                               f"(e.g. gcloud storage cp scored.csv {shlex.quote(out)})")
+                               f"(e.g. gcloud storage cp scored.csv {errors.shell_quote(out)})")
     if os.path.isdir(out):
         raise errors.FlagError(f"{flag}: is a folder; pass a file name, e.g. {os.path.join(out, 'scored.csv')}")
     if os.path.exists(out):

@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import errno
 import os
-import shlex
 import shutil
 import sys
 import tempfile
@@ -62,7 +61,7 @@ def check_license(run, card: str, public: bool) -> str:
     if public and not run.own_data and license != model_card.PHRASEBANK_LICENSE:
         raise FlagError(f"--public: {run_dir} was trained on the Financial PhraseBank, whose license "
                         f"({model_card.PHRASEBANK_LICENSE}) its model carries, but {card} states '{license}'; write the "
-                        f"card again (python eval/export.py {shlex.quote(run_dir)}) or publish it --private")
+                        f"card again (python eval/export.py {errors.shell_quote(run_dir)}) or publish it --private")
     return license
 
 
@@ -235,7 +234,7 @@ def main(argv=None):
                  else to_folder(run, args.to, license))
     print(f"published {args.run_dir} -> {where} (license {license}"
           f"{', private' if hub_repo is not None and not args.public else ''})")
-    print(f"next: python eval/predict.py {shlex.quote(args.to)} --input FILE")  # quoted: a name may hold spaces, $()
+    print(f"next: python eval/predict.py {errors.shell_quote(args.to)} --input FILE")  # quoted: a name may hold spaces, $()
     return where
 
 

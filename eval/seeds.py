@@ -11,7 +11,6 @@ Writes OUT/seeds.md (the same table eval/summarize.py prints for finished runs).
 """
 import argparse
 import os
-import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -43,7 +42,7 @@ def main(argv=None):
             for k in range(1, args.seeds + 1)]
     runs.run_study_steps(plan)
     loaded = [summary.load(d) for _, d, _ in plan]
-    text = (f"# {os.path.basename(script)} over {args.seeds} seed(s)\n\n`{shlex.join(command)}`\n\n"
+    text = (f"# {os.path.basename(script)} over {args.seeds} seed(s)\n\n`{errors.shell_join(command)}`\n\n"
             + summary.table({(loaded[0]["script"], ()): loaded}, args.part))
     runs.write_text(os.path.join(out, "seeds.md"), text)
     print(text)

@@ -356,6 +356,15 @@ def test_a_cloud_jobs_run_folder_with_its_staged_data_trains(tiny_distilbert, da
     assert (run / "metrics.json").exists() and "data:" in p.stdout
 
 
+def words_in_bash(command: str, cwd) -> list:
+    """The words bash reads from `command` pasted into it (what a user's shell does with a
+    printed command), without running it: bash expands it as a command's arguments."""
+    p = subprocess.run(["bash", "-c", 'eval "set -- $1"; printf "%s\\0" "$@"', "bash", command], cwd=cwd,
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    return p.stdout.split("\0")[:-1]
+
+
 def test_the_commands_a_run_prints_work_when_pasted_whatever_its_folder_is_called(tiny_distilbert, data_dir,
                                                                                    tmp_path):
     """The `next:` commands a finished run prints, and the one a rerun prints, are for pasting
@@ -365,11 +374,13 @@ def test_the_commands_a_run_prints_work_when_pasted_whatever_its_folder_is_calle
     train = ("train/full_finetune.py", "--model", tiny_distilbert, "--data", data_dir, "--run-dir", run,
              "--epochs", 1, "--train-examples", 64, "--precision", "fp32")
     printed = run_script(*train).stdout.split("\nnext: ", 1)[1].rstrip("\n").split("   |   ")
-    assert [shlex.split(c) for c in printed] == [["python", "eval/evaluate.py", str(run)],
-                                                 ["python", "eval/predict.py", str(run), "--input", "FILE"],
-                                                 ["tensorboard", "--logdir", str(run)]]
+    assert "\n" not in "".join(printed)  # one line, as the rerun's message below must be
+    assert [words_in_bash(c, tmp_path) for c in printed] == [["python", "eval/evaluate.py", str(run)],
+                                                             ["python", "eval/predict.py", str(run), "--input", "FILE"],
+                                                             ["tensorboard", "--logdir", str(run)]]
     again = run_script(*train).stdout
-    assert shlex.split(again.split("Next: ", 1)[1].split("; to train again")[0]) == \
+    assert len(again.strip().splitlines()) == 1, again
+    assert words_in_bash(again.split("Next: ", 1)[1].split("; to train again")[0], tmp_path) == \
         ["python", "eval/evaluate.py", str(run)]
     # pasted as printed (with this venv's python, from another folder): it evaluates the run
     evaluate = printed[0].replace("python eval/", f"{shlex.quote(sys.executable)} {shlex.quote(REPO_ROOT)}/eval/", 1)
@@ -380,18 +391,19 @@ def test_the_commands_a_run_prints_work_when_pasted_whatever_its_folder_is_calle
 
 @pytest.mark.parametrize("where", ["calibration", "summary"])
 def test_a_fix_named_in_an_error_is_a_command_that_pastes(tmp_path, where):
-    """The commands the one-line errors give as their fix quote the run folder too."""
+    """The commands the one-line errors give as their fix quote the run folder too, on the
+    line errors.run prints (a line break in the name pastes back as itself)."""
     from common import calibration, summary
-    run = tmp_path / "run $(touch PWNED) 'q'"
+    run = tmp_path / "run $(touch PWNED) 'q'\nline2"
     run.mkdir()
     if where == "calibration":
         (run / "calibration.json").write_text('{"temperature": 0}')
         with pytest.raises(errors.RunDirError) as e:
             calibration.temperature_of(str(run))
-        command = str(e.value).split("; run ", 1)[1].split(" to fit it again")[0]
-        assert shlex.split(command) == ["python", "eval/calibrate.py", str(run)]
+        command = errors.one_line(e.value).split("; run ", 1)[1].split(" to fit it again")[0]
+        assert words_in_bash(command, tmp_path) == ["python", "eval/calibrate.py", str(run)]
     else:
         with pytest.raises(errors.RunDirError) as e:
             summary.shared_errors([{"dir": str(run), "flags": {"data": "hub", "agreement": "all"}}])
-        command = str(e.value).split("; run ", 1)[1].split(" first")[0]
-        assert shlex.split(command) == ["python", "eval/evaluate.py", str(run)]
+        command = errors.one_line(e.value).split("; run ", 1)[1].split(" first")[0]
+        assert words_in_bash(command, tmp_path) == ["python", "eval/evaluate.py", str(run)]
