@@ -10,7 +10,9 @@ checkpoint is a classifier, its trained head is loaded too), or 'custom' (poolin
 layers). Logits are float32 under every dtype policy."""
 import functools
 import json
+import math
 import os
+import types
 
 import numpy as np
 
@@ -291,6 +293,7 @@ class Classifier(keras.Model):
         super().__init__(**kwargs)
         self.backbone, self.labels, self.head = backbone, tuple(labels), head
         self.architecture = BACKBONE_CLASSES[type(backbone).__name__]
+        attention_projections_as_matmul(backbone)
 
     def call(self, inputs, training=False):
         feed = backbone_inputs(self.architecture, inputs["input_ids"], inputs["attention_mask"])
@@ -462,6 +465,42 @@ def float32_copy(model):
 
 def logits_dtype(model) -> str:
     return model(dummy_inputs(), training=False).dtype.name
+
+
+# ----------------------------------------------------------------------------- attention's speed
+
+# KerasHub's attention (keras.layers.MultiHeadAttention) projects query, key and value
+# ("abc,cde->abde") and its output ("abcd,cde->abe") with EinsumDense. On TensorFlow's CPU
+# kernels the Einsum op and its gradient are slower than the same product as one 2-D MatMul,
+# which is what transformers' BERT ran: the main part of the new stack's slower training step
+# (docs/results.md, "Where the time goes"). Keras offers no switch for it, so these two
+# equations run as reshape -> MatMul -> reshape on the layer's own kernel and bias: the
+# weights, their names and paths, saved presets and checkpoints are unchanged.
+MATMUL_EQUATIONS = {"abc,cde->abde": 1, "abcd,cde->abe": 2}  # equation -> the kernel's input axes
+
+
+def _projection_as_matmul(self, inputs, training=None):
+    """EinsumDense.call for MATMUL_EQUATIONS: the same product, as a 2-D MatMul."""
+    kernel = self.kernel  # the compute dtype's (Layer.__call__ casts it under a mixed policy)
+    n_in = MATMUL_EQUATIONS[self.equation]
+    fan_in = math.prod(kernel.shape[:n_in])
+    outputs = tf.matmul(tf.reshape(inputs, [-1, fan_in]), tf.reshape(kernel, [fan_in, -1]))
+    outputs = tf.reshape(outputs, tf.concat([tf.shape(inputs)[:2], kernel.shape[n_in:]], 0))
+    if self.bias is not None:
+        outputs = outputs + self.bias
+    return self.activation(outputs) if self.activation is not None else outputs
+
+
+def attention_projections_as_matmul(backbone) -> int:
+    """Run `backbone`'s attention projections as 2-D MatMuls (see above); returns how many.
+    A LoRA or quantized layer keeps Keras's own call."""
+    count = 0
+    for layer in backbone._flatten_layers():
+        if (type(layer) is keras.layers.EinsumDense and layer.equation in MATMUL_EQUATIONS
+                and not layer.lora_enabled and layer.quantization_mode is None):
+            layer.call = types.MethodType(_projection_as_matmul, layer)
+            count += 1
+    return count
 
 
 # ----------------------------------------------------------------------------- parts

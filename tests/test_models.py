@@ -88,3 +88,43 @@ def test_logits_are_float32_under_every_policy(tiny_bert):
             assert models.logits_dtype(model) == "float32"
         finally:
             keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("architecture", ["distilbert", "bert"])
+def test_attention_projections_run_as_matmul_and_compute_what_einsum_does(architecture, tiny_distilbert, tiny_bert):
+    """The attention projections' 2-D MatMuls (models.attention_projections_as_matmul) give
+    Keras's EinsumDense logits and gradients, in float32 and under mixed_bfloat16, and the
+    traced graph runs each of them as a 2-D MatMul (the speed: docs/results.md)."""
+    from common.env import keras, tf
+    folder = {"distilbert": tiny_distilbert, "bert": tiny_bert}[architecture]
+    ids = np.array([[101, 2000, 3000, 4000, 102, 0, 0], [101, 2500, 2600, 102, 0, 0, 0]], np.int32)
+    inputs = {"input_ids": tf.constant(ids), "attention_mask": tf.constant((ids > 0).astype(np.int32))}
+    for policy, tolerance in (("float32", 1e-5), ("mixed_bfloat16", 2e-2)):
+        keras.mixed_precision.set_global_policy(policy)
+        try:
+            model = models.build_classifier(folder, LABELS)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+
+        def logits_and_gradients():
+            with tf.GradientTape() as tape:
+                logits = model(inputs, training=False)
+                loss = tf.reduce_sum(logits * logits)
+            return logits.numpy(), [tf.convert_to_tensor(g).numpy()
+                                    for g in tape.gradient(loss, model.trainable_variables)]
+
+        def matmuls():  # 2-D MatMul ops in the traced graph (Keras's einsum traces as BatchMatMulV2)
+            graph = tf.function(lambda x: model(x, training=True)).get_concrete_function(inputs).graph
+            return sum(op.type == "MatMul" for op in graph.get_operations())
+
+        patched = [layer for layer in model._flatten_layers() if "call" in vars(layer)]
+        assert len(patched) == 4 * 2  # query, key, value, output in each of the 2 blocks
+        with_matmuls = matmuls()
+        logits, gradients = logits_and_gradients()
+        for layer in patched:
+            del layer.call  # Keras's own EinsumDense.call again
+        assert with_matmuls - matmuls() == 8
+        want_logits, want_gradients = logits_and_gradients()
+        np.testing.assert_allclose(logits, want_logits, atol=tolerance * np.abs(want_logits).max())
+        for got, want in zip(gradients, want_gradients):
+            np.testing.assert_allclose(got, want, atol=tolerance * max(np.abs(want).max(), 1e-6))
