@@ -117,3 +117,36 @@ def test_notebook_recipe_builds_the_notebooks_optimizer_and_flags_override_it(ti
                                                         for l in embeddings for w in l.weights)
     x, _ = next(iter(run.splits.train))
     assert tuple(x["input_ids"].shape) == (8, 32)  # every batch padded to --max-length, batch 8
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_fused_adamw_trains_as_keras_adamw_does(replicas):
+    """optim.FusedAdamW (TensorFlow's fused Adam kernel) leaves the weights, m and v where
+    Keras's AdamW leaves them after six steps with a decaying rate, weight decay and
+    global-norm clipping, on one device and mirrored over two; and its step runs the fused
+    kernel, one per variable."""
+    from common.env import tf
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:replicas]
+    strategy = tf.distribute.MirroredStrategy(devices) if replicas > 1 else tf.distribute.get_strategy()
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((8, 6)).astype("float32"), rng.integers(0, 3, 8)
+    state = {}
+    for kind in (keras.optimizers.AdamW, optim.FusedAdamW):
+        with strategy.scope():
+            keras.utils.set_random_seed(1)
+            model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, activation="relu"),
+                                      keras.layers.Dense(3)])
+            optimizer = kind(learning_rate=keras.optimizers.schedules.PolynomialDecay(1e-2, 10, 0.0),
+                             weight_decay=0.1, global_clipnorm=0.5)
+            optimizer.exclude_from_weight_decay(var_names=["bias"])
+            model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(x, y, batch_size=4, epochs=3, shuffle=False, verbose=0)
+        state[kind] = [v.numpy() for v in model.weights + optimizer.variables]
+        if kind is optim.FusedAdamW and replicas == 1:
+            specs = [tf.TensorSpec(v.shape) for v in model.trainable_variables]
+            step = tf.function(lambda grads: optimizer.apply(grads, model.trainable_variables))
+            graph = step.get_concrete_function(specs).graph  # traced, not run
+            assert sum(op.type == "ResourceApplyAdam" for op in graph.get_operations()) == len(specs)
+    assert int(state[optim.FusedAdamW][len(model.weights)]) == 6  # the iterations: six steps taken
+    for fused, plain in zip(state[optim.FusedAdamW], state[keras.optimizers.AdamW]):
+        np.testing.assert_allclose(fused, plain, rtol=1e-5, atol=1e-6)  # summed in another order
