@@ -81,10 +81,10 @@ def _bias_add_grad_accumulated_in_float32(op, grad):
     float32; TF 2.15 and 2.21 alike), so every bias that Keras adds with BiasAdd got a
     gradient far off on batch x sequence rows under mixed_bfloat16 (docs/precision.md has
     the figures). Keras 3 adds a Dense bias with `ops.add`, which on TensorFlow becomes
-    tf.nn.bias_add (a BiasAdd op) wherever the bias is a vector along the last axis: every
-    Dense of KerasHub's encoder blocks (the attention output and the two feed-forward
-    layers) and of our heads; the attention's query/key/value biases ([heads, size]) are a
-    plain add, whose gradient is a Sum that accumulates in float32 already. A cast, a float32
+    tf.nn.bias_add (a BiasAdd op) wherever the bias is a vector along the last axis: the two
+    feed-forward Dense layers of KerasHub's encoder blocks and our heads' Dense layers; the
+    attention's projections, which common/models.py runs as 2-D MatMuls, add their biases
+    with a plain add, whose gradient is a Sum that accumulates in float32 already. A cast, a float32
     Sum and a cast back cost little and give BiasAdd's the same. TF has no public way to
     replace a built-in op's gradient, hence the registry entry below."""
     data_format = None if op.type == "BiasAddV1" else op.get_attr("data_format")

@@ -470,12 +470,14 @@ def logits_dtype(model) -> str:
 # ----------------------------------------------------------------------------- attention's speed
 
 # KerasHub's attention (keras.layers.MultiHeadAttention) projects query, key and value
-# ("abc,cde->abde") and its output ("abcd,cde->abe") with EinsumDense. On TensorFlow's CPU
-# kernels the Einsum op and its gradient are slower than the same product as one 2-D MatMul,
-# which is what transformers' BERT ran: the main part of the new stack's slower training step
-# (docs/results.md, "Where the time goes"). Keras offers no switch for it, so these two
-# equations run as reshape -> MatMul -> reshape on the layer's own kernel and bias: the
-# weights, their names and paths, saved presets and checkpoints are unchanged.
+# ("abc,cde->abde") and its output ("abcd,cde->abe") with EinsumDense, which TensorFlow runs
+# as an Einsum op (as fit() traces it, the length unknown) or, where the length is known, a
+# batched product broadcasting the kernel over the batch: slower on a CPU, with their
+# gradients, than the same product as one 2-D MatMul, which
+# is what transformers' BERT ran (docs/results.md, "Where the time goes"). Keras offers no
+# switch for it, so these two equations run as reshape -> MatMul -> reshape on the layer's
+# own kernel and bias: the weights, their names and paths, saved presets and checkpoints are
+# unchanged. Only the instances a Classifier holds change, so plain KerasHub is untouched.
 MATMUL_EQUATIONS = {"abc,cde->abde": 1, "abcd,cde->abe": 2}  # equation -> the kernel's input axes
 
 

@@ -167,7 +167,7 @@ def main(argv=None):
     text = (f"# Study: the notebook's experiments, {args.seeds} seed{'s' if args.seeds > 1 else ''} each\n\n"
             f"Encoder(s) {', '.join(f'`{m}`' for m in models)}, {args.epochs} epochs, --split {args.split}, "
             f"--recipe {args.recipe} (`{describe(args.recipe)}`), more flags: "
-            f"`{' '.join(args.extra) or '(none)'}`. Mean ± sample std over seeds. \"notebook\": the notebook's "
+            f"`{errors.shell_join(args.extra) or '(none)'}`. Mean ± sample std over seeds. \"notebook\": the notebook's "
             f"own figure (DistilBERT, one run, a Colab GPU; ../shared/notebook-figures.md), shown only under "
             f"--split notebook, where its test sentences are ours. Wall time of this "
             f"invocation: {wall / 60:.1f} min (runs already done before it are not counted).\n\n"

@@ -113,8 +113,9 @@ def test_attention_projections_run_as_matmul_and_compute_what_einsum_does(archit
             return logits.numpy(), [tf.convert_to_tensor(g).numpy()
                                     for g in tape.gradient(loss, model.trainable_variables)]
 
-        def matmuls():  # 2-D MatMul ops in the traced graph (Keras's einsum traces as BatchMatMulV2)
-            graph = tf.function(lambda x: model(x, training=True)).get_concrete_function(inputs).graph
+        def matmuls():  # 2-D MatMul ops in the graph traced as fit() traces it: batch and length unknown
+            spec = {k: tf.TensorSpec([None, None], tf.int32) for k in inputs}
+            graph = tf.function(lambda x: model(x, training=True)).get_concrete_function(spec).graph
             return sum(op.type == "MatMul" for op in graph.get_operations())
 
         patched = [layer for layer in model._flatten_layers() if "call" in vars(layer)]

@@ -166,8 +166,8 @@ def test_bf16_and_fp16_training_steps_stay_within_rounding_of_fp32(architecture,
     same seed, the hidden states stay within 2% (the masks are float32's).
     Each of common/distribute.py's two repairs is still needed on TensorFlow 2.21 + Keras
     3.15, and the check says so with it turned off: TensorFlow's BiasAddGrad kernel sums
-    bf16 in bf16 on CPUs (the attention output's and the feed-forward output's bias
-    gradients 17-31% off: bf16-tf-bias-grad), and Keras 3 draws bf16 dropout masks of its
+    bf16 in bf16 on CPUs (the feed-forward layers' bias gradients 16-31% off:
+    bf16-tf-bias-grad), and Keras 3 draws bf16 dropout masks of its
     own (the hidden states ~45% off: bf16-keras-dropout)."""
     from eval import precision_check
     model = {"distilbert": tiny_distilbert, "bert": tiny_bert}[architecture]

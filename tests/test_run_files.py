@@ -358,11 +358,12 @@ def test_a_cloud_jobs_run_folder_with_its_staged_data_trains(tiny_distilbert, da
 
 def words_in_bash(command: str, cwd) -> list:
     """The words bash reads from `command` pasted into it (what a user's shell does with a
-    printed command), without running it: bash expands it as a command's arguments."""
+    printed command), as the arguments of `set --` instead of a command to run: anything in
+    it that would run (an unquoted `$()`) runs here too, in `cwd`."""
     p = subprocess.run(["bash", "-c", 'eval "set -- $1"; printf "%s\\0" "$@"', "bash", command], cwd=cwd,
-                       capture_output=True, text=True, timeout=30)
+                       capture_output=True, timeout=30)
     assert p.returncode == 0, p.stderr
-    return p.stdout.split("\0")[:-1]
+    return p.stdout.decode().split("\0")[:-1]  # bytes: text mode would turn a \r into \n
 
 
 def test_the_commands_a_run_prints_work_when_pasted_whatever_its_folder_is_called(tiny_distilbert, data_dir,
