@@ -126,8 +126,9 @@ def test_fused_adamw_trains_as_keras_adamw_does(replicas):
     global-norm clipping, on one device and mirrored over two; and its step runs the fused
     kernel, one per variable."""
     from common.env import tf
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:replicas]
-    strategy = tf.distribute.MirroredStrategy(devices) if replicas > 1 else tf.distribute.get_strategy()
+    from common import distribute
+    # the process's one strategy over these devices: a second one reuses collective instance keys
+    strategy = distribute._mirrored(["/cpu:0", "/cpu:1"]) if replicas > 1 else tf.distribute.get_strategy()
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((8, 6)).astype("float32"), rng.integers(0, 3, 8)
     state = {}
