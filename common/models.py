@@ -473,8 +473,8 @@ def logits_dtype(model) -> str:
 # ("abc,cde->abde") and its output ("abcd,cde->abe") with EinsumDense, which TensorFlow runs
 # as an Einsum op (as fit() traces it, the length unknown) or, where the length is known, a
 # batched product broadcasting the kernel over the batch: slower on a CPU, with their
-# gradients, than the same product as one 2-D MatMul, which
-# is what transformers' BERT ran (docs/results.md, "Where the time goes"). Keras offers no
+# gradients, than the same product as one 2-D MatMul, which is what transformers' BERT
+# ran (docs/results.md, "Where the time goes"). Keras offers no
 # switch for it, so these two equations run as reshape -> MatMul -> reshape on the layer's
 # own kernel and bias: the weights, their names and paths, saved presets and checkpoints are
 # unchanged. Only the instances a Classifier holds change, so plain KerasHub is untouched.
@@ -493,16 +493,13 @@ def _projection_as_matmul(self, inputs, training=None):
     return self.activation(outputs) if self.activation is not None else outputs
 
 
-def attention_projections_as_matmul(backbone) -> int:
-    """Run `backbone`'s attention projections as 2-D MatMuls (see above); returns how many.
-    A LoRA or quantized layer keeps Keras's own call."""
-    count = 0
+def attention_projections_as_matmul(backbone) -> None:
+    """Run `backbone`'s attention projections as 2-D MatMuls (see above). A LoRA or quantized
+    layer keeps Keras's own call."""
     for layer in backbone._flatten_layers():
         if (type(layer) is keras.layers.EinsumDense and layer.equation in MATMUL_EQUATIONS
                 and not layer.lora_enabled and layer.quantization_mode is None):
             layer.call = types.MethodType(_projection_as_matmul, layer)
-            count += 1
-    return count
 
 
 # ----------------------------------------------------------------------------- parts
