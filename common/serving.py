@@ -9,6 +9,7 @@ Only WordPiece (BERT-family) tokenizers are exported: the graph frames each text
 [CLS] pieces [SEP], as eval/predict.py does (common/token_cache.py); another tokenizer
 would need another framing, so export refuses it instead.
 """
+import functools
 import os
 
 from common.env import tf
@@ -36,9 +37,13 @@ class SentimentServer(tf.Module):
         """model: the run's float32 classifier; tokenizer: its KerasHub WordPiece tokenizer
         (check_tokenizer); labels: class names in id order."""
         super().__init__()
-        # Tracked as they are: a Keras 3 model saves its variables only (no per-layer call
-        # traces, as Keras 2 made), the tokenizer its vocabulary inside the graph.
-        self.model = model
+        # The model's variables are tracked, the Keras model is not: tf.saved_model.save would
+        # walk every one of its layers and trace Keras 3's own signature for it, which nothing
+        # here serves (~2 s a save; docs/performance.md). The graph below captures the same
+        # variables, so the SavedModel holds them either way. The tokenizer keeps its
+        # vocabulary inside the graph.
+        self.model_variables = list(model.variables)
+        self._classify = functools.partial(model, training=False)
         self.tokenizer = tokenizer
         self.cls, self.sep, self.pad = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
         self.max_length = int(max_length)
@@ -79,7 +84,7 @@ class SentimentServer(tf.Module):
                 "attention_mask": tf.ones_like(ids).to_tensor(default_value=0)}
 
     def _label(self, inputs):
-        logits = tf.cast(self.model(inputs, training=False), tf.float32)
+        logits = tf.cast(self._classify(inputs), tf.float32)
         probs = tf.nn.softmax(logits / self.temperature, axis=-1)
         label_id = tf.argmax(probs, axis=-1, output_type=tf.int32)
         return {"label_id": label_id, "label": tf.gather(self.labels, label_id), "probabilities": probs}
