@@ -46,7 +46,7 @@ def export_serving(run_dir: str) -> dict:
     try:
         path = serving.export_serving(run_dir)
     except ModelError as e:
-        print(f"note: no {serving.SERVING}/ export: {e}")
+        print(f"note: no {runs.SERVING}/ export: {e}")
         return {"exported": False, "why": str(e)}
     print(f"serving SavedModel -> {path} ({time.time() - start:.1f} s)")
     return {"exported": True, "seconds": time.time() - start}

@@ -15,7 +15,6 @@ import os
 from common.env import tf
 from common.errors import ModelError
 
-SERVING = "serving"
 SIGNATURE = "serving_default"
 
 
@@ -99,7 +98,7 @@ def export_serving(run_dir: str) -> str:
     check_tokenizer(run.tokenizer)  # refuse before loading any weights
     model = run.load_model("fp32")  # portable: any CPU or GPU serves it
     server = SentimentServer(model, run.tokenizer, run.max_length, run.temperature, run.labels)
-    final = os.path.join(run_dir, SERVING)
+    final = os.path.join(run_dir, runs.SERVING)
     tmp = runs.staging_dir(final)
     tf.saved_model.save(server, tmp, signatures={SIGNATURE: server.serve})
     runs.publish_dir(tmp, final)

@@ -474,9 +474,8 @@ def check_finished(run_dir: str, is_chief: bool = True) -> None:
         if is_chief and not os.path.exists(os.path.join(run_dir, model_card.CARD)):
             model_card.write_for_run(run_dir)
         shutil.rmtree(os.path.join(run_dir, runs.BACKUP), ignore_errors=True)
-        from common.serving import SERVING
-        serving = "" if os.path.isdir(os.path.join(run_dir, SERVING)) else \
-            f"; its {SERVING}/ (a --no-serving run): python eval/export.py {errors.shell_quote(run_dir)}"
+        serving = "" if os.path.isdir(os.path.join(run_dir, runs.SERVING)) else \
+            f"; its {runs.SERVING}/ (a --no-serving run): python eval/export.py {errors.shell_quote(run_dir)}"
         raise NothingToDo(f"the run in {run_dir} has finished already ({runs.METRICS}, {runs.MODEL}/): nothing to "
                           f"do. Next: python eval/evaluate.py {errors.shell_quote(run_dir)}{serving}; to train again, pass "
                           f"a new --run-dir")

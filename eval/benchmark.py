@@ -41,12 +41,12 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import REPO_ROOT, config, errors, phrasebank  # noqa: E402  (no TensorFlow: the recipes run in their own processes)
+from common import REPO_ROOT, config, errors, phrasebank, runs  # noqa: E402  (no TensorFlow: the recipes run in their own processes)
 
 # The recipes: common/recipes.py (the train scripts' --recipe), so the benchmark measures
 # exactly what `train/full_finetune.py --recipe NAME` runs.
 from common.recipes import RECIPES, describe  # noqa: E402
-PREDICT_WAYS = ("predict.py", "serving")
+PREDICT_WAYS = ("predict.py", runs.SERVING)
 TRAIN_SCRIPT = os.path.join(REPO_ROOT, "train", "full_finetune.py")
 
 
@@ -231,7 +231,7 @@ def measure_prediction(args) -> dict:
     else:
         import tensorflow as tf  # only TensorFlow and tensorflow-text, as a serving process would
         import tensorflow_text  # noqa: F401
-        fn = tf.saved_model.load(os.path.join(run_dir, "serving")).signatures["serving_default"]
+        fn = tf.saved_model.load(os.path.join(run_dir, runs.SERVING)).signatures["serving_default"]
         precision = "fp32"
 
         from common.data import length_order  # NumPy only: no model, no KerasHub
@@ -270,7 +270,7 @@ def predict_benchmark(args) -> list:
         gone = " (transformers' pipeline left with transformers, whose TensorFlow classes ended with 4.57)" \
             if "pipeline" in unknown else ""
         raise errors.FlagError(f"--ways: unknown {sorted(unknown)}{gone}; choose from {','.join(PREDICT_WAYS)}")
-    if "serving" in ways and not os.path.isdir(os.path.join(args.predict, "serving")):  # a --no-serving run
+    if runs.SERVING in ways and not os.path.isdir(os.path.join(args.predict, runs.SERVING)):  # a --no-serving run
         raise errors.FlagError(f"--predict {args.predict}: no serving/ to benchmark (a --no-serving run); write it "
                                f"with python eval/export.py {errors.shell_quote(args.predict)}, or pass --ways predict.py")
     results = []

@@ -6,7 +6,8 @@ calibration was part of training; newer runs are calibrated when they finish).
 
 Writes runs/<run>/calibration.json (the temperature; ECE, NLL, Brier before and after on
 validation and test), reliability.png and a TensorBoard image; then rewrites serving/ so
-it applies the new temperature (eval/export.py does that alone).
+it applies the new temperature (eval/export.py does that alone). A --no-serving run stays
+without serving/: eval/export.py writes it when you want it.
 """
 import argparse
 import os
@@ -40,12 +41,17 @@ def main(argv=None):
         ids, _ = run.encode([s for s, _ in rows[part]])
         split_logits[part] = run.logits(ids, args.batch_size)
         split_labels[part] = [l for _, l in rows[part]]
-    # calibrate, then re-export serving/ with the temperature (not while another process writes the folder)
+    # calibrate, then re-export serving/ with the temperature (not while another process writes the folder);
+    # a run made without serving/ (--no-serving) is not given one
     with run_lock.held(args.run_dir):
         writer = tf.summary.create_file_writer(os.path.join(args.run_dir, runs.TB, "calibration"))
         out = calibration.calibrate(args.run_dir, split_logits, split_labels, writer)
         print(calibration.summary(out))
-        report.export_serving(args.run_dir)
+        if os.path.isdir(os.path.join(args.run_dir, runs.SERVING)):
+            report.export_serving(args.run_dir)
+        else:
+            print(f"no {runs.SERVING}/ in this run (--no-serving): python eval/export.py "
+                  f"{errors.shell_quote(args.run_dir)} writes one with this temperature")
     return out
 
 

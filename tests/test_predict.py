@@ -261,11 +261,12 @@ def test_calibrate_and_export_rebuild_an_older_run(tiny_run, tmp_path, test_sent
     """A run from before calibration: no calibration.json, serving/ without a temperature.
     eval/calibrate.py fits T on validation and re-exports serving/ with it."""
     import shutil
-    from common import calibration, runs
+    from common import calibration, runs, serving
     from eval import calibrate
     old = tmp_path / "old"
     shutil.copytree(tiny_run, old, ignore=shutil.ignore_patterns("serving", "calibration.json", "reliability.png"))
     assert calibration.temperature_of(str(old)) == 1.0
+    serving.export_serving(str(old))  # its serving/ as it was: T = 1
     report = calibrate.main([str(old)])
     t = runs.read_json(str(old / "calibration.json"))["temperature"]
     assert t == report["temperature"] and t != 1.0
@@ -277,14 +278,17 @@ def test_calibrate_and_export_rebuild_an_older_run(tiny_run, tmp_path, test_sent
 def test_a_no_serving_run_writes_no_serving_and_export_adds_it_later(tiny_distilbert, data_dir, tmp_path,
                                                                      test_sentences):
     """--no-serving (the study scripts' runs): the run finishes without serving/, says so in
-    metrics.json, and eval/export.py writes it afterwards, serving what predict's path gives."""
-    from eval import export
+    metrics.json, eval/calibrate.py does not add one, and eval/export.py writes it afterwards,
+    serving what predict's path gives."""
+    from eval import calibrate, export
     run = tmp_path / "run"
     call_main("train/full_finetune.py", "--model", tiny_distilbert, "--data", data_dir, "--train-examples", 64,
               "--epochs", 1, "--precision", "fp32", "--no-serving", "--run-dir", run)
     assert (run / "model").is_dir() and not (run / "serving").exists()
     m = json.loads((run / "metrics.json").read_text())
     assert m["serving"] == {"exported": False, "why": "--no-serving (eval/export.py writes it)"}
+    calibrate.main([str(run)])
+    assert not (run / "serving").exists()
     export.main([str(run)])
     served = serve_in_fresh_process(str(run / "serving"), test_sentences[:20], tmp_path)
     probs, _, _ = FinishedRun.open(str(run)).probabilities(test_sentences[:20])
