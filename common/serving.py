@@ -38,9 +38,9 @@ class SentimentServer(tf.Module):
         super().__init__()
         # The model's variables are tracked, the Keras model is not: tf.saved_model.save would
         # walk every one of its layers and trace Keras 3's own signature for it, which nothing
-        # here serves (~2 s a save; docs/performance.md). The graph below captures the same
-        # variables, so the SavedModel holds them either way. The tokenizer keeps its
-        # vocabulary inside the graph.
+        # here serves (~2 s a save; docs/performance.md). This list is what lets the save find
+        # the variables the graph below captures. The tokenizer keeps its vocabulary inside
+        # the graph.
         self.model_variables = list(model.variables)
         self._classify = functools.partial(model, training=False)
         self.tokenizer = tokenizer

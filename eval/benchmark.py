@@ -157,7 +157,6 @@ def steady_state(args) -> list:
 def train_to_end(args, name: str, run_dir: str) -> dict:
     """One recipe through train/full_finetune.py in a new process; its output streams
     through with a [recipe] prefix. Wall time: process start -> metrics.json written."""
-    from common import runs
     cmd = [sys.executable, TRAIN_SCRIPT, "--recipe", name, "--model", args.model, "--data", args.data,
            "--agreement", args.agreement, "--epochs", str(args.epochs), "--seed", str(args.seed), "--run-dir", run_dir]
     if args.train_examples:
@@ -179,7 +178,6 @@ def train_to_end(args, name: str, run_dir: str) -> dict:
 
 
 def to_accuracy(args) -> list:
-    from common import runs
     out = args.out or os.path.join("runs", "benchmark-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
     names = args.recipes.split(",")
     results = [train_to_end(args, name, os.path.join(out, name)) for name in names]
@@ -262,7 +260,6 @@ def measure_prediction(args) -> dict:
 
 
 def predict_benchmark(args) -> list:
-    from common import runs
     runs.load_run(args.predict, "--predict")
     ways = args.ways.split(",")
     unknown = set(ways) - set(PREDICT_WAYS)

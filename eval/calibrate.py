@@ -50,7 +50,7 @@ def main(argv=None):
         if os.path.isdir(os.path.join(args.run_dir, runs.SERVING)):
             report.export_serving(args.run_dir)
         else:
-            print(f"no {runs.SERVING}/ in this run (--no-serving): python eval/export.py "
+            print(f"no {runs.SERVING}/ in this run (made with --no-serving, or removed): python eval/export.py "
                   f"{errors.shell_quote(args.run_dir)} writes one with this temperature")
     return out
 

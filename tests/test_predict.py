@@ -258,7 +258,7 @@ def test_finished_run_figures_are_float32_whatever_the_global_policy(tiny_run):
 
 @pytest.mark.slow
 def test_calibrate_and_export_rebuild_an_older_run(tiny_run, tmp_path, test_sentences):
-    """A run from before calibration: no calibration.json, serving/ without a temperature.
+    """A run from before calibration: no calibration.json, serving/ at T = 1.
     eval/calibrate.py fits T on validation and re-exports serving/ with it."""
     import shutil
     from common import calibration, runs, serving
@@ -276,7 +276,7 @@ def test_calibrate_and_export_rebuild_an_older_run(tiny_run, tmp_path, test_sent
 
 
 def test_a_no_serving_run_writes_no_serving_and_export_adds_it_later(tiny_distilbert, data_dir, tmp_path,
-                                                                     test_sentences):
+                                                                     test_sentences, capsys):
     """--no-serving (the study scripts' runs): the run finishes without serving/, says so in
     metrics.json, eval/calibrate.py does not add one, and eval/export.py writes it afterwards,
     serving what predict's path gives."""
@@ -287,8 +287,10 @@ def test_a_no_serving_run_writes_no_serving_and_export_adds_it_later(tiny_distil
     assert (run / "model").is_dir() and not (run / "serving").exists()
     m = json.loads((run / "metrics.json").read_text())
     assert m["serving"] == {"exported": False, "why": "--no-serving (eval/export.py writes it)"}
+    capsys.readouterr()
     calibrate.main([str(run)])
     assert not (run / "serving").exists()
+    assert f"python eval/export.py {run} writes one" in capsys.readouterr().out  # what to run instead
     export.main([str(run)])
     served = serve_in_fresh_process(str(run / "serving"), test_sentences[:20], tmp_path)
     probs, _, _ = FinishedRun.open(str(run)).probabilities(test_sentences[:20])
