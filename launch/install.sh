@@ -80,11 +80,13 @@ if [ -x "$VENV/bin/python" ] && supported "$VENV/bin/python"; then
     log "reusing $VENV (Python $(version_of "$VENV/bin/python"))"
 else
     [ ! -e "$VENV" ] || die "$VENV exists but is not a Python 3.11-3.13 venv: remove it, or pass another --venv"
-    CANDIDATES=()  # the supported ones, newest first
-    for name in python3.13 python3.12 python3.11 python3; do
-        candidate=$(command -v "$name") || continue
-        supported "$candidate" || continue
-        CANDIDATES+=("$candidate")
+    CANDIDATES=()  # the supported ones, newest first by version (python3 may be newer than a python3.X here)
+    for version in 3.13 3.12 3.11; do
+        for name in "python$version" python3; do
+            candidate=$(command -v "$name") || continue
+            [ "$(version_of "$candidate")" = "$version" ] || continue
+            CANDIDATES+=("$candidate")
+        done
     done
     for candidate in "${CANDIDATES[@]}"; do  # the newest that has venv; else the first apt can give it
         if has_venv "$candidate"; then PYTHON=$candidate; break; fi

@@ -199,6 +199,26 @@ def test_install_without_a_python_it_can_use_nor_uv_nor_pip_is_one_line(tmp_path
 
 
 @pytest.mark.slow  # makes a venv and imports the stack in it: ~20 s
+def test_install_takes_the_newest_python_whatever_its_name(tmp_path):
+    """python3 newer than the python3.X beside it (a python3 linked to another install): the venv
+    is made with python3, the newest, not with the older one found first by its name. Each
+    stand-in reports its version; python3's venv is this suite's interpreter."""
+    calls = tmp_path / "venv-calls"
+
+    def python(version):
+        return f"""#!/bin/sh
+case "$*" in *version_info*) echo {version}; exit 0;; *"import venv, ensurepip"*) exit 0;; esac
+[ "$1 $2" = "-m venv" ] && echo "python {version} -m venv" >> {calls} && exec {sys.executable} {STANDIN_VENV} "$3"
+exit 2
+"""
+    path = _machine(tmp_path, python3=python("3.13"), **{"python3.11": python("3.11")})
+    p = _install(tmp_path, path)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert f"creating {tmp_path / 'venv'} with {path}/python3 (Python 3.13)" in p.stdout, p.stdout[:2000]
+    assert calls.read_text().splitlines() == ["python 3.13 -m venv"]
+
+
+@pytest.mark.slow  # makes a venv and imports the stack in it: ~20 s
 def test_install_puts_the_missing_venv_module_in_with_apt(tmp_path):
     """Ubuntu 24.04: /usr/bin/python3 is python3.12, whose venv module is the separate
     python3.12-venv package. The stand-in is this suite's interpreter (3.12 in the README's
