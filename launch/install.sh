@@ -45,7 +45,8 @@ trap 'rm -rf "$SCRATCH"' EXIT
 trap 'die "stopped at line $LINENO of $0 (the command above failed)"' ERR
 
 version_of() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || true; }
-supported() { case "$(version_of "$1")" in 3.11|3.12|3.13) return 0;; esac; return 1; }
+SUPPORTED="3.13 3.12 3.11"  # the Pythons the stack installs on, newest first (the order candidates are tried in)
+supported() { case " $SUPPORTED " in *" $(version_of "$1") "*) return 0;; esac; return 1; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo -n "$@"; else return 1; fi; }
 has_venv() { "$1" -c 'import venv, ensurepip' >/dev/null 2>&1; }
 ensure_venv() {  # PYTHON: make sure it can create a venv (Debian/Ubuntu ship that module apart)
@@ -81,7 +82,7 @@ if [ -x "$VENV/bin/python" ] && supported "$VENV/bin/python"; then
 else
     [ ! -e "$VENV" ] || die "$VENV exists but is not a Python 3.11-3.13 venv: remove it, or pass another --venv"
     CANDIDATES=()  # the supported ones, newest first by version (python3 may be newer than a python3.X here)
-    for version in 3.13 3.12 3.11; do
+    for version in $SUPPORTED; do
         for name in "python$version" python3; do
             candidate=$(command -v "$name") || continue
             [ "$(version_of "$candidate")" = "$version" ] || continue
