@@ -174,6 +174,14 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     """Defaults shown beside each flag, and the description's examples kept line by line."""
 
 
+def sets_flag(token: str, flag: str) -> bool:
+    """Whether a command-line word sets `flag`: whole, as --flag=VALUE, or shortened, as
+    argparse takes any unambiguous prefix (--mod for --model). For scripts that pass a user's
+    flags on to a train script and set some flags themselves."""
+    name = token.split("=", 1)[0]
+    return len(name) > 2 and name.startswith("--") and flag.startswith(name)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, with a bad flag reported on one line (the flag, the fix) instead of the usage
     block; and --recipe: its preset becomes the defaults, so flags on the command line win."""

@@ -11,7 +11,8 @@ memory, so eval/export.py can write it again for any finished run.
 import os
 import re
 
-from common import calibration, errors, metrics, phrasebank, runs, sources
+from common import calibration, errors, metrics, phrasebank, runs, sources, summary
+from common.errors import RunDirError
 
 CARD = "README.md"
 CONFUSION_PNG = "confusion_matrix.png"
@@ -35,11 +36,19 @@ def license_of(flags, given: str = "") -> str:
 def card_license(path: str) -> str:
     """The license in a card's front matter ('unknown' where it states none, or 'other'
     with license_name unknown)."""
+    import yaml
     from huggingface_hub import ModelCard
-    data = ModelCard.load(path).data.to_dict()
+    fix = (f"mend its front matter (the lines between the two ---), or delete the file and write it again: python "
+           f"eval/export.py {errors.shell_quote(os.path.dirname(path) or '.')} (own data: with --license ID)")
+    try:
+        data = ModelCard.load(path).data.to_dict()
+    except (ValueError, yaml.YAMLError) as e:  # a card edited by hand: not YAML, or not a mapping
+        raise RunDirError(f"{path}: its front matter does not read as YAML ({errors.first_line(e)}); {fix}") from None
     lic = data.get("license") or UNKNOWN_LICENSE
     if lic == "other":
-        return data.get("license_name") or UNKNOWN_LICENSE
+        lic = data.get("license_name") or UNKNOWN_LICENSE
+    if not isinstance(lic, str):
+        raise RunDirError(f"{path}: its license is {lic!r}, not a name (e.g. cc-by-4.0); {fix}")
     return lic
 
 
@@ -66,7 +75,7 @@ def write(run_dir: str, license: str = "", published_as: str = "", folder: str =
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
     config = runs.load_run(run_dir, need_model=False)
     flags = runs.run_flags(config)
-    m = runs.read_run_json(os.path.join(run_dir, runs.METRICS), f"train the run again ({runs.METRICS} is gone)")
+    m = summary.read_metrics(run_dir)  # (its figures checked: a file edited by hand is one line, not a traceback)
     cal = calibration.read(run_dir)
     folder = folder or run_dir
     resolved = config.get("resolved", {})

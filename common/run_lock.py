@@ -52,9 +52,13 @@ class Lock:
         import atexit
         self.run_dir, self.path, self.flag = run_dir, os.path.join(run_dir, LOCK), flag
         self.created = not os.path.exists(run_dir)
-        os.makedirs(run_dir, exist_ok=True)
         self._guard = threading.Lock()  # the heartbeat thread writes the same file descriptor
-        self.fd = self._acquire()
+        try:
+            os.makedirs(run_dir, exist_ok=True)
+            self.fd = self._acquire()
+        except PermissionError as e:  # a folder the user may read but not write (another's runs/, a read-only mount)
+            raise RunDirError(f"{flag} {run_dir}: cannot write {LOCK} there ({e.strerror}): the one writer's lock; "
+                              f"copy the folder to one you can write (cp -r) and pass that") from None
         holder, machine = self._holder(), this_machine()
         self.note = None
         if holder and not self._gone(holder, machine):

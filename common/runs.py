@@ -183,6 +183,8 @@ def read_run_json(path: str, fix: str) -> dict:
     calibration.json): cut short, not JSON or not an object is one line naming it and `fix`."""
     try:
         obj = read_json(path)
+    except FileNotFoundError:
+        raise RunDirError(f"{path}: missing; {fix}") from None
     except ValueError as e:  # (UnicodeDecodeError included)
         raise RunDirError(f"{path}: not valid JSON, cut short or edited ({e}); {fix}") from None
     if not isinstance(obj, dict):
@@ -272,6 +274,14 @@ def finished(run_dir: str) -> bool:
     return os.path.exists(os.path.join(run_dir, METRICS)) and os.path.isdir(os.path.join(run_dir, MODEL))
 
 
+def require_finished(run_dir: str, flag: str = "run folder") -> None:
+    """One line for a run stopped after model/ but before metrics.json (written last): what
+    reads its figures (the model card, a publish) needs them; its own command finishes it."""
+    if os.path.isdir(os.path.join(run_dir, MODEL)) and not os.path.exists(os.path.join(run_dir, METRICS)):
+        raise RunDirError(f"{flag} {run_dir}: the run did not finish (no {METRICS}, which is written last); rerun "
+                          f"its command (config.json 'argv') to finish it")
+
+
 def check_data_files(run_dir: str, now: dict, flag: str = "--run-dir",
                      fix: str = "restore the file to resume, or pass a new --run-dir", config: dict = None) -> None:
     """A run on own data resumes, and is evaluated, only on the files it started with
@@ -332,14 +342,28 @@ def write_config(run_dir: str, flags: dict, script: str, resolved: dict, devices
     })
 
 
+def finished_by(run_dir: str, command) -> bool:
+    """The run in run_dir finished, made by this command ([python, script, flags...]: its
+    config.json's argv is the flags). A study skips such a step; any other step runs, so that
+    the train script resumes it, or refuses a run made with other flags in one line (a study
+    rerun with other flags would otherwise report the old runs under the new command)."""
+    if not finished(run_dir):
+        return False
+    try:
+        return read_json(os.path.join(run_dir, CONFIG)).get("argv") == [str(c) for c in command[2:]]
+    except (OSError, ValueError, AttributeError):  # gone, or edited by hand: the train script says what is wrong
+        return False
+
+
 def run_study_steps(steps) -> None:
     """Run each step (description, run folder, command) of a study in order, skipping those
-    whose run folder already has metrics.json: rerunning a study resumes it. The commands are
-    project scripts; one that fails stops the study with its exit status (errors.run_child)."""
+    whose run folder holds the run its command finished (finished_by): rerunning a study
+    resumes it. The commands are project scripts; one that fails stops the study with its exit
+    status (errors.run_child)."""
     import time
     t_start = time.time()
     for k, (what, run_dir, cmd) in enumerate(steps, 1):
-        if os.path.exists(os.path.join(run_dir, METRICS)):
+        if finished_by(run_dir, cmd):
             print(f"[{k}/{len(steps)}] {what}: done already")
             continue
         print(f"[{k}/{len(steps)}] {what} ({time.time() - t_start:.0f}s so far): " + errors.shell_join(map(str, cmd[1:])),

@@ -11,7 +11,6 @@ uses) kept in one split. The drawn split is written into the run folder (SPLIT_F
 every later use of the run reads it from there.
 """
 import hashlib
-import json
 import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -157,6 +156,21 @@ def draw(rows, lines, seed: int, path: str, labels: tuple) -> dict:
             for part, chosen in (("train", train), ("validation", validation), ("test", test))}
 
 
+def kept_draw(path: str, drawn, lines, fix: str) -> dict:
+    """A run's recorded draw ({part: [line numbers]}), checked against its file's lines: every
+    line in exactly one part (a hand-edited draw would change the figures without a word)."""
+    from common.errors import RunDirError
+    parts = drawn if isinstance(drawn, dict) else {}
+    if set(parts) != set(PARTS) or not all(isinstance(v, list) and all(type(n) is int for n in v)
+                                           for v in parts.values()):
+        raise RunDirError(f"{path}: 'lines' is not {{{', '.join(PARTS)}: [line numbers]}}; {fix}")
+    given = [n for part in PARTS for n in parts[part]]
+    if len(given) != len(set(given)) or set(given) != set(lines):
+        raise RunDirError(f"{path}: its line numbers are not the file's lines, each in one part (a line in two "
+                          f"parts, or missing, or not in the file); {fix}")
+    return parts
+
+
 def own_splits(cfg, source: DataSource, split_path: str = None, record: bool = True) -> dict:
     """{part: [(text, label id)]} of own data, each part in its file's order. split_path: the
     run folder's SPLIT_FILE, read if it holds a draw of this very file and --split-seed (the
@@ -175,11 +189,12 @@ def own_splits(cfg, source: DataSource, split_path: str = None, record: bool = T
         this = {"file": storage.absolute(paths["train"]), "sha256": source.digests[storage.absolute(paths["train"])],
                 "split_seed": seed}
         kept = None
+        fix = "delete it, and the split is drawn again from the file and --split-seed"
         if split_path and os.path.exists(split_path):
-            with open(split_path, encoding="utf-8") as f:
-                kept = json.load(f)
+            from common import runs
+            kept = runs.read_run_json(split_path, fix)
         if kept and {k: kept.get(k) for k in this} == this:
-            drawn = kept["lines"]
+            drawn = kept_draw(split_path, kept.get("lines"), lines, fix)
         else:  # none yet, or one of another file or seed (a first attempt that stopped before training)
             drawn = draw(rows, lines, seed, paths["train"], labels)
             if split_path and record:

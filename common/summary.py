@@ -19,7 +19,8 @@ def find_runs(paths) -> list:
     """Finished run folders (with metrics.json) under the given folders, recursively."""
     found = []
     for p in paths:
-        for m in sorted(glob.glob(os.path.join(p, "**", runs.METRICS), recursive=True)):
+        # the folder as named, not as a pattern ('runs/lr[2]' is not runs/lr2; the shell expands the user's patterns)
+        for m in sorted(glob.glob(os.path.join(glob.escape(p), "**", runs.METRICS), recursive=True)):
             d = os.path.dirname(m)
             if os.path.exists(os.path.join(d, runs.CONFIG)):
                 found.append(d)

@@ -20,7 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import env  # noqa: E402,F401  (first)
-from common import config, errors, run_lock, serving  # noqa: E402
+from common import config, errors, run_lock, runs, serving  # noqa: E402
 
 
 def main(argv=None):
@@ -32,6 +32,8 @@ def main(argv=None):
     # refused in one line: a folder that is not a finished run, a file of it not as its run wrote it
     # (FinishedRun.open), a tokenizer the graph cannot reproduce (ModelError)
     with run_lock.held(args.run_dir):  # not while another process writes the run folder
+        runs.load_run(args.run_dir)  # (one line for a folder that is not a run, before the next check reads it)
+        runs.require_finished(args.run_dir)  # the card reads metrics.json: refused before serving/ is rewritten
         path = serving.export_serving(args.run_dir)
         from common import model_card
         card = model_card.write(args.run_dir, license=args.license)

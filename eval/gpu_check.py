@@ -106,8 +106,7 @@ def train(args, run_dir: str, precision: str, xla: str, on_gpu: bool) -> dict:
                "--seed", str(args.seed), "--precision", precision, "--xla", xla, *args.train_flags,
                "--run-dir", run_dir]
     host_mb = device_mb = None
-    done = os.path.exists(os.path.join(run_dir, runs.METRICS))
-    if not done or runs.read_json(os.path.join(run_dir, runs.CONFIG)).get("argv") != command[2:]:
+    if not runs.finished_by(run_dir, command):
         # not finished, or made by another command: the train script resumes it or refuses it in one line
         env = {**os.environ, **({"TF_FORCE_GPU_ALLOW_GROWTH": "true"} if on_gpu else {})}
         sampler = DeviceMemoryPeak() if on_gpu else None

@@ -17,8 +17,9 @@ Beside them, --phrasebank LEVELS runs the PhraseBank itself (its hash split) wit
 recipe. Each run is train/full_finetune.py --data FILE --recipe R --seed k (and the flags
 after `--`), the default recipe's runs first; the hf recipe runs with --padding longest,
 which trains as its fixed padding does (the mask hides the padding), and --precision auto,
-in a fraction of the time. Finished runs are kept, so rerunning resumes. Writes OUT/own-data.md: accuracy and macro-F1 (mean ± std, worst seed)
-per file and recipe, how often --restore-prior auto put the prior back, and (--decisions) the
+in a fraction of the time. Finished runs are kept, so rerunning resumes (the same --out with
+other flags, or with files a new --release writes differently, is refused: a new --out).
+Writes OUT/own-data.md: accuracy and macro-F1 (mean ± std, worst seed) per file and recipe, how often --restore-prior auto put the prior back, and (--decisions) the
 default runs' test macro-F1 under each post-training decision: the prior always or never put
 back, auto, and per-class logit offsets fitted on validation.
 """
@@ -57,11 +58,21 @@ def write_files(release: str, folder: str, seed: int = 0) -> dict:
         "two_class": [r for r in loose if names[r[1]] != "neutral"],
         "imbalanced": neutral + some("positive", len(neutral) // 10) + some("negative", len(neutral) // 20),
     }
+    import csv
+    import io
     paths = {}
     for name, rows in content.items():
-        path = os.path.join(folder, f"{name}.csv")
-        runs.write_csv(path, ["text", "label"], [[s, names[y]] for s, y in rows])
-        paths[name] = path
+        path = paths[name] = os.path.join(folder, f"{name}.csv")
+        text = io.StringIO(newline="")
+        csv.writer(text).writerows([["text", "label"], *[[s, names[y]] for s, y in rows]])
+        if os.path.exists(path):  # a rerun resumes the runs trained on it: it must be the same file
+            with open(path, encoding="utf-8", newline="") as f:
+                if f.read() != text.getvalue():
+                    raise errors.DataError(f"{path}: holds other rows than --release {release} gives (written from "
+                                           f"another release, or edited), and the runs beside it trained on it; pass "
+                                           f"a new --out")
+            continue
+        runs.write_text(path, text.getvalue())
     return paths
 
 
@@ -153,7 +164,7 @@ def main(argv=None):
     if args.seeds < 1:
         p.error(f"--seeds {args.seeds}: at least 1")
     for flag in ("--seed", "--run-dir", "--data", "--recipe", "--model", "--labels", "--agreement"):
-        if any(c == flag or c.startswith(flag + "=") for c in extra):
+        if any(config.sets_flag(c, flag) for c in extra):  # (--mod: argparse takes a prefix)
             p.error(f"{flag} after --: this script sets it per run; remove it")
 
     paths = write_files(args.release, os.path.join(args.out, "data")) if files else {}

@@ -217,17 +217,18 @@ def to_hub(run, repo: str, public: bool, message: str, license: str) -> str:
 
 def main(argv=None):
     args = parse(argv)
-    from common import finished_run, model_card
+    from common import finished_run, model_card, summary
     hub_repo = args.to[len(HUB_PREFIX):] if args.to.startswith(HUB_PREFIX) else None
     if hub_repo is not None and not hub_repo.strip():
         raise FlagError("--to hf://: name the repository, hf://OWNER/NAME")
     with run_lock.held(args.run_dir):  # not while another process writes the run folder
         run = finished_run.FinishedRun.open(args.run_dir)
+        runs.require_finished(args.run_dir)
         card = os.path.join(args.run_dir, model_card.CARD)
         if not os.path.exists(card):  # a run finished before cards were written
             print(f"model card -> {model_card.write(args.run_dir)}")
         license = check_license(run, card, args.public)
-        test = runs.read_json(os.path.join(args.run_dir, runs.METRICS))["test"]
+        test = summary.read_metrics(args.run_dir)["test"]
         message = args.message or (f"{os.path.basename(os.path.normpath(args.run_dir))}: test accuracy "
                                    f"{test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}")
         where = (to_hub(run, hub_repo, args.public, message, license) if hub_repo is not None

@@ -6,7 +6,8 @@ should read before trusting one run (mean ± std, the worst seed, the median run
     python eval/seeds.py --seeds 5 --out runs/seeds/lr -- train/full_finetune.py --lr 2.2e-4 ...
 
 After `--`: the train script and its flags, as you would run it; this adds `--seed k` and
-`--run-dir OUT/seed<k>` for k = 1..--seeds. Finished seeds are kept, so rerunning resumes.
+`--run-dir OUT/seed<k>` for k = 1..--seeds. Finished seeds are kept, so rerunning resumes; the
+same --out with other flags is refused by the train script (a new --out for a new configuration).
 Writes OUT/seeds.md (the same table eval/summarize.py prints for finished runs).
 """
 import argparse
@@ -30,7 +31,7 @@ def main(argv=None):
     if not command or not command[0].endswith(".py"):
         p.error("give the train script and its flags after --, e.g. -- train/full_finetune.py --model PATH")
     for flag in ("--seed", "--run-dir"):
-        if any(c == flag or c.startswith(flag + "=") for c in command):
+        if any(config.sets_flag(c, flag) for c in command):  # (--mod: argparse takes a prefix)
             p.error(f"{flag} is set per seed by this script; remove it from the command")
     if args.seeds < 1:
         p.error(f"--seeds {args.seeds}: at least 1")

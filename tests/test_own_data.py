@@ -351,6 +351,37 @@ def test_a_kept_split_is_reused_only_for_the_same_file_and_seed(tmp_path):
     assert other_seed["test"] != edited["test"]
 
 
+def test_a_kept_split_edited_by_hand_is_refused_in_one_line(tmp_path):
+    """data_split.json decides every figure of an own-data run: cut short, reshaped, or with a
+    line in two parts (or in none), it is refused naming the file; deleted, the same draw."""
+    from common.config import Config
+    from common.errors import RunDirError
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\n" + "".join(f"good {i} .,up\nbad {i} .,down\n" for i in range(20)))
+    keep = tmp_path / "run" / sources.SPLIT_FILE
+    flags = Config(data=str(data), labels="down,up", split_seed=42)
+    first = sources.own_splits(flags, sources.resolve(flags), str(keep))
+    kept = json.loads(keep.read_text())
+    lines = kept["lines"]
+    edits = {
+        "cut short": keep.read_text()[:40],
+        "a list": json.dumps([kept]),
+        "lines a list": json.dumps({**kept, "lines": [lines["train"], lines["validation"], lines["test"]]}),
+        "numbers as text": json.dumps({**kept, "lines": {**lines, "test": [str(n) for n in lines["test"]]}}),
+        "a line in two parts": json.dumps({**kept, "lines": {**lines, "test": lines["test"] + lines["train"][:1]}}),
+        "a line in none": json.dumps({**kept, "lines": {**lines, "test": lines["test"][1:]}}),
+        "a line not in the file": json.dumps({**kept, "lines": {**lines, "test": lines["test"] + [999]}}),
+    }
+    for what, text in edits.items():
+        keep.write_text(text)
+        with pytest.raises(RunDirError) as e:
+            sources.own_splits(flags, sources.resolve(flags), str(keep))
+        assert str(e.value).startswith(f"{keep}: ") and str(e.value).endswith(
+            "delete it, and the split is drawn again from the file and --split-seed"), (what, str(e.value))
+    keep.unlink()
+    assert sources.own_splits(flags, sources.resolve(flags), str(keep)) == first
+
+
 def test_evaluate_refuses_a_data_file_that_changed_since_the_run(desk_run, desk_csv, tmp_path, capsys):
     import shutil
     from eval import evaluate

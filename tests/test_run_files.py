@@ -296,6 +296,58 @@ def test_summarize_with_no_readable_run_is_refused(finished, tmp_path, capsys):
     assert capsys.readouterr().err.startswith(f"skipped: {tree}/config-list/config.json: a JSON list")
 
 
+def test_summarize_reads_a_folder_name_as_it_is_not_as_a_pattern(finished, tmp_path, capsys):
+    """'runs/lr[2]' is that folder, not runs/lr2 (glob's pattern for it)."""
+    tree = tmp_path / "runs"
+    named = copy_of(finished, tree, "lr[2]")
+    edit(copy_of(finished, tree, "lr2") / "metrics.json", lambda m: {**m, "test": {**m["test"], "accuracy": 0.125}})
+    call_main("eval/summarize.py", named)
+    out = capsys.readouterr().out
+    test = json.loads((named / "metrics.json").read_text())["test"]
+    assert f"| {test['accuracy']:.4f} ± 0.0000 |" in out and "0.1250" not in out, out
+
+
+@pytest.mark.parametrize("script, args", [("eval/export.py", []), ("eval/publish.py", ["--to", "published"])],
+                         ids=["export", "publish"])
+def test_a_run_stopped_before_metrics_json_is_refused_before_anything_is_written(finished, tmp_path, script, args):
+    """A run killed after model/ and before metrics.json (written last) has no figures for its
+    card: one line saying how to finish it, and serving/ and the published folder not written."""
+    run = copy_of(finished, tmp_path)  # (without serving/)
+    (run / "metrics.json").unlink()
+    before = folder_listing(run)
+    message = refused(script, run, *[str(tmp_path / a) if a == "published" else a for a in args])
+    assert message == (f"run folder {run}: the run did not finish (no metrics.json, which is written last); rerun its "
+                       f"command (config.json 'argv') to finish it")
+    assert folder_listing(run) == before and not (tmp_path / "published").exists()
+
+
+@pytest.mark.parametrize("front, why", [
+    ("license: [mit\n", "its front matter does not read as YAML"),
+    ("- a list, not a mapping\n", "its front matter does not read as YAML"),
+    ("license: other\nlicense_name: 123\n", "its license is 123, not a name")], ids=["not-yaml", "list", "number"])
+def test_a_model_card_broken_by_hand_is_refused_in_one_line(finished, tmp_path, front, why):
+    run = copy_of(finished, tmp_path)
+    card = run / "README.md"
+    card.write_text(f"---\n{front}---\n\n# A card edited by hand\n")
+    message = refused("eval/publish.py", run, "--to", tmp_path / "published")
+    assert message.startswith(f"{card}: {why}") and message.endswith(
+        f"or delete the file and write it again: python eval/export.py {run} (own data: with --license ID)"), message
+    assert not (tmp_path / "published").exists()
+
+
+def test_a_run_folder_where_the_lock_cannot_be_written_is_one_line(finished, tmp_path, monkeypatch):
+    """A folder the user may read but not write (another user's runs/, a read-only mount).
+    Tests run as root, whom no folder's mode refuses: the kernel's answer is stood in for."""
+    from common import run_lock
+
+    def refused_by_the_file_system(self):
+        raise PermissionError(13, "Permission denied", self.path)
+    monkeypatch.setattr(run_lock.Lock, "_acquire", refused_by_the_file_system)
+    message = refused("eval/publish.py", copy_of(finished, tmp_path), "--to", tmp_path / "published")
+    assert message == (f"run folder {tmp_path / 'run'}: cannot write run.lock there (Permission denied): the one "
+                       f"writer's lock; copy the folder to one you can write (cp -r) and pass that")
+
+
 # ----------------------------------------------------------------------------- own data changed since the run
 
 @pytest.fixture

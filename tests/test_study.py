@@ -12,7 +12,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from common import errors, models, phrasebank
 from common.env import keras
-from tests.conftest import call_main, run_script
+from tests.conftest import assert_one_line_error, call_main, run_script
 
 
 def _key(variable) -> str:
@@ -259,9 +259,18 @@ def test_seeds_runs_one_configuration_per_seed_reports_the_worst_and_resumes(tin
     assert "| 2 | " in table and f"{metrics[worst]['accuracy']:.4f} (seed {worst})" in table
     again = run_script("eval/seeds.py", *cmd)
     assert again.stdout.count("done already") == 2
-    with pytest.raises(SystemExit) as refused:
-        seeds.main(["--out", str(out), "--", "train/full_finetune.py", "--seed", "3"])
-    assert refused.value.code == 2 and "--seed is set per seed" in capfd.readouterr().err
+    # the same --out with other flags: the finished runs are not reported under the new command;
+    # the train script refuses them in its own line, and seeds.md stays the first command's
+    other = [str(a) for a in cmd]
+    other[other.index("--epochs") + 1] = "2"
+    proc = run_script("eval/seeds.py", *other, check=False)
+    assert proc.returncode == 2 and "done already" not in proc.stdout, proc.stdout
+    assert "holds a run made with other flags (--epochs 1 -> 2)" in proc.stderr, proc.stderr[-2000:]
+    assert (out / "seeds.md").read_text() == table
+    for word in ("--seed", "--see=3", "--run-d"):  # whole, with =, or shortened as argparse takes it
+        with pytest.raises(SystemExit) as refused:
+            seeds.main(["--out", str(out), "--", "train/full_finetune.py", word, *(["3"] if "=" not in word else [])])
+        assert refused.value.code == 2 and "is set per seed" in capfd.readouterr().err
 
 
 @pytest.mark.slow
@@ -294,3 +303,14 @@ def test_own_data_benchmark_writes_its_files_and_tables_each_recipe(tiny_distilb
     assert config["flags"]["recipe"] == "hf" and config["flags"]["lr"] == 5e-5
     assert "## Post-training decisions" in table
     assert run_script("eval/own_data_benchmark.py", *args).stdout.count("done already") == 2
+    from eval import own_data_benchmark
+    with pytest.raises(SystemExit) as refused:  # a flag it sets per run, shortened as argparse takes it
+        own_data_benchmark.main([str(a) for a in args] + ["--mod", "other-model"])
+    assert refused.value.code == 2
+    # a file the finished runs trained on, changed (another release, or edited): refused, not rewritten
+    changed = out / "data" / "two_class.csv"
+    changed.write_bytes(changed.read_bytes() + b"An added sentence .,positive\r\n")
+    before = changed.read_bytes()
+    proc = run_script("eval/own_data_benchmark.py", *args, check=False)
+    assert_one_line_error(proc, "eval/own_data_benchmark.py", f"{changed}: holds other rows than --release")
+    assert changed.read_bytes() == before and "done already" not in proc.stdout
