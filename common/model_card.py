@@ -42,8 +42,8 @@ def card_license(path: str) -> str:
            f"eval/export.py {errors.shell_quote(os.path.dirname(path) or '.')} (own data: with --license ID)")
     try:
         data = ModelCard.load(path).data.to_dict()
-    except (ValueError, yaml.YAMLError) as e:  # a card edited by hand: not YAML, or not a mapping
-        raise RunDirError(f"{path}: its front matter does not read as YAML ({errors.first_line(e)}); {fix}") from None
+    except (ValueError, TypeError, yaml.YAMLError) as e:  # edited by hand: not YAML, not a mapping, odd keys
+        raise RunDirError(f"{path}: its front matter is not a card's YAML ({errors.first_line(e)}); {fix}") from None
     lic = data.get("license") or UNKNOWN_LICENSE
     if lic == "other":
         lic = data.get("license_name") or UNKNOWN_LICENSE

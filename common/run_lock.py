@@ -2,6 +2,7 @@
 for shared file systems where flock does not reach across hosts (docs/run-folder.md#one-writer)."""
 import contextlib
 import datetime
+import errno
 import json
 import os
 import sys
@@ -56,7 +57,10 @@ class Lock:
         try:
             os.makedirs(run_dir, exist_ok=True)
             self.fd = self._acquire()
-        except PermissionError as e:  # a folder the user may read but not write (another's runs/, a read-only mount)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            # a folder the user may read but not write (another user's runs/, a read-only mount)
             raise RunDirError(f"{flag} {run_dir}: cannot write {LOCK} there ({e.strerror}): the one writer's lock; "
                               f"copy the folder to one you can write (cp -r) and pass that") from None
         holder, machine = self._holder(), this_machine()

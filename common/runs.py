@@ -343,15 +343,24 @@ def write_config(run_dir: str, flags: dict, script: str, resolved: dict, devices
 
 
 def finished_by(run_dir: str, command) -> bool:
-    """The run in run_dir finished, made by this command ([python, script, flags...]: its
-    config.json's argv is the flags). A study skips such a step; any other step runs, so that
-    the train script resumes it, or refuses a run made with other flags in one line (a study
-    rerun with other flags would otherwise report the old runs under the new command)."""
-    if not finished(run_dir):
+    """The run in run_dir finished (metrics.json: model/ may have been deleted to save space, a
+    study's table needs only the figures), made by this command ([python, script, flags...]:
+    config.json's script and argv) on the data files it trained on (their sha256s). A study
+    skips such a step; any other step runs, so that the train script resumes it, or refuses in
+    one line a run made with other flags or on a file changed since (a study rerun with other
+    flags would otherwise report the old runs under the new command)."""
+    if not os.path.exists(os.path.join(run_dir, METRICS)):
         return False
+    import hashlib
+    from common import storage
     try:
-        return read_json(os.path.join(run_dir, CONFIG)).get("argv") == [str(c) for c in command[2:]]
-    except (OSError, ValueError, AttributeError):  # gone, or edited by hand: the train script says what is wrong
+        config = read_json(os.path.join(run_dir, CONFIG))
+        if (config.get("argv") != [str(c) for c in command[2:]]
+                or os.path.basename(str(config.get("script"))) != os.path.basename(str(command[1]))):
+            return False
+        files = (config.get("resolved") or {}).get("data_files") or {}
+        return all(hashlib.sha256(storage.read_bytes(path)).hexdigest() == digest for path, digest in files.items())
+    except (OSError, ValueError, AttributeError, TypeError):  # gone, or edited by hand: the train script says what
         return False
 
 

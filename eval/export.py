@@ -21,6 +21,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import env  # noqa: E402,F401  (first)
 from common import config, errors, run_lock, runs, serving  # noqa: E402
+from common.finished_run import FinishedRun  # noqa: E402
 
 
 def main(argv=None):
@@ -32,11 +33,11 @@ def main(argv=None):
     # refused in one line: a folder that is not a finished run, a file of it not as its run wrote it
     # (FinishedRun.open), a tokenizer the graph cannot reproduce (ModelError)
     with run_lock.held(args.run_dir):  # not while another process writes the run folder
-        runs.load_run(args.run_dir)  # (one line for a folder that is not a run, before the next check reads it)
-        runs.require_finished(args.run_dir)  # the card reads metrics.json: refused before serving/ is rewritten
-        path = serving.export_serving(args.run_dir)
+        FinishedRun.open(args.run_dir)  # its files checked (config, model/'s format, labels, temperature) first
+        runs.require_finished(args.run_dir)  # the card reads metrics.json: refused before anything is written
         from common import model_card
-        card = model_card.write(args.run_dir, license=args.license)
+        card = model_card.write(args.run_dir, license=args.license)  # first: a file it refuses stops the export
+        path = serving.export_serving(args.run_dir)
     print(f"wrote {path}/ (signature {serving.SIGNATURE}: text -> label_id, label, probabilities) and {card}")
     return path
 

@@ -307,6 +307,36 @@ def test_summarize_reads_a_folder_name_as_it_is_not_as_a_pattern(finished, tmp_p
     assert f"| {test['accuracy']:.4f} ± 0.0000 |" in out and "0.1250" not in out, out
 
 
+def test_a_study_skips_only_a_run_its_own_command_finished_on_the_same_data(finished, tmp_path):
+    """runs.finished_by, which a study (eval/seeds.py, the own-data benchmark, ...) asks before
+    it skips a step: the same script and flags, and the data files the run trained on
+    unchanged; model/ may be gone (a table needs only the figures). Anything else runs the
+    train script, which resumes it or refuses it in one line."""
+    from common import runs
+    run = copy_of(finished, tmp_path)
+    data = tmp_path / "own.csv"
+    data.write_text("text,label\nProfit rose .,positive\n")
+    config = json.loads((run / "config.json").read_text())
+    argv, script = config["argv"], config["script"]
+    edit(run / "config.json", lambda cfg: {**cfg, "resolved": {
+        **cfg["resolved"], "data_files": {str(data): hashlib.sha256(data.read_bytes()).hexdigest()}}})
+    command = [sys.executable, os.path.join(REPO_ROOT, "train", script), *argv]
+    assert script == "full_finetune.py" and runs.finished_by(run, command)
+    shutil.rmtree(run / "model")
+    assert runs.finished_by(run, command)
+    assert not runs.finished_by(run, command[:2] + argv + ["--epochs", "2"])  # other flags
+    assert not runs.finished_by(run, [sys.executable, os.path.join(REPO_ROOT, "train", "head_only.py"), *argv])
+    trained_on = data.read_text()
+    data.write_text("text,label\nProfit fell .,negative\n")  # the file it trained on, changed
+    assert not runs.finished_by(run, command)
+    data.write_text(trained_on)
+    assert runs.finished_by(run, command)
+    cut_short(run / "config.json")
+    assert not runs.finished_by(run, command)
+    (run / "metrics.json").unlink()
+    assert not runs.finished_by(tmp_path / "no-such-run", command) and not runs.finished_by(run, command)
+
+
 @pytest.mark.parametrize("script, args", [("eval/export.py", []), ("eval/publish.py", ["--to", "published"])],
                          ids=["export", "publish"])
 def test_a_run_stopped_before_metrics_json_is_refused_before_anything_is_written(finished, tmp_path, script, args):
@@ -321,10 +351,20 @@ def test_a_run_stopped_before_metrics_json_is_refused_before_anything_is_written
     assert folder_listing(run) == before and not (tmp_path / "published").exists()
 
 
+def test_export_refuses_a_metrics_json_edited_by_hand_before_serving_is_written(finished, tmp_path):
+    run = copy_of(finished, tmp_path)  # (without serving/)
+    edit(run / "metrics.json", lambda m: {**m, "test": {**m["test"], "accuracy": "high"}})
+    message = refused("eval/export.py", run)
+    assert message.startswith(f"{run}/metrics.json: test.accuracy is \"high\", expected a number in [0, 1]")
+    assert not (run / "serving").exists()
+
+
 @pytest.mark.parametrize("front, why", [
-    ("license: [mit\n", "its front matter does not read as YAML"),
-    ("- a list, not a mapping\n", "its front matter does not read as YAML"),
-    ("license: other\nlicense_name: 123\n", "its license is 123, not a name")], ids=["not-yaml", "list", "number"])
+    ("license: [mit\n", "its front matter is not a card's YAML (while parsing a flow sequence)"),
+    ("- a list, not a mapping\n", "its front matter is not a card's YAML (repo card metadata block should be a dict)"),
+    ("1: a number as a key\n", "its front matter is not a card's YAML"),
+    ("license: other\nlicense_name: 123\n", "its license is 123, not a name")],
+    ids=["not-yaml", "list", "number-key", "number-license"])
 def test_a_model_card_broken_by_hand_is_refused_in_one_line(finished, tmp_path, front, why):
     run = copy_of(finished, tmp_path)
     card = run / "README.md"
@@ -335,16 +375,20 @@ def test_a_model_card_broken_by_hand_is_refused_in_one_line(finished, tmp_path, 
     assert not (tmp_path / "published").exists()
 
 
-def test_a_run_folder_where_the_lock_cannot_be_written_is_one_line(finished, tmp_path, monkeypatch):
-    """A folder the user may read but not write (another user's runs/, a read-only mount).
-    Tests run as root, whom no folder's mode refuses: the kernel's answer is stood in for."""
+@pytest.mark.parametrize("code", ["EACCES", "EROFS"])
+def test_a_run_folder_where_the_lock_cannot_be_written_is_one_line(finished, tmp_path, monkeypatch, code):
+    """A folder the user may read but not write (another user's runs/: EACCES; a read-only
+    mount: EROFS). Tests run as root, whom no folder's mode refuses: the kernel's answer is
+    stood in for."""
+    import errno
     from common import run_lock
+    number = getattr(errno, code)
 
     def refused_by_the_file_system(self):
-        raise PermissionError(13, "Permission denied", self.path)
+        raise OSError(number, os.strerror(number), self.path)
     monkeypatch.setattr(run_lock.Lock, "_acquire", refused_by_the_file_system)
     message = refused("eval/publish.py", copy_of(finished, tmp_path), "--to", tmp_path / "published")
-    assert message == (f"run folder {tmp_path / 'run'}: cannot write run.lock there (Permission denied): the one "
+    assert message == (f"run folder {tmp_path / 'run'}: cannot write run.lock there ({os.strerror(number)}): the one "
                        f"writer's lock; copy the folder to one you can write (cp -r) and pass that")
 
 
