@@ -276,8 +276,9 @@ def finished(run_dir: str) -> bool:
 
 def require_finished(run_dir: str, flag: str = "run folder") -> None:
     """One line for a run stopped after model/ but before metrics.json (written last): what
-    reads its figures (the model card, a publish) needs them; its own command finishes it."""
-    if os.path.isdir(os.path.join(run_dir, MODEL)) and not os.path.exists(os.path.join(run_dir, METRICS)):
+    reads its figures (the model card, a publish) needs them; its own command finishes it.
+    Called after load_run, which refuses a folder without model/ in its own words."""
+    if not finished(run_dir):
         raise RunDirError(f"{flag} {run_dir}: the run did not finish (no {METRICS}, which is written last); rerun "
                           f"its command (config.json 'argv') to finish it")
 
@@ -351,15 +352,14 @@ def finished_by(run_dir: str, command) -> bool:
     flags would otherwise report the old runs under the new command)."""
     if not os.path.exists(os.path.join(run_dir, METRICS)):
         return False
-    import hashlib
-    from common import storage
+    from common import sources
     try:
         config = read_json(os.path.join(run_dir, CONFIG))
         if (config.get("argv") != [str(c) for c in command[2:]]
                 or os.path.basename(str(config.get("script"))) != os.path.basename(str(command[1]))):
             return False
         files = (config.get("resolved") or {}).get("data_files") or {}
-        return all(hashlib.sha256(storage.read_bytes(path)).hexdigest() == digest for path, digest in files.items())
+        return all(sources.file_sha256(path) == digest for path, digest in files.items())
     except (OSError, ValueError, AttributeError, TypeError):  # gone, or edited by hand: the train script says what
         return False
 

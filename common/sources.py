@@ -84,12 +84,17 @@ def files(source: str) -> dict:
     return out
 
 
+def file_sha256(path: str) -> str:
+    """The digest config.json keeps of each own data file (resolved.data_files)."""
+    return hashlib.sha256(storage.read_bytes(path)).hexdigest()
+
+
 def digests(source: str) -> dict:
     """{path: sha256} of own data's files (config.json keeps them: a resume refuses a changed file)."""
     out = {}
     for path in files(source).values():
         try:
-            out[storage.absolute(path)] = hashlib.sha256(storage.read_bytes(path)).hexdigest()
+            out[storage.absolute(path)] = file_sha256(path)
         except OSError as e:
             raise DataError(f"--data {path}: cannot read it ({e.strerror or e}); check the path and its "
                             f"permissions") from None

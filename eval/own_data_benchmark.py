@@ -19,9 +19,10 @@ after `--`), the default recipe's runs first; the hf recipe runs with --padding 
 which trains as its fixed padding does (the mask hides the padding), and --precision auto,
 in a fraction of the time. Finished runs are kept, so rerunning resumes (the same --out with
 other flags, or with files a new --release writes differently, is refused: a new --out).
-Writes OUT/own-data.md: accuracy and macro-F1 (mean ± std, worst seed) per file and recipe, how often --restore-prior auto put the prior back, and (--decisions) the
-default runs' test macro-F1 under each post-training decision: the prior always or never put
-back, auto, and per-class logit offsets fitted on validation.
+Writes OUT/own-data.md: accuracy and macro-F1 (mean ± std, worst seed) per file and recipe,
+how often --restore-prior auto put the prior back, and (--decisions) the default runs' test
+macro-F1 under each post-training decision: the prior always or never put back, auto, and
+per-class logit offsets fitted on validation.
 """
 import argparse
 import os
